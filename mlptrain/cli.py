@@ -1,0 +1,127 @@
+"""The `mlptrain` command: parse, call one library function, render. The only module that imports typer.
+
+torch is imported inside the commands, so `--help` and `--version` answer at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlptrain import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train and evaluate multi-layer perceptrons on MNIST-style digits.",
+)
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlptrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train and evaluate multi-layer perceptrons on MNIST-style digits."""
+
+
+@contextlib.contextmanager
+def _errors():
+    """Map library errors to one line and an exit code: 2 bad input, 1 failed run, 130 Ctrl-C."""
+    from mlptrain import report
+    from mlptrain.errors import MlptrainError
+
+    try:
+        yield
+    except MlptrainError as e:
+        report.error(str(e))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        report.error("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as e:
+        if os.environ.get("MLPTRAIN_DEBUG"):
+            raise
+        report.error(f"the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/mnist.yaml.")],
+    set_: Annotated[
+        Optional[list[str]],  # noqa: UP045 - typer reads the annotation at runtime
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a config key (repeatable), e.g. train.lr=0.1."),
+    ] = None,
+    run_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--run-dir", help="Write the run exactly here instead of <output.dir>/<name>-<timestamp>."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Let --run-dir overwrite a folder that holds a run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with every epoch's numbers, nothing else.")
+    ] = False,
+) -> None:
+    """Train an MLP as CONFIG describes; keep the best checkpoint (on validation) and the last."""
+    with _errors():
+        from mlptrain import report
+        from mlptrain.config import load_config
+
+        cfg = load_config(config, set_ or [])
+        from mlptrain import runner
+
+        reporter = report.TrainReporter(report.make_console(), quiet=quiet or json_out)
+        try:
+            result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
+        finally:
+            reporter.close()
+        if json_out:
+            typer.echo(json.dumps(result.to_json()))
+        else:
+            reporter.summary(result)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt.")],
+    split: Annotated[Split, typer.Option(help="test: the held-back test set; val: the run's validation images.")] = Split.test,
+    data_root: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--data-root", help="Where the dataset lives, if not where the run found it."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Rebuild the model from CHECKPOINT alone and score it."""
+    with _errors():
+        from mlptrain import report, runner
+
+        result = runner.evaluate_checkpoint(checkpoint, split=split.value, data_root=data_root, device=device)
+        if json_out:
+            typer.echo(json.dumps(result.to_json()))
+        else:
+            report.show_eval(report.make_console(), result)
+
+
+def main() -> None:
+    app(prog_name="mlptrain")

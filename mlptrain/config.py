@@ -1,0 +1,340 @@
+"""Typed run configuration: YAML in, validated dataclasses out, with --set overrides checked the same way.
+
+This is the one place that validates; everything downstream trusts a Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mlptrain.errors import ConfigError
+
+DATASETS = ("mnist", "fashion-mnist", "synthetic")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class _Invalid(Exception):
+    """A problem with one key; the loader adds where the key came from (file or --set)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["mnist", "fashion-mnist", "synthetic"] = "mnist"
+    root: str = "data"
+    download: bool = True
+    val_size: int = 5000
+    synthetic_size: int = 12000
+
+    def validate(self) -> None:
+        _check(self.root != "", "data.root", "must not be empty")
+        _check(self.val_size >= 1, "data.val_size", f"must be at least 1, got {self.val_size}")
+        _check(self.synthetic_size >= 6, "data.synthetic_size", f"must be at least 6, got {self.synthetic_size}")
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
+    dropout: float = 0.0
+    bias: bool = True
+
+    def validate(self) -> None:
+        for i, size in enumerate(self.hidden):
+            _check(size >= 1, f"model.hidden[{i}]", f"layer sizes must be positive, got {size}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: Literal["none", "cosine", "onecycle"] = "onecycle"
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(0.0 <= self.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+
+    def validate(self) -> None:
+        _check(self.dir != "", "output.dir", "must not be empty")
+
+
+@dataclass
+class Config:
+    name: str = "mnist-mlp"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> None:
+        _check(
+            _NAME_RE.fullmatch(self.name) is not None,
+            "name",
+            f"{self.name!r} is not usable in a folder name (letters, digits, '.', '_', '-')",
+        )
+        _check(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
+        _check(
+            _DEVICE_RE.fullmatch(self.device) is not None,
+            "device",
+            f"unknown device {self.device!r}; use auto, cpu, cuda, cuda:N or mps",
+        )
+        for section in (self.data, self.model, self.train, self.output):
+            section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "config") -> Config:
+        """Build and validate a Config from plain data (a parsed YAML file or a checkpoint's copy)."""
+        try:
+            config = _build(cls, raw, "")
+            config.validate()
+        except _Invalid as e:
+            raise ConfigError(f"{source}: {_where(e.key)}{e}") from None
+        return config
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config file, apply `key=value` overrides, and validate the result."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {_kind(raw)}")
+    set_keys: dict[str, str] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _assign(raw, key, value)
+        set_keys[key] = item
+    try:
+        config = _build(Config, raw, "")
+        config.validate()
+    except _Invalid as e:
+        origin = next((item for key, item in set_keys.items() if e.key == key or e.key.startswith(key + "[")), None)
+        prefix = f"--set {origin}" if origin else str(path)
+        raise ConfigError(f"{prefix}: {_where(e.key)}{e}") from None
+    return config
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'train.lr=0.1' -> ('train.lr', 0.1); the value is parsed as YAML, the key checked against the schema."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set train.lr=0.1")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({_yaml_problem(e)})") from None
+    cls: Any = Config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        hints = _fields(cls)
+        if part not in hints:
+            raise ConfigError(f"--set {item}: unknown key {key!r}{_did_you_mean(key, config_keys())}")
+        cls = hints[part]
+        if depth < len(parts) - 1 and not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"--set {item}: {'.'.join(parts[: depth + 1])!r} has no sub-keys")
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"--set {item}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}")
+    return key, value
+
+
+def config_keys(cls: Any = Config, section: str = "") -> list[str]:
+    """Every leaf key of the schema, dotted: ['name', 'seed', ..., 'data.dataset', ...]."""
+    keys = []
+    for name, tp in _fields(cls).items():
+        path = f"{section}.{name}" if section else name
+        keys += config_keys(tp, path) if dataclasses.is_dataclass(tp) else [path]
+    return keys
+
+
+def resolve_device(spec: str):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> torch.device, refusing devices this machine lacks."""
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if _DEVICE_RE.fullmatch(spec) is None:
+        raise ConfigError(f"device: unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device: {spec!r} asked for, but this machine has no usable CUDA GPU (try 'auto')")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device: {spec!r} asked for, but this machine has only {count} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps' asked for, but Apple's MPS backend is not available here (try 'auto')")
+    return device
+
+
+# --- internals ---------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise _Invalid(key, message)
+
+
+def _where(key: str) -> str:
+    return f"{key}: " if key else ""
+
+
+def _fields(cls: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "nothing"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _build(cls: Any, raw: Any, section: str) -> Any:
+    """Turn a mapping into dataclass `cls`, checking every key and value type; ranges are checked by validate()."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _Invalid(section, f"must be a mapping of keys to values, got {_kind(raw)}")
+    hints = _fields(cls)
+    values = {}
+    for key, value in raw.items():
+        path = f"{section}.{key}" if section else str(key)
+        if not isinstance(key, str) or key not in hints:
+            known = [f"{section}.{name}" if section else name for name in hints]
+            raise _Invalid("", f"unknown key {path!r}{_did_you_mean(path, known)}")
+        values[key] = _coerce(value, hints[key], path)
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = _did_you_mean(str(value), choices) if isinstance(value, str) else ""
+            raise _Invalid(key, f"{value!r} is not one of {', '.join(choices)}{hint}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _Invalid(key, f"expected a list, got {_kind(value)} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(key, f"expected an integer, got {_kind(value)} {value!r}")
+        return value
+    if tp is float:
+        # PyYAML reads `1e-3` (no dot) as a string; accept any string that is plainly a number.
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise _Invalid(key, f"expected a finite number, got {_kind(value)} {value!r}")
+        return float(number)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Invalid(key, f"expected a string, got {_kind(value)} {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
+
+
+def _assign(raw: dict, key: str, value: Any) -> None:
+    *sections, last = key.split(".")
+    node = raw
+    for part in sections:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is invalid); save the config as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; see configs/mnist.yaml for an example")
+    return raw

@@ -1,0 +1,206 @@
+"""Datasets as normalised device tensors: MNIST and Fashion-MNIST through torchvision, or synthetic digits.
+
+Each split is read once, moved to the training device as uint8, and converted there; batches are slices of
+a per-epoch device permutation, so the hot loop touches no Python per sample and no DataLoader.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mlptrain.config import DataConfig
+from mlptrain.errors import DataError
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+NUM_CLASSES = 10
+# Rows per forward pass when evaluating. Fixed, so validation during training and `mlptrain eval` run the very
+# same computation and agree to the last digit.
+EVAL_BATCH_SIZE = 8192
+_TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_SYNTHETIC_SEEDS = {"train": 1, "test": 2}  # fixed: the synthetic dataset, like MNIST, does not change with seed
+
+
+@dataclass
+class Split:
+    """One split on the device: x (N, in_features) float32 normalised, y (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+
+@dataclass
+class TrainingData:
+    train: Split
+    val: Split
+    mean: float  # of the training split's pixels in [0, 1]; the checkpoint keeps both
+    std: float
+
+    @property
+    def in_features(self) -> int:
+        return self.train.x.shape[1]
+
+
+def load_training_data(cfg: DataConfig, seed: int, device: torch.device) -> TrainingData:
+    """The training split minus `val_size` held-out images (a seeded choice), normalised by its own statistics."""
+    images, labels = load_images(cfg, train=True)
+    train_idx, val_idx = split_indices(len(labels), cfg.val_size, seed, cfg.dataset)
+    train_images = images[train_idx].to(device)
+    pixels = train_images.float().div_(255)
+    mean, std = pixels.mean().item(), pixels.std().item()
+    del pixels
+    return TrainingData(
+        train=Split(normalize(train_images, mean, std), labels[train_idx].to(device)),
+        val=Split(normalize(images[val_idx].to(device), mean, std), labels[val_idx].to(device)),
+        mean=mean,
+        std=std,
+    )
+
+
+def load_eval_split(cfg: DataConfig, split: str, seed: int, mean: float, std: float, device: torch.device) -> Split:
+    """The test split, or the validation images held out in training (same seed, same choice)."""
+    if split == "test":
+        images, labels = load_images(cfg, train=False)
+    else:
+        images, labels = load_images(cfg, train=True)
+        _, val_idx = split_indices(len(labels), cfg.val_size, seed, cfg.dataset)
+        images, labels = images[val_idx], labels[val_idx]
+    return Split(normalize(images.to(device), mean, std), labels.to(device))
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, H*W), scaled to [0, 1] and standardised."""
+    return images.reshape(images.shape[0], -1).float().div_(255).sub_(mean).div_(std)
+
+
+def split_indices(n: int, val_size: int, seed: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into the training split. Drawn on the CPU so every device holds out the same images."""
+    if val_size >= n:
+        raise DataError(f"data.val_size ({val_size}) must be smaller than the {n} training images of {dataset}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of one epoch: one device-side gather per epoch, then views; the last batch may be short."""
+    perm = torch.randperm(len(split), device=split.x.device, generator=generator)
+    x, y = split.x[perm], split.y[perm]
+    for start in range(0, len(split), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def load_images(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as CPU tensors: images uint8 (N, H, W), labels int64 (N,)."""
+    if cfg.dataset == "synthetic":
+        from mlptrain.synthetic import make_digits
+
+        n = cfg.synthetic_size if train else max(1, cfg.synthetic_size // 6)
+        return make_digits(n, seed=_SYNTHETIC_SEEDS["train" if train else "test"])
+    return _load_torchvision(cfg, train)
+
+
+def raw_folder(cfg: DataConfig) -> Path:
+    """Where torchvision keeps (and looks for) the four IDX files of cfg.dataset."""
+    return Path(cfg.root) / _TORCHVISION_CLASS[cfg.dataset] / "raw"
+
+
+def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = raw_folder(cfg)
+    _unpack_gzipped(folder)
+    missing = [name for name in IDX_FILES if not (folder / name).is_file()]
+    why = ""
+    if missing and cfg.download:
+        why = _download(cfg)
+        missing = [name for name in IDX_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
+            + (f" (download failed: {why})" if why else " (data.download is false)")
+            + f". Copy the four IDX files (or their .gz) there, or run once with data.download: true online"
+        )
+    prefix = "train" if train else "t10k"
+    images_path, labels_path = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+    image_shape = check_idx_file(images_path, ndim=3)
+    label_shape = check_idx_file(labels_path, ndim=1)
+    if image_shape[0] != label_shape[0]:
+        raise DataError(f"{images_path} holds {image_shape[0]} images but {labels_path} holds {label_shape[0]} labels")
+
+    from torchvision import datasets
+
+    dataset = getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(cfg.root, train=train, download=False)
+    labels = dataset.targets
+    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{labels_path}: labels must be 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
+    return dataset.data, labels
+
+
+def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
+    """Check an IDX file's magic number and size against its header before torchvision parses it."""
+    kind = "image" if ndim == 3 else "label"
+    expected_magic = 0x0800 + ndim  # unsigned bytes, ndim dimensions
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated ({size} bytes, shorter than an IDX header)")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != expected_magic:
+        raise DataError(
+            f"{path}: not an IDX {kind} file (magic number {magic:#010x}, expected {expected_magic:#010x})"
+        )
+    shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected_size = 4 + 4 * ndim + math.prod(shape)
+    if size != expected_size:
+        raise DataError(
+            f"{path}: truncated or corrupt: its header promises {'×'.join(map(str, shape))} bytes of data "
+            f"({expected_size} bytes in all) but the file has {size}"
+        )
+    return shape
+
+
+def _unpack_gzipped(folder: Path) -> None:
+    """Accept the files as distributed (.gz) as well as unpacked, as torchvision's own download leaves them."""
+    for name in IDX_FILES:
+        target, packed = folder / name, folder / f"{name}.gz"
+        if target.is_file() or not packed.is_file():
+            continue
+        tmp = target.with_name(f".{name}.tmp")
+        try:
+            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, target)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"{packed}: cannot be unpacked ({e})") from None
+
+
+def _download(cfg: DataConfig) -> str:
+    """Let torchvision fetch the dataset; '' on success, else the reason in a few words."""
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    try:
+        getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(cfg.root, train=True, download=True)
+        return ""
+    except (RuntimeError, URLError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("<urlopen error")), lines[-1] if lines else "")
+        return reason.removeprefix("<urlopen error ").removesuffix(">") or type(e).__name__

@@ -1,0 +1,25 @@
+"""Errors the library raises for a user to read; the CLI turns each into one line and its exit code."""
+
+
+class MlptrainError(Exception):
+    """A problem the user can fix. `exit_code` is what the CLI exits with: 2 bad input, 1 failed run."""
+
+    exit_code = 2
+
+
+class ConfigError(MlptrainError):
+    """A config file, a --set override or a command-line value is invalid."""
+
+
+class DataError(MlptrainError):
+    """A dataset is missing, unreadable or inconsistent with the config."""
+
+
+class CheckpointError(MlptrainError):
+    """A checkpoint is missing, unreadable, not ours, or inconsistent."""
+
+
+class RunFailed(MlptrainError):
+    """A run started but could not finish (e.g. the loss diverged)."""
+
+    exit_code = 1
