@@ -49,14 +49,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # weights_only: tensors and plain containers only; a pickle that would run code is refused, never run.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
-            found = re.search(r"GLOBAL ([\w.]+)", str(e))
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        if found:
             raise CheckpointError(
-                f"{path}: refused: it holds a Python object{what} that only a full unpickle could rebuild, and "
-                "unpickling can run arbitrary code; mlptrain loads plain weights_only checkpoints"
+                f"{path}: refused: it holds a Python object ({found.group(1)}) that only a full unpickle could "
+                "rebuild, and unpickling can run arbitrary code; mlptrain loads plain weights_only checkpoints"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt or not a torch file") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated or not a torch file ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

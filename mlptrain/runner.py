@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -99,10 +100,15 @@ def train(config: Config, run_dir: Path | None = None, force: bool = False, call
     """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch."""
     cb = callbacks or Callbacks()
     device = resolve_device(config.device)
+    fresh = run_dir is None or not Path(run_dir).exists()
     run_dir = prepare_run_dir(config, run_dir, force)
+    try:
+        data = load_training_data(config.data, config.seed, device)
+    except BaseException:
+        if fresh:  # nothing was trained: leave no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-    data = load_training_data(config.data, config.seed, device)
     torch.manual_seed(config.seed)  # the weights depend on the seed alone, whatever the device
     model = build_model(config, data.in_features, NUM_CLASSES).to(device)
     optimizer = build_optimizer(model, config.train)

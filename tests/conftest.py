@@ -1,0 +1,92 @@
+"""Shared test data: synthetic digits written out as MNIST-format IDX files, so nothing ever downloads.
+
+Helpers are plain functions (`from conftest import write_idx`); datasets are session-scoped fixtures and must be
+treated as read-only: a test that needs a broken dataset copies one into its own tmp_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlptrain.synthetic import make_digits
+
+IDX_NAMES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+# (n, seed) per split. The seeds differ so the test images are not the training images.
+MNIST_SIZES = {"train": (3000, 11), "test": (500, 12)}
+FASHION_SIZES = {"train": (600, 21), "test": (100, 22)}
+
+
+def idx_bytes(tensor: torch.Tensor, magic: int | None = None) -> bytes:
+    """The IDX encoding of an unsigned-byte tensor: magic 0x0800+ndim, each dim as 4-byte big-endian, raw data."""
+    if tensor.dtype != torch.uint8:
+        if tensor.dtype.is_floating_point or (tensor.numel() and (tensor.min() < 0 or tensor.max() > 255)):
+            raise ValueError(f"IDX here holds unsigned bytes; got {tensor.dtype} with values outside 0..255")
+        tensor = tensor.to(torch.uint8)
+    if magic is None:
+        magic = 0x0800 + tensor.dim()  # 0x00000803 for (N, H, W) images, 0x00000801 for (N,) labels
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in tensor.shape)
+    return header + tensor.contiguous().numpy().tobytes()
+
+
+def write_idx(path: str | Path, tensor: torch.Tensor, magic: int | None = None) -> Path:
+    """Write `tensor` (uint8, or integers in 0..255) as an IDX file, the format of MNIST's four files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(idx_bytes(tensor, magic))
+    return path
+
+
+def write_mnist_folder(raw: str | Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Path:
+    """Write {'train': (images, labels), 'test': (images, labels)} as the four IDX files into `raw`."""
+    raw = Path(raw)
+    for split, (images, labels) in splits.items():
+        write_idx(raw / IDX_NAMES[split, "images"], images)
+        write_idx(raw / IDX_NAMES[split, "labels"], labels)
+    return raw
+
+
+def make_config_file(tmp_path: Path, text: str | bytes, name: str = "config.yaml") -> Path:
+    """Write a config file (str as UTF-8, bytes as given) into tmp_path and return its path."""
+    path = Path(tmp_path) / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def copy_dataset(root: Path, dest: Path) -> Path:
+    """A private, writable copy of a dataset root (for tests that corrupt files)."""
+    shutil.copytree(root, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def mnist_digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The images (N, 28, 28) uint8 and labels (N,) int64 that `mnist_root` holds, per split."""
+    return {split: make_digits(n, seed) for split, (n, seed) in MNIST_SIZES.items()}
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory, mnist_digits) -> Path:
+    """A data root with MNIST/raw/ holding 3000 train and 500 test learnable synthetic digits (read-only)."""
+    root = tmp_path_factory.mktemp("mnist-data")
+    write_mnist_folder(root / "MNIST" / "raw", mnist_digits)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory) -> Path:
+    """A data root with FashionMNIST/raw/ holding 600 train and 100 test images (read-only)."""
+    root = tmp_path_factory.mktemp("fashion-data")
+    write_mnist_folder(
+        root / "FashionMNIST" / "raw",
+        {split: make_digits(n, seed) for split, (n, seed) in FASHION_SIZES.items()},
+    )
+    return root

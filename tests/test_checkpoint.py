@@ -1,0 +1,137 @@
+"""Checkpoints: atomic writes, weights_only reads, and a clear refusal for anything that is not ours."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import zipfile
+
+import pytest
+import torch
+
+from mlptrain.checkpoint import FORMAT_VERSION, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from mlptrain.config import Config
+from mlptrain.errors import CheckpointError
+from mlptrain.files import atomic_write
+
+
+def fields(config: Config | None = None, **over):
+    config = config or Config()
+    model = build_model(config, 784, 10)
+    base = {
+        "config": config.to_dict(),
+        "data": {"in_features": 784, "num_classes": 10, "mean": 0.13, "std": 0.31},
+        "model": model.state_dict(),
+        "optimizer": {},
+        "scheduler": None,
+        "epoch": 1,
+        "metrics": {"val_acc": 0.5},
+        "best": {"epoch": 1, "monitor": "val_acc", "value": 0.5},
+    }
+    base.update(over)
+    return base
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, **fields())
+    ckpt = load_checkpoint(path)
+    assert isinstance(ckpt["config"], Config) and ckpt["format_version"] == FORMAT_VERSION
+    model = model_from_checkpoint(ckpt, path, torch.device("cpu"))
+    assert model.sizes == [784, 128, 64, 10]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def good_bytes() -> bytes:
+    return torch_bytes({"format": "mlptrain-checkpoint", "format_version": FORMAT_VERSION, "versions": {}, **fields()})
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "not a readable checkpoint"),
+        (random.Random(0).randbytes(4096), "not a readable checkpoint"),
+        (lambda: good_bytes()[:2000], "not a readable checkpoint"),
+        (lambda: torch_bytes({"weights": torch.zeros(3)}), "not an mlptrain checkpoint"),
+        (lambda: torch_bytes(torch.zeros(3)), "not an mlptrain checkpoint"),
+        (lambda: torch_bytes({"format": "mlptrain-checkpoint", "format_version": 99}), "format version 99"),
+        (lambda: torch_bytes({"format": "mlptrain-checkpoint", "format_version": 1}), "missing"),
+        (lambda: torch_bytes({**fields(), "format": "mlptrain-checkpoint", "format_version": 1,
+                              "config": {"train": {"lr": -1}}}), "train.lr"),
+    ],
+)
+def test_refusals(tmp_path, content, needle):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content() if callable(content) else content)
+    with pytest.raises(CheckpointError, match=None) as info:
+        load_checkpoint(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_arbitrary_objects_are_refused_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    path.write_bytes(torch_bytes({"format": "mlptrain-checkpoint", "payload": Boom()}))
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_plain_pickle_is_refused(tmp_path):
+    path = tmp_path / "p.pt"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_layer_sizes_must_match_config(tmp_path):
+    path = tmp_path / "c.pt"
+    wrong = build_model(Config(), 784, 10).state_dict()
+    wrong["layers.1.weight"] = torch.zeros(32, 128)
+    save_checkpoint(path, **fields(model=wrong))
+    ckpt = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="layers.1.weight"):
+        model_from_checkpoint(ckpt, path, torch.device("cpu"))
+
+
+def test_missing_and_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "best.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="did you mean"):
+        load_checkpoint(tmp_path)
+
+
+def test_zip_that_is_not_torch(tmp_path):
+    path = tmp_path / "z.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)

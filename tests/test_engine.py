@@ -1,0 +1,109 @@
+"""The loop: it learns, schedules the rate as documented, and reads the device only once per epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlptrain.config import TrainConfig
+from mlptrain.data import Split, TrainingData
+from mlptrain.engine import build_optimizer, build_scheduler, evaluate, fit, train_epoch
+from mlptrain.nn import MLP
+
+
+def blobs(n: int, seed: int) -> Split:
+    """Ten Gaussian blobs in 20-D: separable, so a small MLP must fit them."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(10, 20, generator=torch.Generator().manual_seed(0)) * 3
+    y = torch.randint(0, 10, (n,), generator=g)
+    return Split(centers[y] + torch.randn(n, 20, generator=g), y)
+
+
+@pytest.fixture
+def data() -> TrainingData:
+    return TrainingData(train=blobs(2000, 1), val=blobs(500, 2), mean=0.0, std=1.0)
+
+
+def test_fit_learns(data):
+    torch.manual_seed(0)
+    model = MLP([20, 32, 10])
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, 3 * 32)
+    history = list(fit(model, opt, sched, data, cfg, seed=0))
+    assert [s.epoch for s in history] == [1, 2, 3]
+    assert history[-1].val_acc > 0.9
+    assert history[-1].train_loss < history[0].train_loss
+    assert all(s.train_seconds > 0 and s.samples_per_second > 0 for s in history)
+
+
+def test_fit_is_deterministic_on_cpu(data):
+    def run():
+        torch.manual_seed(0)
+        model = MLP([20, 32, 10], dropout=0.2)
+        cfg = TrainConfig(epochs=2, batch_size=50)
+        opt = build_optimizer(model, cfg)
+        return [(s.train_loss, s.val_loss) for s in fit(model, opt, build_scheduler(opt, cfg, 80), data, cfg, 0)]
+
+    assert run() == run()
+
+
+def test_one_host_sync_per_epoch(data, monkeypatch):
+    """No .item() per batch: the loop reads its device-side sums once, at the end of the epoch."""
+    calls = []
+    original = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
+    model = MLP([20, 32, 10])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    train_epoch(model, opt, None, data.train, 16, torch.Generator().manual_seed(0))  # 125 batches
+    assert len(calls) == 2  # loss sum and correct count, once each
+    calls.clear()
+    evaluate(model, data.val)
+    assert len(calls) == 2
+
+
+def test_evaluate_leaves_no_graph_and_uses_eval_mode(data):
+    model = MLP([20, 32, 10], dropout=0.5)
+    first = evaluate(model, data.val)
+    assert evaluate(model, data.val) == first  # dropout off: deterministic
+    assert not model.training
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine", "none"])
+def test_schedules(name):
+    model = MLP([4, 3])
+    cfg = TrainConfig(lr=0.1, momentum=0.9, scheduler=name)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, 100)
+    lrs, moms = [], []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        if sched is not None:
+            sched.step()
+    if name == "none":
+        assert set(lrs) == {0.1} and set(moms) == {0.9}
+    elif name == "cosine":
+        assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 1e-3 and set(moms) == {0.9}
+        assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    else:  # warm up to lr over the first 30%, anneal far below it; momentum moves the other way
+        peak = max(range(100), key=lrs.__getitem__)
+        assert 25 <= peak <= 35 and max(lrs) == pytest.approx(0.1)
+        assert lrs[0] == pytest.approx(0.1 / 25) and lrs[-1] < 1e-4
+        assert moms[0] == pytest.approx(0.9) and moms[peak] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_onecycle_without_momentum_keeps_none():
+    model = MLP([4, 3])
+    cfg = TrainConfig(momentum=0.0)
+    opt = build_optimizer(model, cfg)
+    build_scheduler(opt, cfg, 10)
+    assert opt.param_groups[0]["momentum"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_uses_momentum_as_beta1(name):
+    opt = build_optimizer(MLP([4, 3]), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
+    assert opt.param_groups[0]["betas"] == (0.8, 0.999)
+    assert opt.param_groups[0]["weight_decay"] == 0.01
