@@ -57,7 +57,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint: corrupt or not a torch file") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint: truncated or not a torch file ({_first_line(e)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint: truncated or not a torch file ({_first_line(e)})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: a torch file, but not an mlptrain checkpoint")
     version = ckpt.get("format_version")

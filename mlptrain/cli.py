@@ -103,8 +103,12 @@ def train(
 
 @app.command("eval")
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt.")],
-    split: Annotated[Split, typer.Option(help="test: the held-back test set; val: the run's validation images.")] = Split.test,
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt.")
+    ],
+    split: Annotated[
+        Split, typer.Option(help="test: the held-back test set; val: the run's validation images.")
+    ] = Split.test,
     data_root: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--data-root", help="Where the dataset lives, if not where the run found it."),

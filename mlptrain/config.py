@@ -131,11 +131,11 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {_kind(raw)}")
     set_keys: dict[str, str] = {}
-    for item in overrides:
-        key, value = parse_override(item)
-        _assign(raw, key, value)
-        set_keys[key] = item
     try:
+        for item in overrides:
+            key, value = parse_override(item)
+            _assign(raw, key, value)
+            set_keys[key] = item
         config = _build(Config, raw, "")
         config.validate()
     except _Invalid as e:
@@ -165,7 +165,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         if depth < len(parts) - 1 and not dataclasses.is_dataclass(cls):
             raise ConfigError(f"--set {item}: {'.'.join(parts[: depth + 1])!r} has no sub-keys")
     if dataclasses.is_dataclass(cls):
-        raise ConfigError(f"--set {item}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}")
+        raise ConfigError(
+            f"--set {item}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}"
+        )
     return key, value
 
 
@@ -190,7 +192,10 @@ def resolve_device(spec: str):
         return torch.device("cpu")
     if _DEVICE_RE.fullmatch(spec) is None:
         raise ConfigError(f"device: unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device: {spec!r} is not a device torch can name") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -225,8 +230,15 @@ def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
 
 
 def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number", type(None): "nothing"}
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "nothing",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -278,8 +290,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 number = float(value)
             except ValueError:
                 number = None
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            raise _Invalid(key, f"expected a finite number, got {_kind(value)} {value!r}")
+        try:
+            ok = not isinstance(number, bool) and isinstance(number, (int, float)) and math.isfinite(float(number))
+        except OverflowError:  # an int too large for a float
+            ok = False
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise _Invalid(key, f"expected a finite number, got {_kind(value)} {shown}")
         return float(number)
     if tp is str:
         if not isinstance(value, str):
@@ -290,11 +307,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _assign(raw: dict, key: str, value: Any) -> None:
     *sections, last = key.split(".")
-    node = raw
+    node, path = raw, ""
     for part in sections:
+        path = f"{path}.{part}" if path else part
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise _Invalid(path, f"must be a mapping of keys to values, got {_kind(child)}")
         node = child
     node[last] = value
 
@@ -306,10 +326,12 @@ class _StrictLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"a key must be a plain name, got {_kind(key)}", key_node.start_mark
                 )
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -332,7 +354,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if raw is None:

@@ -91,7 +91,9 @@ def split_indices(n: int, val_size: int, seed: int, dataset: str) -> tuple[torch
     return perm[val_size:], perm[:val_size]
 
 
-def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def shuffled_batches(
+    split: Split, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of one epoch: one device-side gather per epoch, then views; the last batch may be short."""
     perm = torch.randperm(len(split), device=split.x.device, generator=generator)
     x, y = split.x[perm], split.y[perm]
@@ -130,7 +132,7 @@ def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch
         raise DataError(
             f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
             + (f" (download failed: {why})" if why else " (data.download is false)")
-            + f". Copy the four IDX files (or their .gz) there, or run once with data.download: true online"
+            + ". Copy the four IDX files (or their .gz) there, or run once with data.download: true online"
         )
     prefix = "train" if train else "t10k"
     images_path, labels_path = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
@@ -162,9 +164,7 @@ def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
         raise DataError(f"{path}: truncated ({size} bytes, shorter than an IDX header)")
     magic = int.from_bytes(header[:4], "big")
     if magic != expected_magic:
-        raise DataError(
-            f"{path}: not an IDX {kind} file (magic number {magic:#010x}, expected {expected_magic:#010x})"
-        )
+        raise DataError(f"{path}: not an IDX {kind} file (magic number {magic:#010x}, expected {expected_magic:#010x})")
     shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected_size = 4 + 4 * ndim + math.prod(shape)
     if size != expected_size:

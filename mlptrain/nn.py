@@ -5,6 +5,7 @@ Shapes follow torch.nn.Linear: weight (out_features, in_features), bias (out_fea
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -16,9 +17,15 @@ from torch.nn import init
 class LinearFunction(torch.autograd.Function):
     """y = x Wᵀ + b, with the backward written out by hand.
 
-    forward and setup_context are separate (the "new style") so torch.func transforms and
-    torch.compile can trace it like a built-in op.
+    forward and setup_context are separate (the "new style") so torch.func transforms (vmap rule generated)
+    and torch.compile can trace it like a built-in op.
+
+    Autocast: the forward's addmm/mm are on autocast's lower-precision list, so under autocast they run in
+    its dtype (bf16/fp16) exactly as in torch.nn.Linear. The backward computes in the dtype of the incoming
+    gradient, casting the saved fp32 tensors to it, and autograd casts each gradient back to its input's dtype.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -33,7 +40,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        input, weight, bias = inputs
+        input, weight, _ = inputs
         # Save only what backward reads: x feeds grad_weight, W feeds grad_input.
         need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
@@ -45,9 +52,11 @@ class LinearFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         g = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
         if ctx.needs_input_grad[0]:
-            grad_input = g.mm(weight).reshape(ctx.input_shape)  # (N, out) @ (out, in) -> (N, in)
+            # (N, out) @ (out, in) -> (N, in); .to() is a no-op outside autocast
+            grad_input = g.mm(weight.to(g.dtype)).reshape(ctx.input_shape)
         if ctx.needs_input_grad[1]:
-            grad_weight = g.t().mm(input.reshape(-1, input.shape[-1]))  # (out, N) @ (N, in) -> (out, in)
+            x = input.reshape(-1, input.shape[-1]).to(g.dtype)
+            grad_weight = g.t().mm(x)  # (out, N) @ (N, in) -> (out, in)
         if ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)  # (out,)
         return grad_input, grad_weight, grad_bias
@@ -101,7 +110,7 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
         self.sizes = list(sizes)
-        self.layers = nn.ModuleList(Linear(i, o, bias=bias) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(Linear(i, o, bias=bias) for i, o in itertools.pairwise(sizes))
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 

@@ -96,7 +96,9 @@ def prepare_run_dir(config: Config, run_dir: Path | None, force: bool) -> Path:
     return run_dir
 
 
-def train(config: Config, run_dir: Path | None = None, force: bool = False, callbacks: Callbacks | None = None) -> TrainResult:
+def train(
+    config: Config, run_dir: Path | None = None, force: bool = False, callbacks: Callbacks | None = None
+) -> TrainResult:
     """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch."""
     cb = callbacks or Callbacks()
     device = resolve_device(config.device)
@@ -136,7 +138,12 @@ def train(config: Config, run_dir: Path | None = None, force: bool = False, call
         "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std},
     }
     epochs = fit(
-        model, optimizer, scheduler, data, config.train, config.seed,
+        model,
+        optimizer,
+        scheduler,
+        data,
+        config.train,
+        config.seed,
         on_batch=cb.batch_done,
         on_epoch_start=lambda epoch, n: cb.epoch_started(epoch, config.train.epochs, n),
     )

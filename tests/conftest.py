@@ -1,7 +1,7 @@
 """Shared test data: synthetic digits written out as MNIST-format IDX files, so nothing ever downloads.
 
-Helpers are plain functions (`from conftest import write_idx`); datasets are session-scoped fixtures and must be
-treated as read-only: a test that needs a broken dataset copies one into its own tmp_path.
+Helpers are plain functions (`from conftest import write_idx`); datasets are session-scoped fixtures and
+must be treated as read-only: a test that needs a broken dataset copies one into its own tmp_path.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ FASHION_SIZES = {"train": (600, 21), "test": (100, 22)}
 
 
 def idx_bytes(tensor: torch.Tensor, magic: int | None = None) -> bytes:
-    """The IDX encoding of an unsigned-byte tensor: magic 0x0800+ndim, each dim as 4-byte big-endian, raw data."""
+    """An unsigned-byte tensor as IDX: magic 0x0800+ndim, each dim as 4-byte big-endian, then the raw data."""
     if tensor.dtype != torch.uint8:
         if tensor.dtype.is_floating_point or (tensor.numel() and (tensor.min() < 0 or tensor.max() > 255)):
             raise ValueError(f"IDX here holds unsigned bytes; got {tensor.dtype} with values outside 0..255")

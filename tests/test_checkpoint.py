@@ -83,8 +83,12 @@ def good_bytes() -> bytes:
         (lambda: torch_bytes(torch.zeros(3)), "not an mlptrain checkpoint"),
         (lambda: torch_bytes({"format": "mlptrain-checkpoint", "format_version": 99}), "format version 99"),
         (lambda: torch_bytes({"format": "mlptrain-checkpoint", "format_version": 1}), "missing"),
-        (lambda: torch_bytes({**fields(), "format": "mlptrain-checkpoint", "format_version": 1,
-                              "config": {"train": {"lr": -1}}}), "train.lr"),
+        (
+            lambda: torch_bytes(
+                {**fields(), "format": "mlptrain-checkpoint", "format_version": 1, "config": {"train": {"lr": -1}}}
+            ),
+            "train.lr",
+        ),
     ],
 )
 def test_refusals(tmp_path, content, needle):
@@ -117,7 +121,7 @@ def test_layer_sizes_must_match_config(tmp_path):
     wrong["layers.1.weight"] = torch.zeros(32, 128)
     save_checkpoint(path, **fields(model=wrong))
     ckpt = load_checkpoint(path)
-    with pytest.raises(CheckpointError, match="layers.1.weight"):
+    with pytest.raises(CheckpointError, match=r"layers\.1\.weight"):
         model_from_checkpoint(ckpt, path, torch.device("cpu"))
 
 

@@ -81,7 +81,8 @@ def test_checkpoint_is_self_contained(smoke_run):
     assert ckpt["versions"]["mlptrain"] == __version__
     assert ckpt["config"]["data"]["dataset"] == "synthetic"
     assert ckpt["data"]["in_features"] == 784 and ckpt["data"]["num_classes"] == 10
-    assert ckpt["model"]["layers.0.weight"].shape == (64, 784)  # (out_features, in_features)
+    hidden = ckpt["config"]["model"]["hidden"]
+    assert ckpt["model"]["layers.0.weight"].shape == (hidden[0], 784)  # (out_features, in_features)
 
 
 def test_eval_val_reproduces_recorded_val_acc(smoke_run):
@@ -116,9 +117,21 @@ def test_train_on_mnist_idx_files(mnist_root, tmp_path):
     """The real torchvision path: MNIST IDX files on disk, no download."""
     run_dir = tmp_path / "run"
     result = invoke(
-        "train", SMOKE, "--run-dir", run_dir, "--quiet",
-        "--set", "data.dataset=mnist", "--set", f"data.root={mnist_root}", "--set", "data.download=false",
-        "--set", "data.val_size=500", "--set", "train.epochs=3",
+        "train",
+        SMOKE,
+        "--run-dir",
+        run_dir,
+        "--quiet",
+        "--set",
+        "data.dataset=mnist",
+        "--set",
+        f"data.root={mnist_root}",
+        "--set",
+        "data.download=false",
+        "--set",
+        "data.val_size=500",
+        "--set",
+        "train.epochs=3",
     )
     assert result.exit_code == 0, result.stdout + result.stderr
     assert len(result.stdout.strip().splitlines()) == 1  # --quiet: the summary line only
@@ -170,17 +183,35 @@ def test_bad_input_is_one_line_and_exit_2(args, needles, tmp_path):
 
 def test_missing_mnist_names_folder_and_files(tmp_path):
     result = invoke(
-        "train", SMOKE, "--run-dir", tmp_path / "r",
-        "--set", "data.dataset=mnist", "--set", f"data.root={tmp_path / 'nodata'}", "--set", "data.download=false",
+        "train",
+        SMOKE,
+        "--run-dir",
+        tmp_path / "r",
+        "--set",
+        "data.dataset=mnist",
+        "--set",
+        f"data.root={tmp_path / 'nodata'}",
+        "--set",
+        "data.download=false",
     )
-    assert_user_error(result, str(tmp_path / "nodata" / "MNIST" / "raw"), "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    assert_user_error(
+        result, str(tmp_path / "nodata" / "MNIST" / "raw"), "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+    )
 
 
 def test_diverging_run_exits_1_and_keeps_finite_checkpoints(tmp_path):
     run_dir = tmp_path / "r"
     result = invoke(
-        "train", SMOKE, "--run-dir", run_dir,
-        "--set", "train.lr=1e6", "--set", "train.scheduler=none", "--set", "train.epochs=3",
+        "train",
+        SMOKE,
+        "--run-dir",
+        run_dir,
+        "--set",
+        "train.lr=1e6",
+        "--set",
+        "train.scheduler=none",
+        "--set",
+        "train.epochs=3",
     )
     assert_user_error(result, "diverged", "train.lr", code=1)
     rows = read_rows(run_dir)

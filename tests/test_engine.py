@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -86,7 +88,7 @@ def test_schedules(name):
         assert set(lrs) == {0.1} and set(moms) == {0.9}
     elif name == "cosine":
         assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 1e-3 and set(moms) == {0.9}
-        assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+        assert all(a >= b for a, b in itertools.pairwise(lrs))
     else:  # warm up to lr over the first 30%, anneal far below it; momentum moves the other way
         peak = max(range(100), key=lrs.__getitem__)
         assert 25 <= peak <= 35 and max(lrs) == pytest.approx(0.1)

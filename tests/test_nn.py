@@ -1,5 +1,5 @@
-"""mlptrain.nn: LinearFunction's hand-written backward (gradcheck, parity with F.linear), Linear as a drop-in for
-torch.nn.Linear, and the MLP built from it."""
+"""mlptrain.nn: LinearFunction's hand-written backward (gradcheck, parity with F.linear), Linear as a drop-in
+for torch.nn.Linear, and the MLP built from it."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _operands(shape, bias=True, requires=(True, True, True), dtype=torch.float64
     return x, w, b
 
 
-# --- LinearFunction: gradients --------------------------------------------------------------------------------
+# --- LinearFunction: gradients ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -39,7 +39,13 @@ def test_gradcheck_and_gradgradcheck(shape, bias):
 
 @pytest.mark.parametrize(
     "requires",
-    [(False, True, True), (True, False, False), (True, False, True), (False, False, True), (False, True, False)],
+    [
+        (False, True, True),
+        (True, False, False),
+        (True, False, True),
+        (False, False, True),
+        (False, True, False),
+    ],
     ids=["weight+bias", "input", "input+bias", "bias-only", "weight-only"],
 )
 @pytest.mark.parametrize("shape", [INPUT_SHAPES["2d"], INPUT_SHAPES["3d"]], ids=["2d", "3d"])
@@ -87,7 +93,7 @@ def test_backward_computes_only_the_grads_asked_for(needs):
     )
     grads = LinearFunction.backward(ctx, grad_output)
     assert len(grads) == 3
-    for need, grad in zip(needs, grads):
+    for need, grad in zip(needs, grads, strict=True):
         assert (grad is not None) == need
     if needs[0]:
         torch.testing.assert_close(grads[0], grad_output @ w)
@@ -97,7 +103,7 @@ def test_backward_computes_only_the_grads_asked_for(needs):
         torch.testing.assert_close(grads[2], grad_output.reshape(-1, OUT).sum(0))
 
 
-# --- LinearFunction: parity with torch.nn.functional.linear -----------------------------------------------------
+# --- LinearFunction: parity with torch.nn.functional.linear -------------------------------------------------
 
 
 PARITY_SHAPES = [(7,), (1, 1), (16, 33), (5, 2, 9), (2, 3, 4, 6)]
@@ -124,7 +130,7 @@ def test_forward_and_grads_match_functional_linear(shape, bias, dtype):
     assert ours.shape == ref.shape == (*shape[:-1], out_features)
     assert ours.dtype == dtype
     torch.testing.assert_close(ours, ref)
-    for got, want in zip(our_grads, ref_grads):
+    for got, want in zip(our_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -170,7 +176,7 @@ def test_backward_under_cpu_autocast_matches_torch_linear():
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=2e-2, atol=2e-2)
 
 
-# --- Linear as a drop-in for torch.nn.Linear ---------------------------------------------------------------------
+# --- Linear as a drop-in for torch.nn.Linear ----------------------------------------------------------------
 
 
 def test_linear_parameter_shapes():
@@ -283,7 +289,7 @@ def test_forward_pre_hook_can_replace_input():
     torch.testing.assert_close(out, layer.bias.detach().expand(2, 3))
 
 
-# --- MLP -------------------------------------------------------------------------------------------------------
+# --- MLP ----------------------------------------------------------------------------------------------------
 
 
 def test_mlp_uses_only_mlptrain_linear():
@@ -373,10 +379,10 @@ def test_mlp_training_step_matches_torch_linear_model(bias):
         ours_params = list(ours.parameters())
         ref_params = list(ref.parameters())
         assert len(ours_params) == len(ref_params)
-        for p, q in zip(ours_params, ref_params):
+        for p, q in zip(ours_params, ref_params, strict=True):
             assert p.grad is not None
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
         opt_ours.step()
         opt_ref.step()
-    for p, q in zip(ours.parameters(), ref.parameters()):
+    for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
