@@ -67,7 +67,7 @@ def _errors():
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/mnist.yaml.")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file, e.g. configs/mnist.yaml.")],
     set_: Annotated[
         Optional[list[str]],  # noqa: UP045 - typer reads the annotation at runtime
         typer.Option("--set", metavar="KEY=VALUE", help="Override a config key (repeatable), e.g. train.lr=0.1."),
@@ -104,7 +104,8 @@ def train(
 @app.command("eval")
 def eval_(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt.")
+        Path,
+        typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt."),
     ],
     split: Annotated[
         Split, typer.Option(help="test: the held-back test set; val: the run's validation images.")
@@ -128,4 +129,19 @@ def eval_(
 
 
 def main() -> None:
-    app(prog_name="mlptrain")
+    """Entry point. Typer's own usage errors become one line too, like the library's."""
+    from mlptrain import report
+
+    try:
+        code = app(prog_name="mlptrain", standalone_mode=False)
+    except typer.TyperException as e:  # usage errors (exit 2) and the like
+        if not e.format_message():  # `mlptrain` alone: the help was printed, nothing went wrong
+            raise SystemExit(e.exit_code) from None
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        report.error(e.format_message() + hint)
+        raise SystemExit(e.exit_code) from None
+    except (typer.Abort, KeyboardInterrupt):
+        report.error("interrupted")
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)

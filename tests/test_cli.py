@@ -243,3 +243,21 @@ def test_version_and_help_do_not_import_torch():
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "mlptrain", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == f"mlptrain {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["eval", "x.pt", "--split", "foo"], "--split"),
+        (["train"], "CONFIG"),
+        (["bogus"], "bogus"),
+        (["train", "configs/smoke.yaml", "--bogus"], "--bogus"),
+    ],
+)
+def test_usage_errors_are_one_line_through_the_entry_point(argv, needle):
+    out = subprocess.run(
+        [sys.executable, "-m", "mlptrain", *argv], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlptrain: error: ") and needle in lines[0], out.stderr
