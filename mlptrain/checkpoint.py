@@ -23,7 +23,19 @@ from mlptrain.nn import MLP
 
 FORMAT = "mlptrain-checkpoint"
 FORMAT_VERSION = 1
-_REQUIRED = ("config", "data", "model", "epoch", "metrics", "best", "optimizer", "scheduler")
+_REQUIRED = (
+    "config",
+    "data",
+    "model",
+    "epoch",
+    "metrics",
+    "history",
+    "best",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "progress",
+)
 
 
 def save_checkpoint(path: Path, **fields: Any) -> None:

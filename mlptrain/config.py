@@ -68,6 +68,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: Literal["none", "cosine", "onecycle"] = "onecycle"
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    patience: int = 0  # stop after this many epochs without improvement on `monitor`; 0 = never
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -75,6 +76,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.patience >= 0, "train.patience", f"must be >= 0 (0 turns early stopping off), got {self.patience}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlptrain.config import TrainConfig
-from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData, shuffled_batches, steps_per_epoch
+from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData, batches, epoch_order, steps_per_epoch
 
 
 @dataclass
@@ -74,9 +74,60 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The data order of an epoch depends on (seed, epoch) only, so a resumed run sees the same batches."""
-    return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+@dataclass
+class EpochProgress:
+    """How far a training pass has got: enough to continue it bit for bit after an interruption."""
+
+    epoch: int
+    order: torch.Tensor  # (N,) the epoch's permutation of the training split
+    step: int  # batches done
+    loss_sum: torch.Tensor  # () sum of per-sample losses so far, on the device
+    correct: torch.Tensor  # () int64 count of right answers so far, on the device
+    lr: float  # the rate of the last step taken
+    seconds: float = 0.0  # training time spent in this epoch so far
+
+    @classmethod
+    def begin(cls, epoch: int, split: Split, seed: int, lr: float) -> EpochProgress:
+        device = split.x.device
+        return cls(
+            epoch=epoch,
+            order=epoch_order(len(split), seed, epoch, device),
+            step=0,
+            loss_sum=torch.zeros((), device=device),
+            correct=torch.zeros((), device=device, dtype=torch.int64),
+            lr=lr,
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "order": self.order.cpu(),
+            "step": self.step,
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "lr": self.lr,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> EpochProgress:
+        return cls(
+            epoch=int(state["epoch"]),
+            order=state["order"].to(device),
+            step=int(state["step"]),
+            loss_sum=state["loss_sum"].to(device),
+            correct=state["correct"].to(device),
+            lr=float(state["lr"]),
+            seconds=float(state["seconds"]),
+        )
+
+
+class TrainingStopped(Exception):
+    """Raised out of fit() when should_stop() asked for a stop inside an epoch; carries where it stopped."""
+
+    def __init__(self, progress: EpochProgress):
+        super().__init__(f"stopped in epoch {progress.epoch} after {progress.step} batches")
+        self.progress = progress
 
 
 def train_epoch(
@@ -85,30 +136,32 @@ def train_epoch(
     scheduler,
     split: Split,
     batch_size: int,
-    generator: torch.Generator,
+    progress: EpochProgress,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[float, float, float]:
-    """One pass over `split` in shuffled batches -> (mean loss, accuracy, learning rate of the last step)."""
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Train on `split` in the order and from the step that `progress` holds, updating it as it goes.
+
+    Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary.
+    """
     model.train()
-    device = split.x.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    lr = optimizer.param_groups[0]["lr"]
-    for step, (x, y) in enumerate(shuffled_batches(split, batch_size, generator)):
+    for x, y in batches(split, progress.order, batch_size, progress.step):
         logits = model(x)  # (B, classes)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        lr = optimizer.param_groups[0]["lr"]
+        progress.lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.argmax(1) == y).sum()
+        progress.loss_sum += loss.detach() * y.shape[0]
+        progress.correct += (logits.argmax(1) == y).sum()
+        progress.step += 1
         if on_batch is not None:
-            on_batch(step + 1)
-    n = len(split)
-    return loss_sum.item() / n, correct.item() / n, lr  # .item(): the epoch's one host sync
+            on_batch(progress.step)
+        if should_stop is not None and should_stop():
+            break
+    return progress.step == steps_per_epoch(len(split), batch_size)
 
 
 @torch.inference_mode()
@@ -134,34 +187,43 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     start_epoch: int = 0,
+    progress: EpochProgress | None = None,
     on_batch: Callable[[int], None] | None = None,
-    on_epoch_start: Callable[[int, int], None] | None = None,
+    on_epoch_start: Callable[[int, int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[EpochStats]:
-    """Train epochs start_epoch+1 .. cfg.epochs, yielding each one's statistics as it finishes."""
+    """Train epochs start_epoch+1 .. cfg.epochs, yielding each one's statistics as it finishes.
+
+    `progress` continues an interrupted epoch (its epoch must be start_epoch+1). If should_stop() turns true
+    inside an epoch, the pass ends at the next batch boundary and TrainingStopped carries the progress out.
+    """
     device = data.train.x.device
-    steps = steps_per_epoch(len(data.train), cfg.batch_size)
+    n = len(data.train)
+    steps = steps_per_epoch(n, cfg.batch_size)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        if progress is None or progress.epoch != epoch:
+            progress = EpochProgress.begin(epoch, data.train, seed, optimizer.param_groups[0]["lr"])
         if on_epoch_start is not None:
-            on_epoch_start(epoch, steps)
+            on_epoch_start(epoch, steps, progress.step)
         synchronize(device)
         t0 = time.perf_counter()
-        generator = epoch_generator(seed, epoch, device)
-        train_loss, train_acc, lr = train_epoch(
-            model, optimizer, scheduler, data.train, cfg.batch_size, generator, on_batch
-        )
+        finished = train_epoch(model, optimizer, scheduler, data.train, cfg.batch_size, progress, on_batch, should_stop)
         synchronize(device)
+        progress.seconds += time.perf_counter() - t0
+        if not finished:
+            raise TrainingStopped(progress)
+        train_loss, train_acc = progress.loss_sum.item() / n, progress.correct.item() / n  # the epoch's host sync
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(model, data.val)
         synchronize(device)
-        t2 = time.perf_counter()
         yield EpochStats(
             epoch=epoch,
             train_loss=train_loss,
             train_acc=train_acc,
             val_loss=val_loss,
             val_acc=val_acc,
-            lr=lr,
-            train_seconds=t1 - t0,
-            val_seconds=t2 - t1,
-            samples_per_second=len(data.train) / (t1 - t0),
+            lr=progress.lr,
+            train_seconds=progress.seconds,
+            val_seconds=time.perf_counter() - t1,
+            samples_per_second=n / progress.seconds,
         )

@@ -84,7 +84,7 @@ device: cpu
 data: {dataset: fashion-mnist, root: /tmp/d, download: false, val_size: 10, synthetic_size: 600}
 model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
-        scheduler: cosine, monitor: val_loss}
+        scheduler: cosine, monitor: val_loss, patience: 2}
 output: {dir: out}
 """
     config = load_config(make_config_file(tmp_path, text))
@@ -109,6 +109,7 @@ output: {dir: out}
             "weight_decay": 0.01,
             "scheduler": "cosine",
             "monitor": "val_loss",
+            "patience": 2,
         },
         "output": {"dir": "out"},
     }

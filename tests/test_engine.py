@@ -9,7 +9,7 @@ import torch
 
 from mlptrain.config import TrainConfig
 from mlptrain.data import Split, TrainingData
-from mlptrain.engine import build_optimizer, build_scheduler, evaluate, fit, train_epoch
+from mlptrain.engine import EpochProgress, build_optimizer, build_scheduler, evaluate, fit, train_epoch
 from mlptrain.nn import MLP
 
 
@@ -57,7 +57,9 @@ def test_one_host_sync_per_epoch(data, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
     model = MLP([20, 32, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    train_epoch(model, opt, None, data.train, 16, torch.Generator().manual_seed(0))  # 125 batches
+    progress = EpochProgress.begin(1, data.train, seed=0, lr=0.01)
+    assert train_epoch(model, opt, None, data.train, 16, progress)  # 125 batches
+    progress.loss_sum.item(), progress.correct.item()  # what fit() reads, once
     assert len(calls) == 2  # loss sum and correct count, once each
     calls.clear()
     evaluate(model, data.val)
