@@ -52,6 +52,8 @@ def _errors():
 
     try:
         yield
+    except typer.Exit:
+        raise
     except MlptrainError as e:
         report.error(str(e))
         raise typer.Exit(e.exit_code) from None

@@ -17,13 +17,13 @@ from mlptrain.config import DataConfig
 from mlptrain.data import (
     IDX_FILES,
     Split,
+    batches,
     check_idx_file,
+    epoch_order,
     load_eval_split,
     load_training_data,
     normalize,
     raw_folder,
-    batches,
-    epoch_order,
     split_indices,
     steps_per_epoch,
 )
@@ -168,9 +168,6 @@ def _indexed_split(n: int) -> Split:
     return Split(torch.arange(n, dtype=torch.float32).unsqueeze(1).repeat(1, 3), torch.arange(n))
 
 
-CPU = torch.device("cpu")
-
-
 def test_batches_cover_each_sample_once_with_a_short_last_batch():
     split = _indexed_split(103)
     got = list(batches(split, epoch_order(103, 0, 1, CPU), 10))
@@ -210,7 +207,6 @@ def test_batches_resume_from_a_step():
     tail = [y for _, y in batches(split, order, 8, start_step=4)]
     assert len(tail) == len(full) - 4
     assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))
-
 
 
 # --- broken or missing datasets -----------------------------------------------------------------------------
