@@ -19,7 +19,7 @@ from mlptrain import runner
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config
-from mlptrain.errors import ConfigError
+from mlptrain.errors import ConfigError, RunFailed
 from mlptrain.files import new_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,3 +247,25 @@ def test_kill_9_resumes_from_the_last_finished_epoch(tmp_path, reference_small_b
     runner.resume(run_dir)
     assert metrics(run_dir) == metrics(reference_small_batches)
     assert_same_weights(run_dir / "last.pt", reference_small_batches / "last.pt")
+
+
+def test_divergence_stops_the_run_and_keeps_the_finite_checkpoints(tmp_path, monkeypatch):
+    real_fit = runner.fit
+
+    def fit_that_blows_up(model, *args, **kwargs):
+        for stats in real_fit(model, *args, **kwargs):
+            yield stats
+            with torch.no_grad():  # after epoch 1, poison one weight: epoch 2's loss is NaN through the real loop
+                model.layers[0].weight[0, 0] = float("nan")
+
+    monkeypatch.setattr(runner, "fit", fit_that_blows_up)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunFailed, match=r"diverged in epoch 2.*train\.lr") as info:
+        runner.train(tiny(), run_dir=run_dir)
+    assert info.value.exit_code == 1
+    rows = metrics(run_dir)
+    assert len(rows) == 2 and rows[1][1] == "nan"  # the diverged epoch is on record
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run_dir / name)
+        assert ckpt["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
