@@ -72,8 +72,8 @@ class TrainReporter:
             ("data", f"{info.dataset} · {info.train_samples:,} train · {info.val_samples:,} val"),
             ("training", f"{t.epochs} epochs · batch {t.batch_size} · {t.optimizer} lr {t.lr:g} · {t.scheduler}"),
         ]
-        if info.resumed_from is not None:
-            lines.insert(1, ("resumed", f"after epoch {info.resumed_from}"))
+        if info.resumed_at is not None:
+            lines.insert(1, ("resumed", f"at {info.resumed_at}"))
         if self.live:
             self.console.print(f"[bold]mlptrain {__version__}[/]")
             for key, value in lines:

@@ -49,7 +49,7 @@ class RunInfo:
     train_samples: int
     val_samples: int
     config: Config
-    resumed_from: int | None = None  # the last finished epoch, when continuing a run
+    resumed_at: str | None = None  # where a continued run picks up, in words
 
 
 class Callbacks:
@@ -360,7 +360,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
             train_samples=len(session.data.train),
             val_samples=len(session.data.val),
             config=config,
-            resumed_from=session.start_epoch if session.start_epoch or session.progress else None,
+            resumed_at=_resume_point(session),
         )
     )
     monitor = config.train.monitor
@@ -407,6 +407,13 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
             save_checkpoint(run_dir / "last.pt", **session.checkpoint(session.start_epoch, e.progress))
             raise _stopped(session, e.progress, stop) from None
     return result
+
+
+def _resume_point(session: _Session) -> str | None:
+    if session.progress is not None:
+        steps = steps_per_epoch(len(session.data.train), session.config.train.batch_size)
+        return f"epoch {session.progress.epoch}, batch {session.progress.step + 1}/{steps}"
+    return f"epoch {session.start_epoch + 1}" if session.start_epoch else None
 
 
 def _stopped(session: _Session, progress: EpochProgress | None, stop: StopRequest) -> Interrupted:
