@@ -425,8 +425,14 @@ def _stopped(session: _Session, progress: EpochProgress | None, stop: StopReques
         else f"after epoch {session.start_epoch}"
     )
     name = signal.Signals(stop.signum).name
+    result = session.result
+    best = (
+        f"; best so far: epoch {result.best_epoch} ({result.monitor} {session.best_value:.4f}) in best.pt"
+        if result.best_epoch
+        else ""
+    )
     return Interrupted(
-        f"{name}: stopped {where}; its exact place is saved in {run_dir / 'last.pt'}",
+        f"{name}: stopped {where}; its exact place is saved in {run_dir / 'last.pt'}{best}",
         resume_command=f"mlptrain train --resume {run_dir}",
         signum=stop.signum,
     )
