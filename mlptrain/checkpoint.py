@@ -102,7 +102,7 @@ def model_sizes(config: Config, in_features: int, num_classes: int) -> list[int]
 
 def build_model(config: Config, in_features: int, num_classes: int) -> MLP:
     m = config.model
-    return MLP(model_sizes(config, in_features, num_classes), m.activation, m.dropout, m.bias)
+    return MLP(model_sizes(config, in_features, num_classes), m.activation, m.dropout, m.bias, m.fused)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path, device: torch.device) -> MLP:

@@ -26,6 +26,7 @@ from mlptrain.engine import (
     COLUMNS,
     EpochProgress,
     EpochStats,
+    FlatParameters,
     TrainingStopped,
     build_optimizer,
     build_scheduler,
@@ -311,7 +312,7 @@ def _new_session(config: Config, run_dir: Path, device: torch.device, data: Trai
     """Build model, optimizer and schedule; from a checkpoint, restore every piece of state it holds."""
     seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
     model = build_model(config, data.in_features, NUM_CLASSES).to(device)
-    optimizer = build_optimizer(model, config.train)
+    optimizer = build_optimizer([FlatParameters(model).param], config.train)
     steps = steps_per_epoch(len(data.train), config.train.batch_size)
     scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
     result = TrainResult(run_dir=run_dir, monitor=config.train.monitor, best_epoch=0)

@@ -30,7 +30,7 @@ def test_fit_learns(data):
     torch.manual_seed(0)
     model = MLP([20, 32, 10])
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg, 3 * 32)
     history = list(fit(model, opt, sched, data, cfg, seed=0))
     assert [s.epoch for s in history] == [1, 2, 3]
@@ -44,7 +44,7 @@ def test_fit_is_deterministic_on_cpu(data):
         torch.manual_seed(0)
         model = MLP([20, 32, 10], dropout=0.2)
         cfg = TrainConfig(epochs=2, batch_size=50)
-        opt = build_optimizer(model, cfg)
+        opt = build_optimizer(model.parameters(), cfg)
         return [(s.train_loss, s.val_loss) for s in fit(model, opt, build_scheduler(opt, cfg, 80), data, cfg, 0)]
 
     assert run() == run()
@@ -77,7 +77,7 @@ def test_evaluate_leaves_no_graph_and_uses_eval_mode(data):
 def test_schedules(name):
     model = MLP([4, 3])
     cfg = TrainConfig(lr=0.1, momentum=0.9, scheduler=name)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg, 100)
     lrs, moms = [], []
     for _ in range(100):
@@ -101,13 +101,13 @@ def test_schedules(name):
 def test_onecycle_without_momentum_keeps_none():
     model = MLP([4, 3])
     cfg = TrainConfig(momentum=0.0)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg)
     build_scheduler(opt, cfg, 10)
     assert opt.param_groups[0]["momentum"] == 0.0
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_uses_momentum_as_beta1(name):
-    opt = build_optimizer(MLP([4, 3]), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
+    opt = build_optimizer(MLP([4, 3]).parameters(), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
     assert opt.param_groups[0]["betas"] == (0.8, 0.999)
     assert opt.param_groups[0]["weight_decay"] == 0.01
