@@ -74,6 +74,7 @@ class TrainReporter:
         ]
         if info.resumed_at is not None:
             lines.insert(1, ("resumed", f"at {info.resumed_at}"))
+        lines += [("note", note) for note in info.notes]
         if self.live:
             self.console.print(f"[bold]mlptrain {__version__}[/]")
             for key, value in lines:

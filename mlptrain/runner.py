@@ -28,10 +28,12 @@ from mlptrain.engine import (
     EpochStats,
     FlatParameters,
     TrainingStopped,
+    autocast,
     build_optimizer,
     build_scheduler,
     evaluate,
     fit,
+    grad_scaler,
 )
 from mlptrain.errors import CheckpointError, ConfigError, DataError, MlptrainError, RunFailed
 from mlptrain.files import atomic_write_text, make_dirs, new_run_dir
@@ -51,6 +53,7 @@ class RunInfo:
     val_samples: int
     config: Config
     resumed_at: str | None = None  # where a continued run picks up, in words
+    notes: list[str] = field(default_factory=list)  # warnings worth showing, e.g. a compile that fell back
 
 
 class Callbacks:
@@ -217,9 +220,12 @@ class _Session:
     optimizer: torch.optim.Optimizer
     scheduler: object
     result: TrainResult
+    scaler: torch.amp.GradScaler | None = None
     best_value: float | None = None
     start_epoch: int = 0
     progress: EpochProgress | None = None
+    train_model: torch.nn.Module | None = None  # what the training pass calls: the model, or its compiled form
+    notes: list[str] = field(default_factory=list)
 
     def checkpoint(self, epoch: int, progress: EpochProgress | None) -> dict:
         history = self.result.history
@@ -240,6 +246,7 @@ class _Session:
             "best": {"epoch": self.result.best_epoch, "monitor": self.result.monitor, "value": self.best_value},
             "rng": rng_state(self.device),
             "progress": progress.state_dict() if progress is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
 
@@ -316,7 +323,13 @@ def _new_session(config: Config, run_dir: Path, device: torch.device, data: Trai
     steps = steps_per_epoch(len(data.train), config.train.batch_size)
     scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
     result = TrainResult(run_dir=run_dir, monitor=config.train.monitor, best_epoch=0)
-    session = _Session(config, run_dir, device, data, model, optimizer, scheduler, result)
+    scaler = grad_scaler(device, config.train.precision)
+    session = _Session(config, run_dir, device, data, model, optimizer, scheduler, result, scaler)
+    session.train_model = model
+    if config.train.compile:
+        session.train_model, note = compile_model(model, optimizer, data, config)
+        if note:
+            session.notes.append(note)
     if ckpt is None:
         return session
 
@@ -330,6 +343,8 @@ def _new_session(config: Config, run_dir: Path, device: torch.device, data: Trai
             scheduler.last_epoch = saved["last_epoch"] - 1
             scheduler._step_count = saved["_step_count"]
             scheduler.step()
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], device)
     result.history = [EpochStats(**row) for row in ckpt["history"]]
     result.best_epoch = ckpt["best"]["epoch"]
@@ -338,6 +353,27 @@ def _new_session(config: Config, run_dir: Path, device: torch.device, data: Trai
     if ckpt["progress"] is not None:
         session.progress = EpochProgress.from_state_dict(ckpt["progress"], device)
     return session
+
+
+def compile_model(model: torch.nn.Module, optimizer, data: TrainingData, config: Config):
+    """(torch.compile(model), None), compiled now on one batch; or (model, why) where compiling fails.
+
+    The trial step runs with the RNG states forked and its gradients zeroed after, so a compiled run draws the
+    same random numbers as an eager one and resumes exactly.
+    """
+    x, y = data.train.x[: config.train.batch_size], data.train.y[: config.train.batch_size]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        compiled = torch.compile(model)
+        with torch.random.fork_rng(devices=devices), autocast(x.device, config.train.precision):
+            torch.nn.functional.cross_entropy(compiled(x), y).backward()
+        optimizer.zero_grad(set_to_none=False)
+        return compiled, None
+    except Exception as e:  # a missing compiler, an unsupported platform...: train eagerly instead
+        optimizer.zero_grad(set_to_none=False)
+        torch._dynamo.reset()
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return model, f"train.compile: torch.compile failed here ({type(e).__name__}: {reason}); training eagerly"
 
 
 def _finished(session: _Session) -> bool:
@@ -362,11 +398,12 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
             val_samples=len(session.data.val),
             config=config,
             resumed_at=_resume_point(session),
+            notes=session.notes,
         )
     )
     monitor = config.train.monitor
     epochs = fit(
-        session.model,
+        session.train_model,
         session.optimizer,
         session.scheduler,
         session.data,
@@ -377,6 +414,8 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
         on_batch=cb.batch_done,
         on_epoch_start=lambda epoch, steps, done: cb.epoch_started(epoch, config.train.epochs, steps, done),
         should_stop=stop,
+        scaler=session.scaler,
+        eval_model=session.model,
     )
     with stop_on_signals(stop):
         try:
