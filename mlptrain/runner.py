@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import math
 import random
 import shutil
@@ -161,6 +162,29 @@ def prepare_run_dir(config: Config, run_dir: Path | None, force: bool) -> Path:
     return run_dir
 
 
+# Below this many multiply-adds per training step (batch × parameters), one CPU thread beats several: the
+# GEMMs are too small to split, and every op pays the threads' wake-up. Measured on the project's 2-core CPU;
+# see README, Performance.
+SMALL_STEP_MACS = 32_000_000
+
+
+def configure_threads(config: Config, device: torch.device) -> int:
+    """Set torch's CPU thread count from `threads` (auto: by the work per step) and return it."""
+    if config.threads != "auto":
+        threads = config.threads
+    elif device.type == "cpu":
+        sizes = [784, *config.model.hidden, 10]  # MNIST-style input; close enough to size the work
+        macs = config.train.batch_size * sum(a * b for a, b in itertools.pairwise(sizes))
+        threads = 1 if macs < SMALL_STEP_MACS else _DEFAULT_THREADS
+    else:
+        threads = _DEFAULT_THREADS  # the host only feeds the GPU
+    torch.set_num_threads(threads)
+    return threads
+
+
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read before anything changes it
+
+
 def seed_everything(seed: int) -> None:
     """torch (every device), numpy and python's random, so anything drawing random numbers is reproducible."""
     import numpy as np
@@ -259,6 +283,7 @@ def train(
 ) -> TrainResult:
     """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch."""
     device = resolve_device(config.device)
+    configure_threads(config, device)
     fresh = run_dir is None or not Path(run_dir).exists()
     run_dir = prepare_run_dir(config, run_dir, force)
     try:
@@ -300,6 +325,7 @@ def resume(
         )
 
     device = resolve_device(config.device)
+    configure_threads(config, device)
     data = load_training_data(config.data, config.seed, device)
     session = _new_session(config, run_dir, device, data, ckpt)
     if session.progress is None and _finished(session):
