@@ -6,10 +6,20 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlptrain.config import TrainConfig
-from mlptrain.data import Split, TrainingData
-from mlptrain.engine import build_optimizer, build_scheduler, evaluate, fit, train_epoch
+from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData
+from mlptrain.engine import (
+    build_optimizer,
+    build_scheduler,
+    confusion_matrix,
+    evaluate,
+    fit,
+    predict_logits,
+    score_logits,
+    train_epoch,
+)
 from mlptrain.nn import MLP
 
 
@@ -109,3 +119,37 @@ def test_adam_uses_momentum_as_beta1(name):
     opt = build_optimizer(MLP([4, 3]), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
     assert opt.param_groups[0]["betas"] == (0.8, 0.999)
     assert opt.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_evaluate_is_bitwise_the_batched_loop_it_always_was():
+    """evaluate() = score_logits(predict_logits()): the loss is still summed batch by batch, in order."""
+
+    @torch.inference_mode()
+    def batched(model, split):
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        for start in range(0, len(split), EVAL_BATCH_SIZE):
+            logits = model(split.x[start : start + EVAL_BATCH_SIZE])
+            y = split.y[start : start + EVAL_BATCH_SIZE]
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        return loss_sum.item() / len(split), correct.item() / len(split)
+
+    torch.manual_seed(0)
+    model = MLP([20, 64, 10]).eval()
+    for n in (1, 500, 2 * EVAL_BATCH_SIZE + 17):  # one short batch, and several batches
+        split = blobs(n, n)
+        assert evaluate(model, split) == batched(model, split)
+
+
+def test_predict_logits_and_the_confusion_matrix(data):
+    torch.manual_seed(0)
+    model = MLP([20, 32, 10], dropout=0.5)
+    logits = predict_logits(model, data.val)
+    assert logits.shape == (500, 10) and not model.training
+    assert torch.equal(logits, predict_logits(model, data.val))  # dropout off
+    predicted = logits.argmax(1)
+    confusion = confusion_matrix(predicted, data.val.y, 10)
+    assert confusion.shape == (10, 10) and confusion.sum() == 500
+    assert confusion.diagonal().sum() / 500 == score_logits(logits, data.val.y)[1]
+    assert torch.equal(confusion.sum(1), torch.bincount(data.val.y, minlength=10))  # rows are the true labels
+    assert confusion[data.val.y[0], predicted[0]] >= 1
