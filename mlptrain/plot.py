@@ -27,7 +27,10 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     if not run.history:
         raise DataError(f"{run_dir}: no finished epoch to plot yet (metrics.csv is missing or empty)")
     path = Path(out) if out is not None else run.path / "curves.png"
-    save_curves(path, run.history, run.best_epoch, run.monitor, run.path.name)
+    dataset = run.config.get("data", {}).get("dataset")
+    save_curves(
+        path, run.history, run.best_epoch, run.monitor, f"{run.path.name} ({dataset})" if dataset else run.path.name
+    )
     return path
 
 

@@ -191,7 +191,8 @@ def show_eval(console: Console, result: EvalResult) -> None:
     rows = [(str(label), result.classes[label], result.confusion[label]) for label in range(len(result.confusion))]
     per_class = result.per_class
     if console.is_terminal:
-        table = Table(title=str(result.checkpoint), title_justify="left", show_header=False)
+        console.print(f"[bold]{result.checkpoint}[/]")  # as a title it would wrap at the narrow table's width
+        table = Table(show_header=False)
         table.add_column(style="dim")
         table.add_column(justify="right")
         for key, value in (
@@ -333,18 +334,33 @@ def show_runs(console: Console, folder: Path, runs: list[RunSummary], keys: list
                 _pct_or_dash(run.best_val_acc),
                 _pct_or_dash(run.test_acc),
                 duration(run.seconds),
-                *(json.dumps(flat[key]) if key in flat else "-" for key in keys),
+                *(_setting(flat[key]) if key in flat else "-" for key in keys),
             ]
         )
-    if console.is_terminal:
-        table = Table(title=str(folder), title_justify="left", header_style="bold")
-        for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i < 2 else "right", style="cyan" if i >= 6 else None)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-    else:
+    if not console.is_terminal:
         console.print(plain_table(header, rows, left=2))
+        return
+    # Short headers where they are unambiguous ('lr' for train.lr); and if a column per key would still not fit
+    # the terminal, one wrapping column of key=value pairs, since squeezed columns would cut the values short.
+    leaves = [key.rsplit(".", 1)[-1] for key in keys]
+    header[6:] = [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    if sum(widths) + 3 * len(widths) + 1 > console.width:
+        rows = [[*row[:6], "  ".join(f"{h}={v}" for h, v in zip(header[6:], row[6:], strict=True))] for row in rows]
+        header = [*header[:6], "settings that differ"]
+    table = Table(title=str(folder), title_justify="left", header_style="bold")
+    for i, name in enumerate(header):
+        fixed = i < 6
+        justify = "left" if i < 2 or (not fixed and len(header) - 6 < len(keys)) else "right"
+        table.add_column(name, justify=justify, style=None if fixed else "cyan", no_wrap=fixed)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _setting(value) -> str:
+    """A config value as YAML would write it inline: 0.1, [256, 128], true, onecycle."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def duration(seconds: float) -> str:
