@@ -188,8 +188,7 @@ def warning(message: str) -> None:
 
 
 def show_eval(console: Console, result: EvalResult) -> None:
-    rows = [(str(label), result.classes[label], result.confusion[label]) for label in range(len(result.confusion))]
-    per_class = result.per_class
+    """The scores, then the confusion matrix with each class's accuracy: tables on a terminal, else aligned text."""
     if console.is_terminal:
         console.print(f"[bold]{result.checkpoint}[/]")  # as a title it would wrap at the narrow table's width
         table = Table(show_header=False)
@@ -211,17 +210,18 @@ def show_eval(console: Console, result: EvalResult) -> None:
             f"{result.checkpoint}: {result.split} accuracy={pct(result.accuracy)} loss={result.loss:.4f} "
             f"samples={result.samples} epoch={result.epoch}"
         )
+        labels = [str(label) for label in range(len(result.confusion))]
+        per_class = result.per_class
         console.print(
             "per-class accuracy: "
-            + "  ".join(f"{label}={_pct_or_dash(a)}" for (label, *_), a in zip(rows, per_class, strict=True))
+            + "  ".join(f"{label}={_pct_or_dash(a)}" for label, a in zip(labels, per_class, strict=True))
         )
         console.print("confusion matrix (rows: true label, columns: predicted):")
-        header = ["true", *(label for label, *_ in rows), "n", "accuracy"]
         body = [
             [_label(label, name), *map(str, counts), str(sum(counts)), _pct_or_dash(a)]
-            for (label, name, counts), a in zip(rows, per_class, strict=True)
+            for label, name, counts, a in zip(labels, result.classes, result.confusion, per_class, strict=True)
         ]
-        console.print(plain_table(header, body))
+        console.print(plain_table(["true", *labels, "n", "accuracy"], body))
     if result.errors_image is not None:
         console.print(f"errors: the {result.errors_shown} most confident mistakes -> {result.errors_image}")
     if result.record is not None:
@@ -345,13 +345,14 @@ def show_runs(console: Console, folder: Path, runs: list[RunSummary], keys: list
     leaves = [key.rsplit(".", 1)[-1] for key in keys]
     header[6:] = [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    if sum(widths) + 3 * len(widths) + 1 > console.width:
+    merged = sum(widths) + 3 * len(widths) + 1 > console.width  # cell padding and borders: 3 per column
+    if merged:
         rows = [[*row[:6], "  ".join(f"{h}={v}" for h, v in zip(header[6:], row[6:], strict=True))] for row in rows]
         header = [*header[:6], "settings that differ"]
     table = Table(title=str(folder), title_justify="left", header_style="bold")
     for i, name in enumerate(header):
         fixed = i < 6
-        justify = "left" if i < 2 or (not fixed and len(header) - 6 < len(keys)) else "right"
+        justify = "left" if i < 2 or (merged and not fixed) else "right"
         table.add_column(name, justify=justify, style=None if fixed else "cyan", no_wrap=fixed)
     for row in rows:
         table.add_row(*row)

@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,21 @@ def test_a_trained_and_evaluated_run_shows_its_test_accuracy(trained_run, tmp_pa
     (listed,) = json.loads(invoke("runs", tmp_path / "runs", "--json").stdout)
     assert listed["test_acc"] == accuracy and listed["epochs"] == 4
     assert listed["best_val_acc"] == max(r["val_acc"] for r in read_run(run).history)
+
+
+def test_runs_and_plot_help_do_not_import_torch(runs_dir):
+    """Listing reads small files only, so it answers at once: no torch (and no matplotlib) is loaded."""
+    code = (
+        "import sys\n"
+        "from mlptrain.cli import main\n"
+        f"for argv in (['runs', {str(runs_dir)!r}], ['plot', '--help'], ['predict', '--help']):\n"
+        "    sys.argv = ['mlptrain', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "mlp-20240301-090000-2" in out.stdout and "--top" in out.stdout
