@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mlptrain.errors import DataError
+from mlptrain.checkpoint import load_checkpoint, model_from_checkpoint
+from mlptrain.config import resolve_device
+from mlptrain.data import class_names
+from mlptrain.errors import CheckpointError, DataError
 
 SIZE = 28  # the field
 BOX = 20  # the longer side of the digit inside it
@@ -22,6 +25,7 @@ INK = 0.5  # a pixel at least this far from the background (on the stretched 0..
 NOISE = 0.2  # below this, paper grain and JPEG ringing: set to background
 MIN_STROKE = 2.0  # pixels in the 20-pixel box: thinner strokes are widened to this (see thicken)
 WORK = 4 * BOX  # the largest size, in pixels, at which strokes are measured and widened
+MAX_SIDE = 4096  # larger images are reduced to this first: a 12-megapixel photo is not, and strokes survive it
 
 
 @dataclass
@@ -77,9 +81,17 @@ def load_grayscale(path: Path) -> torch.Tensor:
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            if image.mode.startswith("I") or image.mode == "F":  # 16-bit or float: convert("L") would clip at 255
+                image = image.convert("F")
+                scale = 255 / max(image.getextrema()[1], 1e-12)
+                image = image.point(lambda v: v * scale)
             gray = image.convert("L")
+            if max(gray.size) > MAX_SIDE:  # a large photo: average it down by a whole factor first, to spare memory
+                gray = gray.reduce(-(-max(gray.size) // MAX_SIDE))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can read (PNG, JPEG, ...)") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot be read (permission denied)") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data in a known format
@@ -117,9 +129,9 @@ def to_mnist(gray: torch.Tensor, source: str = "the image") -> torch.Tensor:
     com_y, com_x = centre_of_mass(digit)
     top = min(max(round(SIZE / 2 - com_y), 0), SIZE - size[0])
     left = min(max(round(SIZE / 2 - com_x), 0), SIZE - size[1])
-    field_ = torch.zeros(SIZE, SIZE)
-    field_[top : top + size[0], left : left + size[1]] = digit
-    return (field_ * 255).round_() / 255  # MNIST's pixels are bytes: the model never saw anything between
+    canvas = torch.zeros(SIZE, SIZE)
+    canvas[top : top + size[0], left : left + size[1]] = digit
+    return (canvas * 255).round_() / 255  # MNIST's pixels are bytes: the model never saw anything between
 
 
 def thicken(crop: torch.Tensor) -> torch.Tensor:
@@ -153,11 +165,6 @@ def prepare(path: Path) -> torch.Tensor:
 
 def predict_files(checkpoint: Path, files: Sequence[Path], device: str = "auto", top: int = 3) -> PredictResult:
     """Classify each file with the model in `checkpoint`; a file that cannot be read is a failure, not an error."""
-    from mlptrain.checkpoint import load_checkpoint, model_from_checkpoint
-    from mlptrain.config import resolve_device
-    from mlptrain.data import class_names
-    from mlptrain.errors import CheckpointError
-
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)

@@ -96,6 +96,15 @@ def test_transparent_png_is_laid_on_white(tmp_path):
     assert max(ink_box(digit)) >= BOX - 2 and centre_of_mass(digit)[0] == pytest.approx(14, abs=1)
 
 
+def test_a_16_bit_png_reads_like_an_8_bit_one(tmp_path):
+    import numpy as np
+
+    image = render(2)
+    Image.fromarray(np.asarray(image).astype(np.uint16) * 257).save(tmp_path / "deep.png")  # mode I;16
+    image.save(tmp_path / "plain.png")
+    assert (prepare(tmp_path / "deep.png") - prepare(tmp_path / "plain.png")).abs().max() <= 1 / 255
+
+
 def test_a_blank_image_has_no_digit():
     with pytest.raises(DataError, match="no digit found"):
         to_mnist(torch.ones(50, 80), "blank.png")
