@@ -23,7 +23,19 @@ from mlptrain.nn import MLP
 
 FORMAT = "mlptrain-checkpoint"
 FORMAT_VERSION = 1
-_REQUIRED = ("config", "data", "model", "epoch", "metrics", "best", "optimizer", "scheduler")
+_REQUIRED = (
+    "config",
+    "data",
+    "model",
+    "epoch",
+    "metrics",
+    "history",
+    "best",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "progress",
+)
 
 
 def save_checkpoint(path: Path, **fields: Any) -> None:
@@ -90,7 +102,7 @@ def model_sizes(config: Config, in_features: int, num_classes: int) -> list[int]
 
 def build_model(config: Config, in_features: int, num_classes: int) -> MLP:
     m = config.model
-    return MLP(model_sizes(config, in_features, num_classes), m.activation, m.dropout, m.bias)
+    return MLP(model_sizes(config, in_features, num_classes), m.activation, m.dropout, m.bias, m.fused)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path, device: torch.device) -> MLP:

@@ -52,6 +52,8 @@ def _errors():
 
     try:
         yield
+    except typer.Exit:
+        raise
     except MlptrainError as e:
         report.error(str(e))
         raise typer.Exit(e.exit_code) from None
@@ -67,10 +69,21 @@ def _errors():
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file, e.g. configs/mnist.yaml.")],
+    config: Annotated[
+        Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
+        typer.Argument(metavar="[CONFIG]", help="YAML config file, e.g. configs/mnist.yaml (not with --resume)."),
+    ] = None,
     set_: Annotated[
-        Optional[list[str]],  # noqa: UP045 - typer reads the annotation at runtime
+        Optional[list[str]],  # noqa: UP045
         typer.Option("--set", metavar="KEY=VALUE", help="Override a config key (repeatable), e.g. train.lr=0.1."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--resume",
+            metavar="RUN",
+            help="Continue the run in folder RUN (or of checkpoint RUN) exactly where it stopped.",
+        ),
     ] = None,
     run_dir: Annotated[
         Optional[Path],  # noqa: UP045
@@ -82,17 +95,29 @@ def train(
         bool, typer.Option("--json", help="Print one JSON object with every epoch's numbers, nothing else.")
     ] = False,
 ) -> None:
-    """Train an MLP as CONFIG describes; keep the best checkpoint (on validation) and the last."""
+    """Train an MLP as CONFIG describes, or resume a run; keep the best checkpoint (on validation) and the last."""
     with _errors():
         from mlptrain import report
         from mlptrain.config import load_config
+        from mlptrain.errors import ConfigError
 
-        cfg = load_config(config, set_ or [])
+        if (config is None) == (resume is None):
+            raise ConfigError("give a CONFIG file to start a run, or --resume RUN to continue one (not both)")
+        if resume is not None and (run_dir is not None or force):
+            raise ConfigError("--resume continues a run in its own folder; --run-dir and --force do not apply")
+        cfg = load_config(config, set_ or []) if config is not None else None
         from mlptrain import runner
 
         reporter = report.TrainReporter(report.make_console(), quiet=quiet or json_out)
         try:
-            result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
+            if cfg is not None:
+                result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
+            else:
+                result = runner.resume(resume, set_ or [], callbacks=reporter)
+        except runner.Interrupted as e:
+            reporter.close()
+            report.interrupted(str(e), e.resume_command)
+            raise typer.Exit(e.exit_code) from None
         finally:
             reporter.close()
         if json_out:

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class ModelConfig:
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
     dropout: float = 0.0
     bias: bool = True
+    fused: bool = True  # the whole network as one autograd node; false: one per layer (the reference path)
 
     def validate(self) -> None:
         for i, size in enumerate(self.hidden):
@@ -68,6 +70,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: Literal["none", "cosine", "onecycle"] = "onecycle"
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    patience: int = 0  # stop after this many epochs without improvement on `monitor`; 0 = never
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the matmuls
+    compile: bool = False  # torch.compile the model (forward and backward); falls back to eager if it can't
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -75,6 +80,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.patience >= 0, "train.patience", f"must be >= 0 (0 turns early stopping off), got {self.patience}")
 
 
 @dataclass
@@ -90,6 +96,7 @@ class Config:
     name: str = "mnist-mlp"
     seed: int = 0
     device: str = "auto"
+    threads: int | Literal["auto"] = "auto"  # CPU threads for torch; auto picks by the size of the work
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -107,6 +114,8 @@ class Config:
             "device",
             f"unknown device {self.device!r}; use auto, cpu, cuda, cuda:N or mps",
         )
+        if self.threads != "auto":
+            _check(self.threads >= 1, "threads", f"must be auto or at least 1, got {self.threads}")
         for section in (self.data, self.model, self.train, self.output):
             section.validate()
 
@@ -263,6 +272,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        for option in options:
+            try:
+                return _coerce(value, option, key)
+            except _Invalid:
+                continue
+        words = [" or ".join(map(repr, typing.get_args(o))) if typing.get_origin(o) is Literal else f"a {o.__name__}"
+                 for o in options]  # fmt: skip
+        raise _Invalid(key, f"expected {' or '.join(words)}, got {_kind(value)} {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

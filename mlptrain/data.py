@@ -91,13 +91,21 @@ def split_indices(n: int, val_size: int, seed: int, dataset: str) -> tuple[torch
     return perm[val_size:], perm[:val_size]
 
 
-def shuffled_batches(
-    split: Split, batch_size: int, generator: torch.Generator
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The data order of an epoch: a permutation drawn on the device that depends on (seed, epoch) only."""
+    generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return torch.randperm(n, device=device, generator=generator)
+
+
+def batches(
+    split: Split, order: torch.Tensor, batch_size: int, start_step: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches of one epoch: one device-side gather per epoch, then views; the last batch may be short."""
-    perm = torch.randperm(len(split), device=split.x.device, generator=generator)
-    x, y = split.x[perm], split.y[perm]
-    for start in range(0, len(split), batch_size):
+    """(x, y) batches in `order`, from batch `start_step` on: one device-side gather, then views.
+
+    The last batch may be short.
+    """
+    x, y = split.x[order], split.y[order]
+    for start in range(start_step * batch_size, len(split), batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 

@@ -10,8 +10,29 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (N, in) -> x Wᵀ + b (N, out); the bias is added inside the GEMM."""
+    return x.mm(weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+
+
+def linear_grads(
+    g: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, needs: tuple[bool, bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_weight, grad_bias) of y = x Wᵀ + b, given g = dL/dy (N, out); each only if needed.
+
+    Computes in g's dtype: under autocast g is bf16/fp16 while the saved weight is fp32, and the cast is what
+    autocast itself did in the forward. Autograd casts each gradient back to its input's dtype.
+    """
+    need_input, need_weight, need_bias = needs
+    grad_input = g.mm(weight.to(g.dtype)) if need_input else None  # (N, out) @ (out, in) -> (N, in)
+    grad_weight = g.t().mm(x.to(g.dtype)) if need_weight else None  # (out, N) @ (N, in) -> (out, in)
+    grad_bias = g.sum(0) if need_bias else None  # (out,)
+    return grad_input, grad_weight, grad_bias
 
 
 class LinearFunction(torch.autograd.Function):
@@ -21,8 +42,7 @@ class LinearFunction(torch.autograd.Function):
     and torch.compile can trace it like a built-in op.
 
     Autocast: the forward's addmm/mm are on autocast's lower-precision list, so under autocast they run in
-    its dtype (bf16/fp16) exactly as in torch.nn.Linear. The backward computes in the dtype of the incoming
-    gradient, casting the saved fp32 tensors to it, and autograd casts each gradient back to its input's dtype.
+    its dtype (bf16/fp16) exactly as in torch.nn.Linear; the backward follows the incoming gradient's dtype.
     """
 
     generate_vmap_rule = True
@@ -30,10 +50,7 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])  # (N, in)
-        if bias is None:
-            out = x.mm(weight.t())
-        else:
-            out = torch.addmm(bias, x, weight.t())  # (N, out), bias broadcast inside the GEMM
+        out = linear(x, weight, bias)
         if input.dim() != 2:
             out = out.reshape(*input.shape[:-1], weight.shape[0])
         return out
@@ -49,17 +66,80 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         input, weight = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
         g = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
-        if ctx.needs_input_grad[0]:
-            # (N, out) @ (out, in) -> (N, in); .to() is a no-op outside autocast
-            grad_input = g.mm(weight.to(g.dtype)).reshape(ctx.input_shape)
-        if ctx.needs_input_grad[1]:
-            x = input.reshape(-1, input.shape[-1]).to(g.dtype)
-            grad_weight = g.t().mm(x)  # (out, N) @ (N, in) -> (out, in)
-        if ctx.needs_input_grad[2]:
-            grad_bias = g.sum(0)  # (out,)
+        x = input.reshape(-1, input.shape[-1]) if input is not None else None
+        grad_input, grad_weight, grad_bias = linear_grads(g, x, weight, ctx.needs_input_grad)
+        if grad_input is not None:
+            grad_input = grad_input.reshape(ctx.input_shape)
         return grad_input, grad_weight, grad_bias
+
+
+# Activation backward as one ATen kernel each, from the tensor the forward kept: relu, tanh and sigmoid need
+# their output, gelu its input.
+_ACTIVATION_FORWARD = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
+_ACTIVATION_BACKWARD = {
+    "relu": lambda g, z, a: torch.ops.aten.threshold_backward(g, a, 0),
+    "tanh": lambda g, z, a: torch.ops.aten.tanh_backward(g, a),
+    "sigmoid": lambda g, z, a: torch.ops.aten.sigmoid_backward(g, a),
+    "gelu": lambda g, z, a: torch.ops.aten.gelu_backward(g, z),
+}
+
+
+class MLPFunction(torch.autograd.Function):
+    """A whole MLP in one autograd node: x (N, in) -> logits (N, out), with activation and dropout between layers.
+
+    The same maths as a stack of LinearFunction layers (the tests hold it to that), but the backward runs the
+    layers' GEMMs back to back in one call instead of one autograd node per layer and activation, which is what
+    per-step overhead is made of at MNIST sizes. Arguments: x, activation name, dropout probability (0 when not
+    training), then weight, bias (or None) of each layer in order.
+    """
+
+    @staticmethod
+    def forward(ctx, x, activation: str, dropout: float, *params):
+        weights, biases = params[0::2], params[1::2]
+        act = _ACTIVATION_FORWARD[activation]
+        inputs, pre, post, masks = [], [], [], []  # per layer: its input; per hidden layer: z, act(z), mask
+        h = x
+        for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            inputs.append(h)
+            h = linear(h, weight, bias)  # (N, out_i)
+            if i < len(weights) - 1:
+                z, h = h, act(h)
+                pre.append(z if activation == "gelu" else None)
+                post.append(h if activation != "gelu" else None)
+                if dropout > 0:
+                    # Drawn exactly as F.dropout draws on the CPU, so both paths give the same masks.
+                    mask = torch.empty_like(h).bernoulli_(1 - dropout).div_(1 - dropout)
+                    h = h * mask
+                    masks.append(mask)
+        ctx.activation, ctx.layers, ctx.dropout = activation, len(weights), dropout > 0
+        ctx.has_bias = [b is not None for b in biases]
+        ctx.save_for_backward(*inputs, *weights, *pre, *post, *masks)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        n = ctx.layers
+        saved = ctx.saved_tensors
+        inputs, weights = saved[:n], saved[n : 2 * n]
+        pre, post = saved[2 * n : 3 * n - 1], saved[3 * n - 1 : 4 * n - 2]
+        masks = saved[4 * n - 2 :]
+        act_grad = _ACTIVATION_BACKWARD[ctx.activation]
+        needs = ctx.needs_input_grad
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        g = grad_output  # (N, out_last)
+        for i in reversed(range(n)):
+            need_input = needs[0] if i == 0 else True
+            need_weight, need_bias = needs[3 + 2 * i], needs[4 + 2 * i] and ctx.has_bias[i]
+            g_in, grads[2 * i], grads[2 * i + 1] = linear_grads(
+                g, inputs[i], weights[i], (need_input, need_weight, need_bias)
+            )
+            if i > 0:
+                if ctx.dropout:
+                    g_in = g_in * masks[i - 1]
+                g_in = act_grad(g_in, pre[i - 1], post[i - 1])
+            g = g_in
+        return (g, None, None, *grads)
 
 
 class Linear(nn.Module):
@@ -103,7 +183,14 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 class MLP(nn.Module):
     """Linear layers of `sizes` ([in, hidden..., classes]) with activation and dropout between them; logits out."""
 
-    def __init__(self, sizes: Sequence[int], activation: str = "relu", dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        fused: bool = True,
+    ):
         super().__init__()
         if len(sizes) < 2:
             raise ValueError(f"an MLP needs at least an input and an output size, got {list(sizes)}")
@@ -113,8 +200,16 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(Linear(i, o, bias=bias) for i, o in itertools.pairwise(sizes))
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.activation_name, self.dropout_p = activation, dropout
+        # fused: the whole network as one MLPFunction node (fast); False: one LinearFunction per layer, whose
+        # modules' hooks fire (the reference path). Both give the same numbers.
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and x.dim() == 2:
+            params = [t for layer in self.layers for t in (layer.weight, layer.bias)]
+            dropout = self.dropout_p if self.training else 0.0
+            return MLPFunction.apply(x, self.activation_name, dropout, *params)  # (N, classes) logits
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x)

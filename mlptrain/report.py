@@ -76,6 +76,9 @@ class TrainReporter:
             ("data", f"{info.dataset} · {info.train_samples:,} train · {info.val_samples:,} val"),
             ("training", f"{t.epochs} epochs · batch {t.batch_size} · {t.optimizer} lr {t.lr:g} · {t.scheduler}"),
         ]
+        if info.resumed_at is not None:
+            lines.insert(1, ("resumed", f"at {info.resumed_at}"))
+        lines += [("note", note) for note in info.notes]
         if self.live:
             self.console.print(f"[bold]mlptrain {__version__}[/]")
             for key, value in lines:
@@ -94,14 +97,14 @@ class TrainReporter:
             for key, value in lines:
                 self.console.print(f"{key}: {value}")
 
-    def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
+    def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         if self.progress is None:
             return
         description = f"epoch {epoch}/{epochs}"
         if self.task is None:
-            self.task = self.progress.add_task(description, total=steps)
+            self.task = self.progress.add_task(description, total=steps, completed=done)
         else:
-            self.progress.reset(self.task, total=steps, description=description)
+            self.progress.reset(self.task, total=steps, completed=done, description=description)
 
     def batch_done(self, step: int) -> None:
         # Called every batch; redraw at most ~20 times a second so the bar costs nothing measurable.
@@ -141,6 +144,17 @@ class TrainReporter:
 
     def summary(self, result: TrainResult) -> None:
         self.close()
+        if result.already_finished:
+            self.console.print(
+                f"{result.run_dir} already finished {len(result.history)} epochs: nothing to do "
+                f"(extend it with: mlptrain train --resume {result.run_dir} --set train.epochs=N)"
+            )
+            return
+        if result.stopped_early:
+            self.console.print(
+                f"stopped early: no {result.monitor} improvement for {result.history[-1].epoch - result.best_epoch} "
+                "epochs (train.patience)"
+            )
         best = result.best
         if self.console.is_terminal:
             if not self.quiet:
@@ -157,6 +171,13 @@ class TrainReporter:
                 f"best epoch {best.epoch}: val_acc={pct(best.val_acc)} val_loss={best.val_loss:.4f} "
                 f"-> {result.run_dir / 'best.pt'}"
             )
+
+
+def interrupted(message: str, resume_command: str) -> None:
+    """What a stopped run says on stderr: where it stopped, and the command that carries on."""
+    console = make_console(stderr=True)
+    console.print(Text("mlptrain: ", style="bold yellow") + Text(message), soft_wrap=True)
+    console.print(Text("resume with: ", style="bold") + Text(resume_command), soft_wrap=True)
 
 
 def epochs_table(result: TrainResult) -> Table:

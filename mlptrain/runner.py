@@ -5,11 +5,16 @@ The CLI calls `train` and `evaluate_checkpoint`; progress reaches it through a C
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import json
 import math
+import random
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,19 +22,32 @@ import torch
 import yaml
 
 from mlptrain.checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-from mlptrain.config import Config, resolve_device
-from mlptrain.data import NUM_CLASSES, Split, class_names, load_eval_split, load_training_data, steps_per_epoch
+from mlptrain.config import Config, parse_override, resolve_device
+from mlptrain.data import (
+    NUM_CLASSES,
+    Split,
+    TrainingData,
+    class_names,
+    load_eval_split,
+    load_training_data,
+    steps_per_epoch,
+)
 from mlptrain.engine import (
     COLUMNS,
+    EpochProgress,
     EpochStats,
+    FlatParameters,
+    TrainingStopped,
+    autocast,
     build_optimizer,
     build_scheduler,
     confusion_matrix,
     fit,
+    grad_scaler,
     predict_logits,
     score_logits,
 )
-from mlptrain.errors import ConfigError, DataError, RunFailed
+from mlptrain.errors import CheckpointError, ConfigError, DataError, MlptrainError, RunFailed
 from mlptrain.files import atomic_write_text, make_dirs, new_run_dir
 from mlptrain.plot import plot_run, save_error_grid
 from mlptrain.runs import eval_record_path
@@ -48,6 +66,8 @@ class RunInfo:
     train_samples: int
     val_samples: int
     config: Config
+    resumed_at: str | None = None  # where a continued run picks up, in words
+    notes: list[str] = field(default_factory=list)  # warnings worth showing, e.g. a compile that fell back
 
 
 class Callbacks:
@@ -56,8 +76,8 @@ class Callbacks:
     def run_started(self, info: RunInfo) -> None:
         pass
 
-    def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
-        pass
+    def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        """`done` batches of this epoch were trained before (a resumed epoch), `steps` in all."""
 
     def batch_done(self, step: int) -> None:
         pass
@@ -72,6 +92,8 @@ class TrainResult:
     monitor: str
     best_epoch: int
     history: list[EpochStats] = field(default_factory=list)
+    stopped_early: bool = False  # train.patience epochs without improvement
+    already_finished: bool = False  # --resume of a run with nothing left to do
 
     @property
     def best(self) -> EpochStats:
@@ -82,6 +104,8 @@ class TrainResult:
             "run_dir": str(self.run_dir),
             "monitor": self.monitor,
             "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "already_finished": self.already_finished,
             "best": self.best.as_dict(),
             "epochs": [s.as_dict() for s in self.history],
             "best_checkpoint": str(self.run_dir / "best.pt"),
@@ -95,6 +119,48 @@ def is_better(monitor: str, value: float, best: float | None) -> bool:
     return value > best if monitor == "val_acc" else value < best
 
 
+class StopRequest:
+    """Set by a signal handler (or a test); the loop stops at the next batch boundary and saves its place."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest):
+    """While training, SIGINT/SIGTERM ask for a clean stop; a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handle(signum, frame):
+        if signum == signal.SIGINT and stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.request(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(MlptrainError):
+    """The run stopped on a signal after saving its exact place in last.pt; exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, resume_command: str, signum: int):
+        super().__init__(message)
+        self.resume_command = resume_command
+        self.exit_code = 128 + signum
+
+
 def prepare_run_dir(config: Config, run_dir: Path | None, force: bool) -> Path:
     """The run's folder, created now, before any data is loaded, so a bad place fails fast."""
     if run_dir is None:
@@ -102,18 +168,135 @@ def prepare_run_dir(config: Config, run_dir: Path | None, force: bool) -> Path:
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").exists() and not force:
         raise ConfigError(
-            f"{run_dir} already holds a run (last.pt); pass --force to overwrite it, or pick another --run-dir"
+            f"{run_dir} already holds a run (last.pt); continue it with --resume {run_dir}, "
+            "overwrite it with --force, or pick another --run-dir"
         )
     make_dirs(run_dir)
     return run_dir
 
 
+# Below this many multiply-adds per training step (batch × parameters), one CPU thread beats several: the
+# GEMMs are too small to split, and every op pays the threads' wake-up. Measured on the project's 2-core CPU;
+# see README, Performance.
+SMALL_STEP_MACS = 32_000_000
+
+
+def configure_threads(config: Config, device: torch.device) -> int:
+    """Set torch's CPU thread count from `threads` (auto: by the work per step) and return it."""
+    if config.threads != "auto":
+        threads = config.threads
+    elif device.type == "cpu":
+        sizes = [784, *config.model.hidden, 10]  # MNIST-style input; close enough to size the work
+        macs = config.train.batch_size * sum(a * b for a, b in itertools.pairwise(sizes))
+        threads = 1 if macs < SMALL_STEP_MACS else _DEFAULT_THREADS
+    else:
+        threads = _DEFAULT_THREADS  # the host only feeds the GPU
+    torch.set_num_threads(threads)
+    return threads
+
+
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read before anything changes it
+
+
+def seed_everything(seed: int) -> None:
+    """torch (every device), numpy and python's random, so anything drawing random numbers is reproducible."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG a run may draw from, as plain data a weights_only checkpoint can hold."""
+    import numpy as np
+
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
+
+
+@dataclass
+class _Session:
+    """Everything a run carries from one epoch to the next; what a checkpoint stores and restores."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    data: TrainingData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    result: TrainResult
+    scaler: torch.amp.GradScaler | None = None
+    best_value: float | None = None
+    start_epoch: int = 0
+    progress: EpochProgress | None = None
+    train_model: torch.nn.Module | None = None  # what the training pass calls: the model, or its compiled form
+    notes: list[str] = field(default_factory=list)
+
+    def checkpoint(self, epoch: int, progress: EpochProgress | None) -> dict:
+        history = self.result.history
+        return {
+            "config": self.config.to_dict(),
+            "data": {
+                "in_features": self.data.in_features,
+                "num_classes": NUM_CLASSES,
+                "mean": self.data.mean,
+                "std": self.data.std,
+            },
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": epoch,
+            "metrics": history[epoch - 1].as_dict() if epoch else {},
+            "history": [s.as_dict() for s in history[:epoch]],
+            "best": {"epoch": self.result.best_epoch, "monitor": self.result.monitor, "value": self.best_value},
+            "rng": rng_state(self.device),
+            "progress": progress.state_dict() if progress is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+
 def train(
-    config: Config, run_dir: Path | None = None, force: bool = False, callbacks: Callbacks | None = None
+    config: Config,
+    run_dir: Path | None = None,
+    force: bool = False,
+    callbacks: Callbacks | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch."""
-    cb = callbacks or Callbacks()
     device = resolve_device(config.device)
+    configure_threads(config, device)
     fresh = run_dir is None or not Path(run_dir).exists()
     run_dir = prepare_run_dir(config, run_dir, force)
     try:
@@ -122,71 +305,217 @@ def train(
         if fresh:  # nothing was trained: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    for stale in ("metrics.csv", "best.pt", "last.pt"):  # --force over an old run: none of it stays
+        (run_dir / stale).unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    torch.manual_seed(config.seed)  # the weights depend on the seed alone, whatever the device
+    session = _new_session(config, run_dir, device, data)
+    return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def resume(
+    path: Path, overrides: list[str] = (), callbacks: Callbacks | None = None, stop: StopRequest | None = None
+) -> TrainResult:
+    """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
+
+    Only train.epochs may be overridden, to extend a run. A run that has finished returns at once, with
+    `already_finished` set.
+    """
+    path = Path(path)
+    ckpt_path = path / "last.pt" if path.is_dir() else path
+    if path.is_dir() and not ckpt_path.exists():
+        raise CheckpointError(f"{path} holds no last.pt to resume from")
+    ckpt = load_checkpoint(ckpt_path)
+    run_dir = ckpt_path.parent
+    config: Config = ckpt["config"]
+    for item in overrides:
+        key, value = parse_override(item)
+        if key != "train.epochs":
+            raise ConfigError(f"--set {item}: only train.epochs can change when resuming; {key} is fixed by the run")
+        config = Config.from_dict(_with(config.to_dict(), key, value), source=f"--set {item}")
+    if config.train.epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
+        )
+
+    device = resolve_device(config.device)
+    configure_threads(config, device)
+    data = load_training_data(config.data, config.seed, device)
+    session = _new_session(config, run_dir, device, data, ckpt)
+    if session.progress is None and _finished(session):
+        session.result.already_finished = True
+        return session.result
+    if config.train.epochs != ckpt["config"].train.epochs:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def _with(raw: dict, key: str, value) -> dict:
+    section, name = key.split(".")
+    return {**raw, section: {**raw[section], name: value}}
+
+
+def _new_session(config: Config, run_dir: Path, device: torch.device, data: TrainingData, ckpt: dict | None = None):
+    """Build model, optimizer and schedule; from a checkpoint, restore every piece of state it holds."""
+    seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
     model = build_model(config, data.in_features, NUM_CLASSES).to(device)
-    optimizer = build_optimizer(model, config.train)
+    optimizer = build_optimizer([FlatParameters(model).param], config.train)
     steps = steps_per_epoch(len(data.train), config.train.batch_size)
     scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
+    result = TrainResult(run_dir=run_dir, monitor=config.train.monitor, best_epoch=0)
+    scaler = grad_scaler(device, config.train.precision)
+    session = _Session(config, run_dir, device, data, model, optimizer, scheduler, result, scaler)
+    session.train_model = model
+    if config.train.compile:
+        session.train_model, note = compile_model(model, optimizer, data, config)
+        if note:
+            session.notes.append(note)
+    if ckpt is None:
+        return session
+
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
+    if scheduler is not None:
+        saved = ckpt["scheduler"]
+        if saved["total_steps" if "total_steps" in saved else "T_max"] == steps * config.train.epochs:
+            scheduler.load_state_dict(saved)
+        else:  # train.epochs was extended: the longer schedule, continued from the step reached
+            scheduler.last_epoch = saved["last_epoch"] - 1
+            scheduler._step_count = saved["_step_count"]
+            scheduler.step()
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], device)
+    result.history = [EpochStats(**row) for row in ckpt["history"]]
+    result.best_epoch = ckpt["best"]["epoch"]
+    session.best_value = ckpt["best"]["value"]
+    session.start_epoch = ckpt["epoch"]
+    if ckpt["progress"] is not None:
+        session.progress = EpochProgress.from_state_dict(ckpt["progress"], device)
+    return session
+
+
+def compile_model(model: torch.nn.Module, optimizer, data: TrainingData, config: Config):
+    """(torch.compile(model), None), compiled now on one batch; or (model, why) where compiling fails.
+
+    The trial step runs with the RNG states forked and its gradients zeroed after, so a compiled run draws the
+    same random numbers as an eager one and resumes exactly.
+    """
+    x, y = data.train.x[: config.train.batch_size], data.train.y[: config.train.batch_size]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        compiled = torch.compile(model)
+        with torch.random.fork_rng(devices=devices), autocast(x.device, config.train.precision):
+            torch.nn.functional.cross_entropy(compiled(x), y).backward()
+        optimizer.zero_grad(set_to_none=False)
+        return compiled, None
+    except Exception as e:  # a missing compiler, an unsupported platform...: train eagerly instead
+        optimizer.zero_grad(set_to_none=False)
+        torch._dynamo.reset()
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return model, f"train.compile: torch.compile failed here ({type(e).__name__}: {reason}); training eagerly"
+
+
+def _finished(session: _Session) -> bool:
+    epoch, patience = session.start_epoch, session.config.train.patience
+    stalled = patience > 0 and epoch - session.result.best_epoch >= patience
+    return epoch >= session.config.train.epochs or stalled
+
+
+def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
+    """The epoch loop shared by a new run and a resumed one."""
+    config, run_dir, result = session.config, session.run_dir, session.result
+    write_metrics(run_dir / "metrics.csv", result.history)
     cb.run_started(
         RunInfo(
             run_dir=run_dir,
-            device=str(device),
+            device=str(session.device),
             threads=torch.get_num_threads(),
             dataset=config.data.dataset,
-            sizes=model.sizes,
-            parameters=sum(p.numel() for p in model.parameters()),
-            train_samples=len(data.train),
-            val_samples=len(data.val),
+            sizes=session.model.sizes,
+            parameters=sum(p.numel() for p in session.model.parameters()),
+            train_samples=len(session.data.train),
+            val_samples=len(session.data.val),
             config=config,
+            resumed_at=_resume_point(session),
+            notes=session.notes,
         )
     )
-
     monitor = config.train.monitor
-    result = TrainResult(run_dir=run_dir, monitor=monitor, best_epoch=0)
-    best_value: float | None = None
-    checkpoint_fields = {
-        "config": config.to_dict(),
-        "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std},
-    }
     epochs = fit(
-        model,
-        optimizer,
-        scheduler,
-        data,
+        session.train_model,
+        session.optimizer,
+        session.scheduler,
+        session.data,
         config.train,
         config.seed,
+        start_epoch=session.start_epoch,
+        progress=session.progress,
         on_batch=cb.batch_done,
-        on_epoch_start=lambda epoch, n: cb.epoch_started(epoch, config.train.epochs, n),
+        on_epoch_start=lambda epoch, steps, done: cb.epoch_started(epoch, config.train.epochs, steps, done),
+        should_stop=stop,
+        scaler=session.scaler,
+        eval_model=session.model,
     )
-    for stats in epochs:
-        result.history.append(stats)
-        write_metrics(run_dir / "metrics.csv", result.history)
-        if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
-            cb.epoch_done(stats, False)
-            raise RunFailed(
-                f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower "
-                f"train.lr (now {config.train.lr}). best.pt and last.pt keep the last finite epoch"
-            )
-        value = getattr(stats, monitor)
-        improved = is_better(monitor, value, best_value)
-        if improved:
-            best_value, result.best_epoch = value, stats.epoch
-        ckpt = {
-            **checkpoint_fields,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": stats.epoch,
-            "metrics": stats.as_dict(),
-            "best": {"epoch": result.best_epoch, "monitor": monitor, "value": best_value},
-        }
-        save_checkpoint(run_dir / "last.pt", **ckpt)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", **ckpt)
-        cb.epoch_done(stats, improved)
+    with stop_on_signals(stop):
+        try:
+            for stats in epochs:
+                result.history.append(stats)
+                write_metrics(run_dir / "metrics.csv", result.history)
+                if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
+                    cb.epoch_done(stats, False)
+                    raise RunFailed(
+                        f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower "
+                        f"train.lr (now {config.train.lr}). best.pt and last.pt keep the last finite epoch"
+                    )
+                value = getattr(stats, monitor)
+                improved = is_better(monitor, value, session.best_value)
+                if improved:
+                    session.best_value, result.best_epoch = value, stats.epoch
+                ckpt = session.checkpoint(stats.epoch, None)
+                save_checkpoint(run_dir / "last.pt", **ckpt)
+                if improved:
+                    save_checkpoint(run_dir / "best.pt", **ckpt)
+                cb.epoch_done(stats, improved)
+                session.start_epoch = stats.epoch
+                if stop() and stats.epoch < config.train.epochs:
+                    raise _stopped(session, None, stop)
+                if _finished(session) and stats.epoch < config.train.epochs:
+                    result.stopped_early = True
+                    break
+        except TrainingStopped as e:
+            save_checkpoint(run_dir / "last.pt", **session.checkpoint(session.start_epoch, e.progress))
+            raise _stopped(session, e.progress, stop) from None
     plot_run(run_dir)  # curves.png, drawn from the metrics.csv just written
     return result
+
+
+def _resume_point(session: _Session) -> str | None:
+    if session.progress is not None:
+        steps = steps_per_epoch(len(session.data.train), session.config.train.batch_size)
+        return f"epoch {session.progress.epoch}, batch {session.progress.step + 1}/{steps}"
+    return f"epoch {session.start_epoch + 1}" if session.start_epoch else None
+
+
+def _stopped(session: _Session, progress: EpochProgress | None, stop: StopRequest) -> Interrupted:
+    run_dir = session.run_dir
+    steps = steps_per_epoch(len(session.data.train), session.config.train.batch_size)
+    where = (
+        f"in epoch {progress.epoch} after batch {progress.step}/{steps}"
+        if progress is not None
+        else f"after epoch {session.start_epoch}"
+    )
+    name = signal.Signals(stop.signum).name
+    result = session.result
+    best = (
+        f"; best so far: epoch {result.best_epoch} ({result.monitor} {session.best_value:.4f}) in best.pt"
+        if result.best_epoch
+        else ""
+    )
+    return Interrupted(
+        f"{name}: stopped {where}; its exact place is saved in {run_dir / 'last.pt'}{best}",
+        resume_command=f"mlptrain train --resume {run_dir}",
+        signum=stop.signum,
+    )
 
 
 def write_metrics(path: Path, history: list[EpochStats]) -> None:

@@ -29,6 +29,9 @@ def fields(config: Config | None = None, **over):
         "epoch": 1,
         "metrics": {"val_acc": 0.5},
         "best": {"epoch": 1, "monitor": "val_acc", "value": 0.5},
+        "history": [{"val_acc": 0.5}],
+        "rng": {},
+        "progress": None,
     }
     base.update(over)
     return base

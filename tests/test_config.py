@@ -81,10 +81,11 @@ def test_every_field_settable(tmp_path):
 name: full.run_1-a
 seed: 42
 device: cpu
+threads: 3
 data: {dataset: fashion-mnist, root: /tmp/d, download: false, val_size: 10, synthetic_size: 600}
-model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false}
+model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false, fused: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
-        scheduler: cosine, monitor: val_loss}
+        scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true}
 output: {dir: out}
 """
     config = load_config(make_config_file(tmp_path, text))
@@ -92,6 +93,7 @@ output: {dir: out}
         "name": "full.run_1-a",
         "seed": 42,
         "device": "cpu",
+        "threads": 3,
         "data": {
             "dataset": "fashion-mnist",
             "root": "/tmp/d",
@@ -99,7 +101,7 @@ output: {dir: out}
             "val_size": 10,
             "synthetic_size": 600,
         },
-        "model": {"hidden": [7], "activation": "gelu", "dropout": 0.25, "bias": False},
+        "model": {"hidden": [7], "activation": "gelu", "dropout": 0.25, "bias": False, "fused": False},
         "train": {
             "epochs": 3,
             "batch_size": 16,
@@ -109,6 +111,9 @@ output: {dir: out}
             "weight_decay": 0.01,
             "scheduler": "cosine",
             "monitor": "val_loss",
+            "patience": 2,
+            "precision": "bf16",
+            "compile": True,
         },
         "output": {"dir": "out"},
     }

@@ -17,12 +17,13 @@ from mlptrain.config import DataConfig
 from mlptrain.data import (
     IDX_FILES,
     Split,
+    batches,
     check_idx_file,
+    epoch_order,
     load_eval_split,
     load_training_data,
     normalize,
     raw_folder,
-    shuffled_batches,
     split_indices,
     steps_per_epoch,
 )
@@ -169,35 +170,43 @@ def _indexed_split(n: int) -> Split:
 
 def test_batches_cover_each_sample_once_with_a_short_last_batch():
     split = _indexed_split(103)
-    batches = list(shuffled_batches(split, 10, torch.Generator().manual_seed(0)))
-    assert len(batches) == steps_per_epoch(103, 10) == 11
-    assert [len(y) for _, y in batches] == [10] * 10 + [3]
-    seen = torch.cat([y for _, y in batches])
+    got = list(batches(split, epoch_order(103, 0, 1, CPU), 10))
+    assert len(got) == steps_per_epoch(103, 10) == 11
+    assert [len(y) for _, y in got] == [10] * 10 + [3]
+    seen = torch.cat([y for _, y in got])
     assert sorted(seen.tolist()) == list(range(103))
-    for x, y in batches:
+    for x, y in got:
         assert torch.equal(x[:, 0].long(), y) and x.shape[1] == 3
     assert not torch.equal(seen, torch.arange(103))  # shuffled
 
 
 def test_batches_exact_multiple_and_oversized_batch():
     def sizes(n, batch_size):
-        return [len(y) for _, y in shuffled_batches(_indexed_split(n), batch_size, torch.Generator())]
+        return [len(y) for _, y in batches(_indexed_split(n), epoch_order(n, 0, 1, CPU), batch_size)]
 
     assert sizes(40, 10) == [10] * 4
     assert sizes(7, 100) == [7]
     assert steps_per_epoch(40, 10) == 4 and steps_per_epoch(7, 100) == 1
 
 
-def test_batch_order_follows_the_generator():
+def test_batch_order_depends_on_seed_and_epoch_only():
     split = _indexed_split(50)
 
-    def order(generator):
-        return torch.cat([y for _, y in shuffled_batches(split, 8, generator)])
+    def order(seed, epoch):
+        return torch.cat([y for _, y in batches(split, epoch_order(50, seed, epoch, CPU), 8)])
 
-    assert torch.equal(order(torch.Generator().manual_seed(1)), order(torch.Generator().manual_seed(1)))
-    assert not torch.equal(order(torch.Generator().manual_seed(1)), order(torch.Generator().manual_seed(2)))
-    g = torch.Generator().manual_seed(1)
-    assert not torch.equal(order(g), order(g))  # successive epochs from one generator differ
+    assert torch.equal(order(1, 1), order(1, 1))
+    assert not torch.equal(order(1, 1), order(2, 1))
+    assert not torch.equal(order(1, 1), order(1, 2))  # each epoch its own order
+
+
+def test_batches_resume_from_a_step():
+    split = _indexed_split(50)
+    order = epoch_order(50, 0, 3, CPU)
+    full = [y for _, y in batches(split, order, 8)]
+    tail = [y for _, y in batches(split, order, 8, start_step=4)]
+    assert len(tail) == len(full) - 4
+    assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))
 
 
 # --- broken or missing datasets -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mlptrain.config import TrainConfig
 from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData
 from mlptrain.engine import (
+    EpochProgress,
     build_optimizer,
     build_scheduler,
     confusion_matrix,
@@ -40,7 +41,7 @@ def test_fit_learns(data):
     torch.manual_seed(0)
     model = MLP([20, 32, 10])
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg, 3 * 32)
     history = list(fit(model, opt, sched, data, cfg, seed=0))
     assert [s.epoch for s in history] == [1, 2, 3]
@@ -54,7 +55,7 @@ def test_fit_is_deterministic_on_cpu(data):
         torch.manual_seed(0)
         model = MLP([20, 32, 10], dropout=0.2)
         cfg = TrainConfig(epochs=2, batch_size=50)
-        opt = build_optimizer(model, cfg)
+        opt = build_optimizer(model.parameters(), cfg)
         return [(s.train_loss, s.val_loss) for s in fit(model, opt, build_scheduler(opt, cfg, 80), data, cfg, 0)]
 
     assert run() == run()
@@ -67,7 +68,9 @@ def test_one_host_sync_per_epoch(data, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
     model = MLP([20, 32, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    train_epoch(model, opt, None, data.train, 16, torch.Generator().manual_seed(0))  # 125 batches
+    progress = EpochProgress.begin(1, data.train, seed=0, lr=0.01)
+    assert train_epoch(model, opt, None, data.train, 16, progress)  # 125 batches
+    progress.loss_sum.item(), progress.correct.item()  # what fit() reads, once
     assert len(calls) == 2  # loss sum and correct count, once each
     calls.clear()
     evaluate(model, data.val)
@@ -85,7 +88,7 @@ def test_evaluate_leaves_no_graph_and_uses_eval_mode(data):
 def test_schedules(name):
     model = MLP([4, 3])
     cfg = TrainConfig(lr=0.1, momentum=0.9, scheduler=name)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg, 100)
     lrs, moms = [], []
     for _ in range(100):
@@ -109,14 +112,14 @@ def test_schedules(name):
 def test_onecycle_without_momentum_keeps_none():
     model = MLP([4, 3])
     cfg = TrainConfig(momentum=0.0)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg)
     build_scheduler(opt, cfg, 10)
     assert opt.param_groups[0]["momentum"] == 0.0
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_uses_momentum_as_beta1(name):
-    opt = build_optimizer(MLP([4, 3]), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
+    opt = build_optimizer(MLP([4, 3]).parameters(), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
     assert opt.param_groups[0]["betas"] == (0.8, 0.999)
     assert opt.param_groups[0]["weight_decay"] == 0.01
 

@@ -1,0 +1,177 @@
+"""The fast paths give the reference path's numbers: fused MLP, flat parameters, precision, compile, threads."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlptrain import runner
+from mlptrain.config import Config, TrainConfig
+from mlptrain.engine import FlatParameters, build_optimizer
+from mlptrain.nn import MLP
+
+TINY = {
+    "device": "cpu",
+    "data": {"dataset": "synthetic", "synthetic_size": 1200, "val_size": 200},
+    "model": {"hidden": [32, 16], "dropout": 0.2},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.1},
+}
+
+
+def tiny(model=None, train=None, **top) -> Config:
+    return Config.from_dict(
+        {**TINY, **top, "model": {**TINY["model"], **(model or {})}, "train": {**TINY["train"], **(train or {})}}
+    )
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if "second" not in k} for r in csv.DictReader(f)]  # not timings
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_gradcheck(activation, bias):
+    from mlptrain.nn import MLPFunction
+
+    torch.manual_seed(0)
+    model = MLP([5, 4, 3, 2], activation, bias=bias).double()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    params = [t for layer in model.layers for t in (layer.weight, layer.bias)]
+
+    def f(x, *tensors):
+        it = iter(tensors)
+        return MLPFunction.apply(x, activation, 0.0, *[next(it) if p is not None else None for p in params])
+
+    assert torch.autograd.gradcheck(f, (x, *[p for p in params if p is not None]))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_equals_per_layer_bitwise(activation, dropout, bias):
+    model = MLP([20, 16, 8, 4], activation, dropout, bias)
+    x, y = torch.randn(12, 20), torch.randint(0, 4, (12,))
+
+    def loss_and_grads(fused: bool):
+        model.fused = fused
+        torch.manual_seed(7)  # the same dropout masks on both paths
+        loss = F.cross_entropy(model(x), y)
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(True), loss_and_grads(False)
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def test_fused_path_input_grad_only_when_asked():
+    model = MLP([6, 5, 3])
+    x = torch.randn(4, 6, requires_grad=True)
+    model(x).sum().backward()
+    model.fused = False
+    x2 = x.detach().clone().requires_grad_()
+    model(x2).sum().backward()
+    assert torch.allclose(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_flat_parameters_step_like_separate_ones(name):
+    torch.manual_seed(0)
+    a, b = MLP([10, 8, 3]), MLP([10, 8, 3])
+    b.load_state_dict(a.state_dict())
+    flat = FlatParameters(b)
+    cfg = TrainConfig(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.01)
+    opt_a, opt_b = build_optimizer(a.parameters(), cfg), build_optimizer([flat.param], cfg)
+    for step in range(5):
+        x, y = torch.randn(16, 10), torch.randint(0, 3, (16,))
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad(set_to_none=False)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(pa, pb), (name, step, key)
+    assert set(b.state_dict()) == set(a.state_dict())  # same keys: checkpoints do not change
+
+
+def test_flat_parameters_are_views_that_the_optimizer_moves():
+    model = MLP([4, 3, 2])
+    flat = FlatParameters(model)
+    for p in model.parameters():
+        assert p.untyped_storage().data_ptr() == flat.param.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() == flat.param.grad.untyped_storage().data_ptr()
+    before = model.layers[0].weight.detach().clone()
+    opt = torch.optim.SGD([flat.param], lr=0.1)
+    F.cross_entropy(model(torch.randn(5, 4)), torch.tensor([0, 1, 0, 1, 1])).backward()
+    assert flat.param.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(model.layers[0].weight, before)
+
+
+def test_runs_on_either_path_are_identical(tmp_path):
+    runner.train(tiny(model={"fused": True}), run_dir=tmp_path / "fused")
+    runner.train(tiny(model={"fused": False}), run_dir=tmp_path / "layers")
+    assert rows(tmp_path / "fused") == rows(tmp_path / "layers")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_trains_and_eval_reproduces_val(tmp_path, precision):
+    config = tiny(train={"precision": precision, "epochs": 3}, model={"dropout": 0.0})
+    result = runner.train(config, run_dir=tmp_path / "r")
+    assert result.best.val_acc > 0.5
+    ckpt = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert (ckpt["scaler"] is not None) == (precision == "fp16")
+    again = runner.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
+    assert again.accuracy == result.best.val_acc
+
+
+def test_compile_falls_back_to_eager_with_a_note(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    seen = []
+
+    class Watch(runner.Callbacks):
+        def run_started(self, info):
+            seen.extend(info.notes)
+
+    runner.train(tiny(train={"compile": True}), run_dir=tmp_path / "c", callbacks=Watch())
+    runner.train(tiny(), run_dir=tmp_path / "e")
+    assert any("train.compile" in note and "no C++ compiler found" in note for note in seen)
+    assert rows(tmp_path / "c") == rows(tmp_path / "e")
+
+
+def test_compile_trains_like_eager(tmp_path):
+    runner.train(tiny(train={"compile": True}, model={"dropout": 0.0}), run_dir=tmp_path / "c")
+    runner.train(tiny(model={"dropout": 0.0}), run_dir=tmp_path / "e")
+    for compiled, eager in zip(rows(tmp_path / "c"), rows(tmp_path / "e"), strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert float(compiled[key]) == pytest.approx(float(eager[key]), rel=1e-3, abs=2e-3), key
+
+
+@pytest.mark.parametrize(
+    ("top", "train", "expected"),
+    [
+        ({"threads": 1}, {}, 1),
+        ({"threads": 2}, {}, 2),
+        ({}, {"batch_size": 64}, 1),  # the tutorial's work per step: one thread
+    ],
+)
+def test_threads(tmp_path, top, train, expected):
+    seen = []
+
+    class Watch(runner.Callbacks):
+        def run_started(self, info):
+            seen.append(info.threads)
+
+    runner.train(tiny(train={**train, "epochs": 1}, **top), run_dir=tmp_path / "t", callbacks=Watch())
+    assert seen == [expected]
+
+
+def test_auto_threads_uses_the_machine_for_big_steps():
+    config = Config.from_dict({"model": {"hidden": [1024, 512]}, "train": {"batch_size": 512}})
+    assert runner.configure_threads(config, torch.device("cpu")) == runner._DEFAULT_THREADS

@@ -1,0 +1,271 @@
+"""Nothing is lost: resume, a clean stop on Ctrl-C/SIGTERM, kill -9, early stopping, determinism."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from mlptrain import runner
+from mlptrain.checkpoint import load_checkpoint
+from mlptrain.cli import app
+from mlptrain.config import Config
+from mlptrain.errors import ConfigError, RunFailed
+from mlptrain.files import new_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+LOSS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+# Small but not trivial: dropout draws from the RNG, onecycle moves lr and momentum every step.
+TINY = {
+    "name": "tiny",
+    "device": "cpu",
+    "seed": 3,
+    "data": {"dataset": "synthetic", "synthetic_size": 1200, "val_size": 200},
+    "model": {"hidden": [32], "dropout": 0.2},
+    "train": {"epochs": 3, "batch_size": 32, "lr": 0.1, "scheduler": "onecycle"},
+}
+
+
+def tiny(**train) -> Config:
+    raw = {**TINY, "train": {**TINY["train"], **train}}
+    return Config.from_dict(raw)
+
+
+def metrics(run_dir: Path) -> list[tuple]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [tuple(row[c] for c in LOSS_COLUMNS) for row in csv.DictReader(f)]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+class StopAt(runner.Callbacks):
+    """Asks for a stop at (epoch, batch); batch 0 means right after that epoch finished."""
+
+    def __init__(self, stop: runner.StopRequest, epoch: int, batch: int):
+        self.stop, self.at, self.epoch = stop, (epoch, batch), 0
+
+    def epoch_started(self, epoch, epochs, steps, done):
+        self.epoch = epoch
+
+    def batch_done(self, step):
+        if (self.epoch, step) == self.at:
+            self.stop.request(signal.SIGINT)
+
+    def epoch_done(self, stats, is_best):
+        if (stats.epoch, 0) == self.at:
+            self.stop.request(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must match, bit for bit."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    runner.train(tiny(), run_dir=run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(2, 7), (1, 1), (3, 30), (1, 0), (2, 0)])
+def test_stop_and_resume_is_bitwise_equal(reference, tmp_path, epoch, batch):
+    run_dir = tmp_path / "run"
+    stop = runner.StopRequest()
+    with pytest.raises(runner.Interrupted) as info:
+        runner.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, epoch, batch), stop=stop)
+    assert info.value.exit_code == (130 if batch else 143)
+    assert info.value.resume_command == f"mlptrain train --resume {run_dir}"
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if batch:
+        assert ckpt["progress"]["epoch"] == epoch and ckpt["progress"]["step"] == batch
+        assert ckpt["epoch"] == epoch - 1
+    else:
+        assert ckpt["progress"] is None and ckpt["epoch"] == epoch
+    best_before = (run_dir / "best.pt").read_bytes() if (run_dir / "best.pt").exists() else None
+
+    result = runner.resume(run_dir)
+    assert [s.epoch for s in result.history] == [1, 2, 3]
+    assert metrics(run_dir) == metrics(reference)
+    assert_same_weights(run_dir / "last.pt", reference / "last.pt")
+    assert_same_weights(run_dir / "best.pt", reference / "best.pt")
+    if best_before is not None and result.best_epoch < epoch:
+        assert (run_dir / "best.pt").read_bytes() == best_before  # untouched by the stop
+
+
+def test_same_seed_same_metrics(reference, tmp_path):
+    runner.train(tiny(), run_dir=tmp_path / "again")
+    assert metrics(tmp_path / "again") == metrics(reference)
+    runner.train(Config.from_dict({**TINY, "seed": 4}), run_dir=tmp_path / "other")
+    assert metrics(tmp_path / "other") != metrics(reference)
+
+
+def test_resume_accepts_the_checkpoint_path(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    stop = runner.StopRequest()
+    with pytest.raises(runner.Interrupted):
+        runner.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 3), stop=stop)
+    runner.resume(run_dir / "last.pt")
+    assert metrics(run_dir) == metrics(reference)
+
+
+def test_resume_a_finished_run_does_nothing(reference):
+    before = (reference / "last.pt").read_bytes()
+    result = runner.resume(reference)
+    assert result.already_finished and len(result.history) == 3
+    assert (reference / "last.pt").read_bytes() == before
+    out = CliRunner().invoke(app, ["train", "--resume", str(reference)])
+    assert out.exit_code == 0 and "already finished 3 epochs" in out.stdout
+
+
+def test_extend_a_finished_run(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    runner.train(tiny(), run_dir=run_dir)
+    result = runner.resume(run_dir, ["train.epochs=5"])
+    assert [s.epoch for s in result.history] == [1, 2, 3, 4, 5]
+    assert metrics(run_dir)[:3] == metrics(reference)  # the first three epochs are kept, not redone
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 5
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["train.lr=0.5"], "only train.epochs can change"),
+        (["model.hidden=[8]"], "only train.epochs can change"),
+        (["train.epochs=2"], "already finished 3 epochs"),
+        (["train.epochs=0"], "train.epochs"),
+    ],
+)
+def test_resume_refuses_other_changes(reference, overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        runner.resume(reference, overrides)
+
+
+def test_early_stopping(tmp_path):
+    # A rate so small that nothing changes: val_acc never improves on epoch 1, so patience 2 ends epoch 3.
+    result = runner.train(tiny(epochs=10, lr=1e-12, patience=2, scheduler="none"), run_dir=tmp_path / "r")
+    assert result.stopped_early and result.best_epoch == 1
+    assert [s.epoch for s in result.history] == [1, 2, 3]
+    assert runner.resume(tmp_path / "r").already_finished
+
+
+def test_run_folders_never_collide(tmp_path):
+    names = {new_run_dir(tmp_path, "same").name for _ in range(5)}
+    assert len(names) == 5
+
+
+def test_unusable_output_place_is_refused_before_data_is_loaded(tmp_path):
+    (tmp_path / "file").write_text("x")
+    # MNIST is absent here, so reaching the data would give a different error.
+    config = Config.from_dict({"output": {"dir": str(tmp_path / "file" / "runs")}, "data": {"root": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="cannot create the folder"):
+        runner.train(config)
+
+
+# --- real signals, real processes ---------------------------------------------------------------------------
+
+
+def start_training(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
+    config = tmp_path / "c.yaml"
+    raw = {**TINY, "data": {**TINY["data"], "synthetic_size": 1600}, "train": {**TINY["train"], "batch_size": 8}}
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlptrain", "train", str(config), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before {prefix!r}: {proc.stderr.read()}")
+    raise AssertionError(f"no {prefix!r} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def reference_small_batches(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ref8")
+    proc = start_training(tmp, tmp / "run")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    return tmp / "run"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly_and_resumes_exactly(tmp_path, reference_small_batches, sig, code):
+    run_dir = tmp_path / "run"
+    proc = start_training(tmp_path, run_dir)
+    wait_for_line(proc, "epoch 1/3")
+    proc.send_signal(sig)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 5  # within a batch or two, not at the end of the epoch
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert f"resume with: mlptrain train --resume {run_dir}" in err
+    out = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert out.exit_code == 0, out.stderr
+    assert metrics(run_dir) == metrics(reference_small_batches)
+    assert_same_weights(run_dir / "last.pt", reference_small_batches / "last.pt")
+
+
+def test_kill_9_resumes_from_the_last_finished_epoch(tmp_path, reference_small_batches):
+    run_dir = tmp_path / "run"
+    proc = start_training(tmp_path, run_dir)
+    wait_for_line(proc, "epoch 1/3")
+    time.sleep(0.3)
+    proc.kill()
+    proc.communicate(timeout=60)
+    ckpt = load_checkpoint(run_dir / "last.pt")  # whole, whatever moment the kill came
+    assert ckpt["progress"] is None and ckpt["epoch"] >= 1
+    assert len(metrics(run_dir)) >= ckpt["epoch"]
+    runner.resume(run_dir)
+    assert metrics(run_dir) == metrics(reference_small_batches)
+    assert_same_weights(run_dir / "last.pt", reference_small_batches / "last.pt")
+
+
+def test_divergence_stops_the_run_and_keeps_the_finite_checkpoints(tmp_path, monkeypatch):
+    real_fit = runner.fit
+
+    def fit_that_blows_up(model, *args, **kwargs):
+        for stats in real_fit(model, *args, **kwargs):
+            yield stats
+            with torch.no_grad():  # after epoch 1, poison one weight: epoch 2's loss is NaN through the real loop
+                model.layers[0].weight[0, 0] = float("nan")
+
+    monkeypatch.setattr(runner, "fit", fit_that_blows_up)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunFailed, match=r"diverged in epoch 2.*train\.lr") as info:
+        runner.train(tiny(), run_dir=run_dir)
+    assert info.value.exit_code == 1
+    rows = metrics(run_dir)
+    assert len(rows) == 2 and rows[1][1] == "nan"  # the diverged epoch is on record
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run_dir / name)
+        assert ckpt["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
