@@ -12,6 +12,7 @@ from mlptrain.config import TrainConfig
 from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData
 from mlptrain.engine import (
     EpochProgress,
+    autocast,
     build_optimizer,
     build_scheduler,
     confusion_matrix,
@@ -124,16 +125,18 @@ def test_adam_uses_momentum_as_beta1(name):
     assert opt.param_groups[0]["weight_decay"] == 0.01
 
 
-def test_evaluate_is_bitwise_the_batched_loop_it_always_was():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_is_bitwise_the_batched_loop_it_always_was(precision):
     """evaluate() = score_logits(predict_logits()): the loss is still summed batch by batch, in order."""
 
     @torch.inference_mode()
     def batched(model, split):
         loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
         for start in range(0, len(split), EVAL_BATCH_SIZE):
-            logits = model(split.x[start : start + EVAL_BATCH_SIZE])
-            y = split.y[start : start + EVAL_BATCH_SIZE]
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            x, y = split.x[start : start + EVAL_BATCH_SIZE], split.y[start : start + EVAL_BATCH_SIZE]
+            with autocast(x.device, precision):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         return loss_sum.item() / len(split), correct.item() / len(split)
 
@@ -141,7 +144,7 @@ def test_evaluate_is_bitwise_the_batched_loop_it_always_was():
     model = MLP([20, 64, 10]).eval()
     for n in (1, 500, 2 * EVAL_BATCH_SIZE + 17):  # one short batch, and several batches
         split = blobs(n, n)
-        assert evaluate(model, split) == batched(model, split)
+        assert evaluate(model, split, precision) == batched(model, split)
 
 
 def test_predict_logits_and_the_confusion_matrix(data):
