@@ -140,17 +140,84 @@ def eval_(
         typer.Option("--data-root", help="Where the dataset lives, if not where the run found it."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    errors: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--errors", metavar="FILE.png", help="Save a grid of the most confidently wrong images here."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Rebuild the model from CHECKPOINT alone and score it."""
+    """Rebuild the model from CHECKPOINT alone and score it: accuracy, per class, and the confusion matrix."""
     with _errors():
         from mlptrain import report, runner
 
-        result = runner.evaluate_checkpoint(checkpoint, split=split.value, data_root=data_root, device=device)
+        result = runner.evaluate_checkpoint(
+            checkpoint, split=split.value, data_root=data_root, device=device, errors_image=errors
+        )
+        if result.record_problem:
+            report.warning(result.record_problem)
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:
             report.show_eval(report.make_console(), result)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder, e.g. runs/<run>.")],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", metavar="FILE.png", help="Where to save the figure (default RUN_DIR/curves.png)."),
+    ] = None,
+) -> None:
+    """Draw a run's loss and accuracy per epoch, train and validation, with the best epoch marked."""
+    with _errors():
+        from mlptrain import report
+        from mlptrain.plot import plot_run
+
+        report.saved(report.make_console(), "curves", plot_run(run_dir, out))
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mlptrain train`.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="PNG or JPEG files, of any size.")],
+    top: Annotated[int, typer.Option("--top", min=1, metavar="K", help="Show the K most probable classes.")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list, an object per classified file.")
+    ] = False,
+) -> None:
+    """Classify image files as MNIST would see them: grayscale, light ink on black, centred in 28×28."""
+    with _errors():
+        from mlptrain import report
+        from mlptrain.predict import predict_files
+
+        result = predict_files(checkpoint, images, device=device, top=top)
+        for _, message in result.failures:
+            report.error(message)
+        if json_out:
+            typer.echo(json.dumps([p.to_json() for p in result.predictions]))
+        else:
+            report.show_predictions(report.make_console(), result)
+    if result.failures:  # the readable files were still classified; the exit code says not all were
+        raise typer.Exit(2)
+
+
+@app.command("runs")
+def runs_(
+    folder: Annotated[Path, typer.Argument(metavar="[DIR]", help="The folder of runs (default: runs).")] = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON list, an object per run.")] = False,
+) -> None:
+    """List the runs in DIR, newest first, with their scores and the config keys that differ between them."""
+    with _errors():
+        from mlptrain import report, runs
+
+        found = runs.list_runs(folder)
+        keys = runs.differing_keys(found)
+        if json_out:
+            typer.echo(json.dumps([run.to_json(keys) for run in found]))
+        else:
+            report.show_runs(report.make_console(), folder, found, keys)
 
 
 def main() -> None:

@@ -212,3 +212,12 @@ def _download(cfg: DataConfig) -> str:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line for line in lines if line.startswith("<urlopen error")), lines[-1] if lines else "")
         return reason.removeprefix("<urlopen error ").removesuffix(">") or type(e).__name__
+
+
+def class_names(dataset: str) -> list[str]:
+    """What each label means: the digit for mnist and synthetic, torchvision's names for fashion-mnist."""
+    if dataset == "fashion-mnist":
+        from torchvision.datasets import FashionMNIST
+
+        return list(FashionMNIST.classes)
+    return [str(label) for label in range(NUM_CLASSES)]

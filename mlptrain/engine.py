@@ -226,17 +226,43 @@ def autocast(device: torch.device, precision: str):
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, precision: str = "fp32") -> tuple[float, float]:
     """(mean loss, accuracy) over `split`, in large fixed-size batches with dropout off."""
+    return score_logits(predict_logits(model, split, precision), split.y)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, precision: str = "fp32") -> torch.Tensor:
+    """(N, classes) float32 logits over `split`, dropout off, in the fixed-size batches every evaluation uses."""
     model.eval()
-    loss_sum = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.int64)
+    chunks = []
     for start in range(0, len(split), EVAL_BATCH_SIZE):
-        x, y = split.x[start : start + EVAL_BATCH_SIZE], split.y[start : start + EVAL_BATCH_SIZE]
+        x = split.x[start : start + EVAL_BATCH_SIZE]
         with autocast(x.device, precision):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    n = len(split)
+        chunks.append(logits.float())  # exact from bf16/fp16, so the argmax is the same; a no-op for fp32
+    return torch.cat(chunks)
+
+
+def score_logits(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean loss, accuracy) of logits (N, classes) against labels (N,).
+
+    The loss is summed per EVAL_BATCH_SIZE rows, in order, so it is the very number the batched evaluation has
+    always given (validation during training and `mlptrain eval` agree to the last digit).
+    """
+    loss_sum = torch.zeros((), device=logits.device)
+    for start in range(0, len(y), EVAL_BATCH_SIZE):
+        loss_sum += F.cross_entropy(
+            logits[start : start + EVAL_BATCH_SIZE], y[start : start + EVAL_BATCH_SIZE], reduction="sum"
+        )
+    correct = (logits.argmax(1) == y).sum()
+    n = len(y)
     return loss_sum.item() / n, correct.item() / n
+
+
+def confusion_matrix(predicted: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(classes, classes) int64 counts: row = true label, column = predicted label."""
+    return torch.bincount(y * num_classes + predicted, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
 
 
 def fit(

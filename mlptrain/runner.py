@@ -9,6 +9,7 @@ import contextlib
 import csv
 import io
 import itertools
+import json
 import math
 import random
 import shutil
@@ -22,7 +23,15 @@ import yaml
 
 from mlptrain.checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from mlptrain.config import Config, parse_override, resolve_device
-from mlptrain.data import NUM_CLASSES, TrainingData, load_eval_split, load_training_data, steps_per_epoch
+from mlptrain.data import (
+    NUM_CLASSES,
+    Split,
+    TrainingData,
+    class_names,
+    load_eval_split,
+    load_training_data,
+    steps_per_epoch,
+)
 from mlptrain.engine import (
     COLUMNS,
     EpochProgress,
@@ -32,12 +41,16 @@ from mlptrain.engine import (
     autocast,
     build_optimizer,
     build_scheduler,
-    evaluate,
+    confusion_matrix,
     fit,
     grad_scaler,
+    predict_logits,
+    score_logits,
 )
 from mlptrain.errors import CheckpointError, ConfigError, DataError, MlptrainError, RunFailed
 from mlptrain.files import atomic_write_text, make_dirs, new_run_dir
+from mlptrain.plot import plot_run, save_error_grid
+from mlptrain.runs import eval_record_path
 
 
 @dataclass
@@ -472,6 +485,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
         except TrainingStopped as e:
             save_checkpoint(run_dir / "last.pt", **session.checkpoint(session.start_epoch, e.progress))
             raise _stopped(session, e.progress, stop) from None
+    plot_run(run_dir)  # curves.png, drawn from the metrics.csv just written
     return result
 
 
@@ -519,6 +533,10 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+# `eval --errors` shows this many of the most confidently wrong images (four rows of eight).
+ERROR_GRID_SIZE = 32
+
+
 @dataclass
 class EvalResult:
     checkpoint: Path
@@ -529,6 +547,17 @@ class EvalResult:
     epoch: int
     dataset: str
     device: str
+    classes: list[str] = field(default_factory=list)  # what each label means: '0'..'9', or Fashion-MNIST's names
+    confusion: list[list[int]] = field(default_factory=list)  # (classes, classes): row = true, column = predicted
+    record: Path | None = None  # where this result was recorded for `mlptrain runs`
+    record_problem: str = ""  # why it could not be, if it could not
+    errors_image: Path | None = None
+    errors_shown: int = 0
+
+    @property
+    def per_class(self) -> list[float | None]:
+        """Accuracy on each true class (None for a class the split lacks)."""
+        return [row[label] / sum(row) if sum(row) else None for label, row in enumerate(self.confusion)]
 
     def to_json(self) -> dict:
         return {
@@ -540,13 +569,25 @@ class EvalResult:
             "epoch": self.epoch,
             "dataset": self.dataset,
             "device": self.device,
+            "classes": self.classes,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
         }
 
 
 def evaluate_checkpoint(
-    path: Path, split: str = "test", data_root: Path | None = None, device: str = "auto"
+    path: Path,
+    split: str = "test",
+    data_root: Path | None = None,
+    device: str = "auto",
+    errors_image: Path | None = None,
+    record: bool = True,
 ) -> EvalResult:
-    """Score a checkpoint on the test split, or on the validation images its run held out."""
+    """Score a checkpoint on the test split, or on the validation images its run held out.
+
+    Also counts the confusion matrix; draws the most confidently wrong images into `errors_image` if given; and
+    records the result next to the checkpoint (see runs.eval_record_path) unless `record` is false.
+    """
     path = Path(path)
     ckpt = load_checkpoint(path)
     config: Config = ckpt["config"]
@@ -554,13 +595,17 @@ def evaluate_checkpoint(
     model = model_from_checkpoint(ckpt, path, dev)
     data_cfg = replace(config.data, root=str(data_root)) if data_root is not None else config.data
     norm = ckpt["data"]
-    split_data = load_eval_split(data_cfg, split, config.seed, float(norm["mean"]), float(norm["std"]), dev)
+    mean, std = float(norm["mean"]), float(norm["std"])
+    split_data = load_eval_split(data_cfg, split, config.seed, mean, std, dev)
     if split_data.x.shape[1] != model.sizes[0]:
         raise DataError(
             f"{data_cfg.dataset} images have {split_data.x.shape[1]} pixels but the model expects {model.sizes[0]}"
         )
-    loss, accuracy = evaluate(model, split_data)
-    return EvalResult(
+    logits = predict_logits(model, split_data)  # (N, classes)
+    loss, accuracy = score_logits(logits, split_data.y)
+    predicted = logits.argmax(1)  # as score_logits counts it, so the confusion's diagonal sums to its accuracy
+    num_classes = logits.shape[1]
+    result = EvalResult(
         checkpoint=path,
         split=split,
         samples=len(split_data),
@@ -569,4 +614,41 @@ def evaluate_checkpoint(
         epoch=int(ckpt["epoch"]),
         dataset=data_cfg.dataset,
         device=str(dev),
+        classes=class_names(data_cfg.dataset)[:num_classes],
+        confusion=confusion_matrix(predicted, split_data.y, num_classes).tolist(),
     )
+    if errors_image is not None:
+        confidence = logits.softmax(1).gather(1, predicted[:, None]).squeeze(1)  # (N,)
+        result.errors_image = Path(errors_image)
+        result.errors_shown = save_mistakes(result, split_data, predicted, confidence, mean, std)
+    if record:
+        target = eval_record_path(path, split)
+        try:
+            atomic_write_text(target, json.dumps(result.to_json(), indent=1) + "\n")
+            result.record = target
+        except OSError as e:
+            result.record_problem = f"cannot record the result in {target}: {e.strerror or e}"
+    return result
+
+
+def save_mistakes(
+    result: EvalResult, split: Split, predicted: torch.Tensor, confidence: torch.Tensor, mean: float, std: float
+) -> int:
+    """Draw the most confidently wrong images of `split` into result.errors_image; returns how many it shows."""
+    wrong = (predicted != split.y).nonzero().squeeze(1)
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:ERROR_GRID_SIZE]
+    shown = wrong[order]
+    side = math.isqrt(split.x.shape[1])
+    # Undo the normalisation: back to the 0..255 pixels the dataset holds.
+    pixels = (split.x[shown] * std + mean).mul_(255).round_().clamp_(0, 255).view(-1, side, side).cpu().numpy()
+    save_error_grid(
+        result.errors_image,
+        pixels,
+        split.y[shown].tolist(),
+        predicted[shown].tolist(),
+        confidence[shown].tolist(),
+        result.classes,
+        title=f"{result.checkpoint} on {result.split} ({result.dataset}): the {len(shown)} most confident of "
+        f"{len(wrong):,} mistakes in {result.samples:,} images",
+    )
+    return len(shown)

@@ -90,3 +90,17 @@ def fashion_root(tmp_path_factory) -> Path:
         {split: make_digits(n, seed) for split, (n, seed) in FASHION_SIZES.items()},
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run folder from `mlptrain train configs/smoke.yaml` with 4 epochs (read-only: copy it to change it)."""
+    from typer.testing import CliRunner
+
+    from mlptrain.cli import app
+
+    run_dir = tmp_path_factory.mktemp("trained") / "smoke"
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    result = CliRunner().invoke(app, ["train", str(smoke), "--run-dir", str(run_dir), "--set", "train.epochs=4"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return run_dir

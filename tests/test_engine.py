@@ -6,10 +6,22 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlptrain.config import TrainConfig
-from mlptrain.data import Split, TrainingData
-from mlptrain.engine import EpochProgress, build_optimizer, build_scheduler, evaluate, fit, train_epoch
+from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData
+from mlptrain.engine import (
+    EpochProgress,
+    autocast,
+    build_optimizer,
+    build_scheduler,
+    confusion_matrix,
+    evaluate,
+    fit,
+    predict_logits,
+    score_logits,
+    train_epoch,
+)
 from mlptrain.nn import MLP
 
 
@@ -111,3 +123,39 @@ def test_adam_uses_momentum_as_beta1(name):
     opt = build_optimizer(MLP([4, 3]).parameters(), TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.01))
     assert opt.param_groups[0]["betas"] == (0.8, 0.999)
     assert opt.param_groups[0]["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_is_bitwise_the_batched_loop_it_always_was(precision):
+    """evaluate() = score_logits(predict_logits()): the loss is still summed batch by batch, in order."""
+
+    @torch.inference_mode()
+    def batched(model, split):
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        for start in range(0, len(split), EVAL_BATCH_SIZE):
+            x, y = split.x[start : start + EVAL_BATCH_SIZE], split.y[start : start + EVAL_BATCH_SIZE]
+            with autocast(x.device, precision):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        return loss_sum.item() / len(split), correct.item() / len(split)
+
+    torch.manual_seed(0)
+    model = MLP([20, 64, 10]).eval()
+    for n in (1, 500, 2 * EVAL_BATCH_SIZE + 17):  # one short batch, and several batches
+        split = blobs(n, n)
+        assert evaluate(model, split, precision) == batched(model, split)
+
+
+def test_predict_logits_and_the_confusion_matrix(data):
+    torch.manual_seed(0)
+    model = MLP([20, 32, 10], dropout=0.5)
+    logits = predict_logits(model, data.val)
+    assert logits.shape == (500, 10) and not model.training
+    assert torch.equal(logits, predict_logits(model, data.val))  # dropout off
+    predicted = logits.argmax(1)
+    confusion = confusion_matrix(predicted, data.val.y, 10)
+    assert confusion.shape == (10, 10) and confusion.sum() == 500
+    assert confusion.diagonal().sum() / 500 == score_logits(logits, data.val.y)[1]
+    assert torch.equal(confusion.sum(1), torch.bincount(data.val.y, minlength=10))  # rows are the true labels
+    assert confusion[data.val.y[0], predicted[0]] >= 1

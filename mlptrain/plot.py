@@ -1,0 +1,138 @@
+"""Figures as image files: a run's training curves, and a grid of the test images a model got most wrong.
+
+matplotlib draws them headless (the Agg canvas, no pyplot and no display), imported inside each function:
+it takes about a second to load and only these two figures need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlptrain.errors import ConfigError, DataError
+from mlptrain.files import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+TRAIN_COLOR, VAL_COLOR, BEST_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw a run folder's curves from its metrics.csv into `out` (default RUN_DIR/curves.png); returns the path."""
+    from mlptrain.runs import read_run
+
+    run = read_run(run_dir)
+    if not run.history:
+        raise DataError(f"{run_dir}: no finished epoch to plot yet (metrics.csv is missing or empty)")
+    path = Path(out) if out is not None else run.path / "curves.png"
+    dataset = run.config.get("data", {}).get("dataset")
+    save_curves(
+        path, run.history, run.best_epoch, run.monitor, f"{run.path.name} ({dataset})" if dataset else run.path.name
+    )
+    return path
+
+
+def save_curves(path: Path, rows: Sequence[dict[str, float]], best_epoch: int, monitor: str, title: str) -> None:
+    """Loss and accuracy per epoch, train and validation, with the best epoch (on `monitor`) marked.
+
+    `rows` are metrics.csv's rows (epoch, train_loss, train_acc, val_loss, val_acc, ...), accuracies as fractions.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    epochs = [int(r["epoch"]) for r in rows]
+    marker = "o" if len(rows) <= 30 else None  # dots help read a short run; on a long one they are clutter
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, key, label, scale in ((loss_ax, "loss", "loss (cross-entropy)", 1), (acc_ax, "acc", "accuracy", 100)):
+        ax.plot(
+            epochs, [r[f"train_{key}"] * scale for r in rows], color=TRAIN_COLOR, marker=marker, ms=3, label="train"
+        )
+        ax.plot(epochs, [r[f"val_{key}"] * scale for r in rows], color=VAL_COLOR, marker=marker, ms=3, label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if best_epoch:
+            best = rows[epochs.index(best_epoch)]
+            ax.axvline(best_epoch, color=BEST_COLOR, linestyle=":", linewidth=1.5)
+            ax.plot([best_epoch], [best[f"val_{key}"] * scale], marker="*", ms=14, color=BEST_COLOR, zorder=3)
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0 if len(rows) < 2 else None))
+    if best_epoch:
+        best = rows[epochs.index(best_epoch)]
+        acc_ax.plot([], [], marker="*", ms=10, color=BEST_COLOR, linestyle=":", label=f"best (epoch {best_epoch})")
+        fig.suptitle(
+            f"{title}  ·  best epoch {best_epoch} on {monitor}: val acc {100 * best['val_acc']:.2f}%, "
+            f"val loss {best['val_loss']:.4f}",
+            fontsize=11,
+        )
+    else:
+        fig.suptitle(title, fontsize=11)
+    loss_ax.legend(loc="upper right")
+    acc_ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def save_error_grid(
+    path: Path,
+    images: Sequence,
+    true: Sequence[int],
+    predicted: Sequence[int],
+    confidence: Sequence[float],
+    class_names: Sequence[str],
+    title: str,
+    columns: int = 8,
+) -> None:
+    """A grid of images (K, H, W) in [0, 255], each captioned with its true and predicted label and confidence.
+
+    One montage in one axes: a subplot per image would take a second or more to draw.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    count = len(images)
+    side = len(images[0]) if count else 28
+    rows = max(1, -(-count // columns))
+    cell_w, cell_h = side + 14, side + 22  # pixels of the montage: a margin, and room above for the caption
+    montage = np.zeros((rows * cell_h, columns * cell_w))
+    fig = Figure(figsize=(1.45 * columns, 1.45 * rows + 0.4), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    for i in range(count):
+        top, left = (i // columns) * cell_h + 18, (i % columns) * cell_w + 7
+        montage[top : top + side, left : left + side] = images[i]
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="#cccccc", linewidth=0.8))
+        ax.text(
+            left + side / 2,
+            top - 2,
+            f"true {class_names[true[i]]}\npred {class_names[predicted[i]]} {100 * confidence[i]:.0f}%",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="#b00020",
+        )
+    # Dark ink on white reads more easily than MNIST's white on black.
+    ax.imshow(montage, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    if count == 0:
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", fontsize=12, transform=ax.transAxes)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write the figure atomically, in the format the file name asks for (png if it names none)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in canvas.get_supported_filetypes():
+        known = ", ".join(sorted(canvas.get_supported_filetypes()))
+        raise ConfigError(f"{path}: cannot write a .{fmt} image; use one of {known}")
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt))
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
