@@ -601,7 +601,7 @@ def evaluate_checkpoint(
         raise DataError(
             f"{data_cfg.dataset} images have {split_data.x.shape[1]} pixels but the model expects {model.sizes[0]}"
         )
-    logits = predict_logits(model, split_data)  # (N, classes)
+    logits = predict_logits(model, split_data, config.train.precision)  # (N, classes), as validation ran
     loss, accuracy = score_logits(logits, split_data.y)
     predicted = logits.argmax(1)  # as score_logits counts it, so the confusion's diagonal sums to its accuracy
     num_classes = logits.shape[1]

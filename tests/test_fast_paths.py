@@ -126,6 +126,7 @@ def test_low_precision_trains_and_eval_reproduces_val(tmp_path, precision):
     assert (ckpt["scaler"] is not None) == (precision == "fp16")
     again = runner.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
     assert again.accuracy == result.best.val_acc
+    assert again.loss == result.best.val_loss  # scored in the same precision as validation was
 
 
 def test_compile_falls_back_to_eager_with_a_note(tmp_path, monkeypatch):
