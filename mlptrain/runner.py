@@ -528,11 +528,6 @@ def write_metrics(path: Path, history: list[EpochStats]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 # `eval --errors` shows this many of the most confidently wrong images (four rows of eight).
 ERROR_GRID_SIZE = 32
 
