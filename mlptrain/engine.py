@@ -183,8 +183,15 @@ def train_epoch(
     Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary.
     """
     model.train()
+    # Zeroing in place keeps FlatParameters' gradient views bound. One foreach call on the gradients found
+    # here costs a fifth of optimizer.zero_grad's Python; gradients that do not exist yet are left to it.
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    all_bound = len(grads) == sum(len(group["params"]) for group in optimizer.param_groups)
     for x, y in batches(split, progress.order, batch_size, progress.step):
-        optimizer.zero_grad(set_to_none=False)  # keeps FlatParameters' gradient views bound
+        if all_bound:
+            torch._foreach_zero_(grads)
+        else:
+            optimizer.zero_grad(set_to_none=False)
         with autocast(x.device, precision):
             logits = model(x)  # (B, classes)
             loss = F.cross_entropy(logits, y)
