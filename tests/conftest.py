@@ -7,6 +7,8 @@ must be treated as read-only: a test that needs a broken dataset copies one into
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,25 @@ def trained_run(tmp_path_factory) -> Path:
     result = CliRunner().invoke(app, ["train", str(smoke), "--run-dir", str(run_dir), "--set", "train.epochs=4"])
     assert result.exit_code == 0, result.stdout + result.stderr
     return run_dir
+
+
+def cli_in_fresh_python(*argvs: list[str], forbid: tuple[str, ...] = ("torch",)) -> subprocess.CompletedProcess:
+    """Run `mlptrain ARGV...` for each argv in one new interpreter; each must exit 0 without importing `forbid`.
+
+    For the commands that must answer at once: importing torch takes seconds.
+    """
+    code = (
+        "import sys\n"
+        "from mlptrain.cli import main\n"
+        f"for argv in {[list(map(str, a)) for a in argvs]!r}:\n"
+        "    sys.argv = ['mlptrain', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (argv, e.code)\n"
+        f"loaded = [m for m in {list(forbid)!r} if m in sys.modules]\n"
+        "assert not loaded, f'imported {loaded}'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_in_fresh_python
 from typer.testing import CliRunner
 
 from mlptrain import __version__
@@ -223,19 +224,7 @@ def test_diverging_run_exits_1_and_keeps_finite_checkpoints(tmp_path):
 
 
 def test_version_and_help_do_not_import_torch():
-    code = (
-        "import sys\n"
-        "from mlptrain.cli import main\n"
-        "for argv in (['mlptrain', '--help'], ['mlptrain', '--version'], ['mlptrain', 'train', '--help']):\n"
-        "    sys.argv = argv\n"
-        "    try:\n"
-        "        main()\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code == 0, e.code\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = cli_in_fresh_python(["--help"], ["--version"], ["train", "--help"])
     assert f"mlptrain {__version__}" in out.stdout
     assert "--set" in out.stdout and "--run-dir" in out.stdout
 

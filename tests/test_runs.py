@@ -6,12 +6,11 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_in_fresh_python
 from typer.testing import CliRunner
 
 from mlptrain.cli import app
@@ -125,17 +124,7 @@ def test_a_trained_and_evaluated_run_shows_its_test_accuracy(trained_run, tmp_pa
 
 def test_runs_and_plot_help_do_not_import_torch(runs_dir):
     """Listing reads small files only, so it answers at once: no torch (and no matplotlib) is loaded."""
-    code = (
-        "import sys\n"
-        "from mlptrain.cli import main\n"
-        f"for argv in (['runs', {str(runs_dir)!r}], ['plot', '--help'], ['predict', '--help']):\n"
-        "    sys.argv = ['mlptrain', *argv]\n"
-        "    try:\n"
-        "        main()\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code == 0, e.code\n"
-        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n"
+    out = cli_in_fresh_python(
+        ["runs", runs_dir], ["plot", "--help"], ["predict", "--help"], forbid=("torch", "matplotlib")
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
     assert "mlp-20240301-090000-2" in out.stdout and "--top" in out.stdout
