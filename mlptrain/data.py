@@ -140,7 +140,8 @@ def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch
         raise DataError(
             f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
             + (f" (download failed: {why})" if why else " (data.download is false)")
-            + ". Copy the four IDX files (or their .gz) there, or run once with data.download: true online"
+            + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"
+            " data.download: true online"
         )
     prefix = "train" if train else "t10k"
     images_path, labels_path = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
@@ -197,6 +198,13 @@ def _unpack_gzipped(folder: Path) -> None:
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             tmp.unlink(missing_ok=True)
             raise DataError(f"{packed}: cannot be unpacked ({e})") from None
+
+
+def _mirror(cfg: DataConfig) -> str:
+    """Where torchvision downloads this dataset from, to tell a user with no network where to fetch it."""
+    from torchvision import datasets
+
+    return getattr(datasets, _TORCHVISION_CLASS[cfg.dataset]).mirrors[0]
 
 
 def _download(cfg: DataConfig) -> str:
