@@ -269,6 +269,10 @@ def _meets(value: float, goal: float) -> bool:
     return round(value, 2) >= goal
 
 
+def _threads(n: int) -> str:
+    return "1 thread" if n == 1 else f"{n} threads"
+
+
 def _arch(sizes: list[int]) -> str:
     return "-".join(map(str, sizes))
 
@@ -286,7 +290,7 @@ def bench_header(result: BenchResult) -> list[str]:
     how = "--quick" if result.quick else "full run"
     lines = [
         f"mlptrain bench on {result.device} ({result.device_name}), torch {result.torch_version}, "
-        f"{result.threads} threads; {how}, median of {result.plan.repeats} repeats "
+        f"{_threads(result.threads)}; {how}, median of {result.plan.repeats} repeats "
         f"({result.plan.epoch_repeats} for epochs); took {result.seconds:.0f} s",
     ]
     cores = os.cpu_count() or 1
@@ -307,8 +311,8 @@ def bench_tables(result: BenchResult) -> list[_BenchTable]:
     for case in result.layer:
         s, r = case.step_seconds, case.ratios
         for path, key, ratio, plain in (
-            ("per-layer Linear", "ours_per_layer", r["per_layer"], r["per_layer_vs_plain_sgd"]),
-            ("fused MLP", "ours_fused", r["fused"], r["fused_vs_plain_sgd"]),
+            ("per-layer", "ours_per_layer", r["per_layer"], r["per_layer_vs_plain_sgd"]),
+            ("fused", "ours_fused", r["fused"], r["fused_vs_plain_sgd"]),
         ):
             rows.append(
                 [
@@ -332,18 +336,18 @@ def bench_tables(result: BenchResult) -> list[_BenchTable]:
                 "threads",
                 "ours",
                 "ours ms",
-                "torch ms (same optimizer)",
+                "torch ms, same opt.",
                 "ratio",
-                "torch ms (torch.optim.SGD)",
+                "torch ms, optim.SGD",
                 "ratio",
             ],
             rows=rows,
             notes=[
                 "Same weights and batches. ratio = torch's time / ours (above 1: ours is faster); "
-                f"goal ≥ {LAYER_GOAL}. 'same optimizer': torch.nn.Linear layers with our flat parameters and "
-                "fused SGD, so the ratio isolates the layer; 'torch.optim.SGD': over model.parameters(), as a "
-                "plain script steps. per-layer Linear is MLP(fused=False), one autograd node per layer; fused MLP "
-                "is the default.",
+                f"goal ≥ {LAYER_GOAL}. 'same opt.': torch.nn.Linear layers with our flat parameters and fused "
+                "SGD, so the ratio isolates the layer; 'optim.SGD': torch.optim.SGD over model.parameters(), as a "
+                "plain script steps. per-layer: MLP(fused=False), one mlptrain.nn.Linear autograd node per layer; "
+                "fused: the default MLP, one node for the whole network.",
             ],
         )
     )
@@ -434,7 +438,7 @@ def bench_tables(result: BenchResult) -> list[_BenchTable]:
                 for row in rows_in
             ]
 
-        columns = ["model", f"samples/s ({n} threads)", "samples/s (1 thread)", "GFLOP/s"]
+        columns = ["model", f"samples/s ({_threads(n)})", "samples/s (1 thread)", "GFLOP/s"]
         tables.append(
             _BenchTable(
                 title="Cost growth with batch size: samples/s of our training step",
@@ -464,8 +468,8 @@ def show_bench(console: Console, result: BenchResult) -> None:
         console.print()
         if console.is_terminal:
             rich_table = Table(title=Text(table.title), title_justify="left", header_style="bold")
-            for i, name in enumerate(table.columns):
-                rich_table.add_column(name, justify="left" if i == 0 or name in ("ours", "what") else "right")
+            for name in table.columns:
+                rich_table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right")
             for row in table.rows:
                 rich_table.add_row(*(_rich_cell(cell) for cell in row))
             console.print(rich_table)
@@ -479,11 +483,14 @@ def show_bench(console: Console, result: BenchResult) -> None:
                 console.print(note, markup=False)
 
 
+_TEXT_COLUMNS = {"model", "ours", "loop", "precision", "what"}
+
+
 def _rich_cell(cell) -> Text | str:
     if isinstance(cell, str):
         return cell
-    text, ok = cell
-    return Text(text, style="" if ok is None else "bold green" if ok else "bold red")
+    ok = cell[1]
+    return Text(_plain_cell(cell), style="" if ok is None else "bold green" if ok else "bold red")
 
 
 def _plain_cell(cell) -> str:
@@ -548,7 +555,7 @@ def bench_plot(result: BenchResult) -> bytes:
         ),
     )
     for ax, rows, xs, xlabel, title in panels:
-        ax.plot(xs, [r.samples_per_second for r in rows], "o-", label=f"{result.threads} threads")
+        ax.plot(xs, [r.samples_per_second for r in rows], "o-", label=_threads(result.threads))
         ax.plot(xs, [r.samples_per_second_1_thread for r in rows], "s--", label="1 thread")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
