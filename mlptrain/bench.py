@@ -41,6 +41,7 @@ ROOFLINE_HIDDEN = (512, 256)
 EPOCH_HIDDEN, EPOCH_BATCH, EPOCH_LR = (128, 64), 64, 0.01  # the tutorial's model, batch and plain SGD
 EPOCH_SCALE_TO = 60_000  # epoch times are reported for MNIST's 60,000 training images
 GROWTH_HIDDEN, GROWTH_WIDTH_BATCH = (128, 64), 256
+SETTLE_SECONDS = 0.1  # of work at a new thread count before timing resumes
 WARMUP_BATCHES = 20  # an epoch loop's warm-up: this many batches, plus the short last batch the epoch ends on
 
 
@@ -306,30 +307,43 @@ def median_seconds(
     """
     threads = threads or {}
     before = torch.get_num_threads()
+    # Candidates of one thread count run together, the groups in turn forwards and backwards (ABBA), so a round
+    # switches the count once; after each switch, SETTLE_SECONDS of untimed work. Without it the candidate
+    # after a switch to more threads ran up to 2x slow on this project's VM.
+    counts = list(dict.fromkeys(threads.get(name, before) for name in calls))
+    groups = [[name for name in calls if threads.get(name, before) == n] for n in counts]
 
-    def use_threads(name: Hashable) -> None:
-        n = threads.get(name, before)
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+    def run_in_turn(round_: int):
+        for group in groups if round_ % 2 == 0 else groups[::-1]:
+            n = threads.get(group[0], before)
+            if torch.get_num_threads() != n:
+                torch.set_num_threads(n)
+                settle(SETTLE_SECONDS)
+            yield from ((name, calls[name]) for name in group)
 
     try:
-        for name, fn in calls.items():
-            use_threads(name)
-            for _ in range(warmup):
+        for _ in range(warmup):
+            for _name, fn in run_in_turn(0):
                 fn()
         numbers = dict.fromkeys(calls, 1)
         if min_seconds > 0:
-            for name, fn in calls.items():
-                use_threads(name)
+            for name, fn in run_in_turn(0):
                 numbers[name] = max(1, math.ceil(min_seconds / max(_time(fn, 1, device), 1e-9)))
         samples: dict[Hashable, list[float]] = {name: [] for name in calls}
-        for _ in range(repeats):
-            for name, fn in calls.items():
-                use_threads(name)
+        for round_ in range(repeats):
+            for name, fn in run_in_turn(round_):
                 samples[name].append(_time(fn, numbers[name], device))
     finally:
         torch.set_num_threads(before)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def settle(seconds: float) -> None:
+    """Keep every thread busy for a while: after a thread-count change, the first steps otherwise run slow."""
+    a = torch.ones(256, 256)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, a)
 
 
 def _time(fn: Callable[[], object], number: int, device: torch.device) -> float:

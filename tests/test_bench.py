@@ -194,7 +194,7 @@ def test_torch_twin_computes_the_same_function(fused):
     assert ours.layers[0].weight.abs().sum() > 0
 
 
-def test_median_seconds_interleaves_and_restores_threads():
+def test_median_seconds_interleaves_by_thread_count_and_restores_it():
     calls = []
     seen_threads = {}
 
@@ -207,10 +207,11 @@ def test_median_seconds_interleaves_and_restores_threads():
 
     before = torch.get_num_threads()
     seconds = bench.median_seconds(
-        {"a": make("a"), "b": make("b")}, torch.device("cpu"), repeats=3, warmup=1, threads={"b": 1}
+        {"a": make("a"), "b": make("b")}, torch.device("cpu"), repeats=3, warmup=1, threads={"a": 2, "b": 1}
     )
-    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then rounds that alternate
-    assert seen_threads == {"a": before, "b": 1}
+    # the thread-count groups in turn, forwards then backwards (ABBA)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up a b; rounds a b, b a, a b
+    assert seen_threads == {"a": 2, "b": 1}
     assert torch.get_num_threads() == before
     assert set(seconds) == {"a", "b"} and all(s > 0 for s in seconds.values())
 
