@@ -230,10 +230,10 @@ class BenchResult:
     roofline: RooflineResult | None = None
     growth: GrowthResult | None = None
     seconds: float = 0.0  # the whole bench, wall clock
-    # The 1-minute load average (all processes) as the bench starts and ends; None where the OS has none. Above
-    # about half the core count, other work was competing for the cores and timings at all threads suffer most.
-    load_before: float | None = None
-    load_after: float | None = None
+    # How many cores' worth of CPU other processes used, on average, while the bench ran (the machine's busy time
+    # from /proc/stat, steal included, minus this process's); None off Linux. On a shared machine this is what
+    # makes timings at all threads slow and noisy. (torch.compile's worker processes count as others.)
+    other_cores: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -244,8 +244,7 @@ class BenchResult:
             "quick": self.quick,
             "seconds": self.seconds,
             "cpu_count": os.cpu_count(),
-            "load_before": self.load_before,
-            "load_after": self.load_after,
+            "other_cores": self.other_cores,
             "plan": asdict(self.plan),
             "layer": [case.to_json() for case in self.layer],
             "epoch": self.epoch.to_json() if self.epoch else None,
@@ -269,9 +268,8 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
         threads=threads,
         quick=quick,
         plan=plan,
-        load_before=load_average(),
     )
-    t0 = time.perf_counter()
+    t0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), time.process_time()
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -287,7 +285,10 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
     finally:
         torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - t0
-    result.load_after = load_average()
+    busy1 = busy_cpu_seconds()
+    if busy0 is not None and busy1 is not None:
+        others = (busy1 - busy0) - (time.process_time() - own0)
+        result.other_cores = max(others, 0.0) / result.seconds
     return result
 
 
@@ -683,11 +684,15 @@ def _flat_step(model: nn.Module, cfg: TrainConfig, batches) -> Callable[[], None
     return train_step(model, build_optimizer([FlatParameters(model).param], cfg), batches)
 
 
-def load_average() -> float | None:
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (all cores, steal included); None off Linux."""
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on Windows
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
         return None
+    busy = sum(ticks[0:3]) + sum(ticks[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def device_name(device: torch.device) -> str:

@@ -293,12 +293,12 @@ def bench_header(result: BenchResult) -> list[str]:
         f"{_threads(result.threads)}; {how}, median of {result.plan.repeats} repeats "
         f"({result.plan.epoch_repeats} for epochs); took {result.seconds:.0f} s",
     ]
-    cores = os.cpu_count() or 1
-    if result.load_before is not None and result.load_after is not None:
-        busy = result.load_before > cores / 2
+    if result.other_cores is not None:
+        cores = os.cpu_count() or 1
+        busy = result.other_cores >= 0.25
         lines.append(
-            f"load average {result.load_before:.2f} at the start, {result.load_after:.2f} at the end ({cores} cores)"
-            + ("; other processes were competing for the cores, which slows runs at all threads most" if busy else "")
+            f"other processes used {result.other_cores:.2f} of the {cores} cores on average meanwhile"
+            + ("; runs at all threads suffer most from such competition" if busy else "")
         )
     return lines
 

@@ -71,7 +71,7 @@ def test_json_is_one_object_of_finite_positive_numbers(quick_run):
     assert len(found) > 100
     for path, value in found.items():
         assert math.isfinite(value), path
-        if "load_" not in path:  # a load average can be 0 on an idle machine
+        if path != "$.other_cores":  # 0 on an otherwise idle machine
             assert value > 0, path
     assert "bench: layer" in result.stderr  # progress goes to stderr, never into the JSON
 
