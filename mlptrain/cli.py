@@ -220,6 +220,46 @@ def runs_(
             report.show_runs(report.make_console(), folder, found, keys)
 
 
+@app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer sizes, repeats and samples: under a minute on a CPU.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with every number, nothing else.")
+    ] = False,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", metavar="FILE.md", help="Also write a markdown report there, and its plot as FILE.png."),
+    ] = None,
+) -> None:
+    """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth."""
+    with _errors():
+        from mlptrain import report
+        from mlptrain.config import resolve_device
+        from mlptrain.errors import ConfigError
+        from mlptrain.files import make_dirs
+
+        if out is not None:
+            if out.suffix.lower() != ".md":
+                raise ConfigError(f"--out {out}: give a markdown file name ending in .md (the plot goes beside it)")
+            make_dirs(out.parent)  # refused now, not after minutes of measuring
+        target = resolve_device(device)
+        from mlptrain import bench as bench_
+
+        with report.BenchProgress(report.make_console(stderr=True)) as progress:
+            result = bench_.run(target, quick=quick, on_stage=progress)
+        if json_out:
+            typer.echo(json.dumps(result.to_json()))
+        else:
+            report.show_bench(report.make_console(), result)
+        if out is not None:
+            md, png = report.write_bench_report(result, out)
+            if not json_out:
+                report.make_console().print(f"wrote {md} and {png}")
+
+
 def main() -> None:
     """Entry point. Typer's own usage errors become one line too, like the library's."""
     from mlptrain import report
