@@ -143,20 +143,6 @@ def test_tutorial_example_is_exact():
     assert torch.equal(out, torch.tensor([30.0, 40.0, 50.0]))
 
 
-def test_torch_func_grad_matches_autograd():
-    x, w, b = _operands((3, IN), requires=(False, False, False))
-    got = torch.func.grad(lambda weight: LinearFunction.apply(x, weight, b).square().sum())(w)
-    want = torch.func.grad(lambda weight: F.linear(x, weight, b).square().sum())(w)
-    torch.testing.assert_close(got, want)
-
-
-def test_torch_func_vmap_works():
-    # The class docstring promises that torch.func transforms can trace LinearFunction like a built-in op.
-    x, w, b = _operands((6, IN), requires=(False, False, False))
-    got = torch.func.vmap(lambda row: LinearFunction.apply(row, w, b))(x)
-    torch.testing.assert_close(got, F.linear(x, w, b))
-
-
 def test_backward_under_cpu_autocast_matches_torch_linear():
     # A drop-in for torch.nn.Linear must train under autocast: the forward runs its GEMM in bfloat16, and the
     # backward must cope with a bfloat16 grad_output against the float32 weight.
