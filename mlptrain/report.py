@@ -72,7 +72,8 @@ class TrainReporter:
             return
         t = info.config.train
         arch = "→".join(map(str, info.sizes)) if self.live else "-".join(map(str, info.sizes))
-        device = f"{info.device} ({info.threads} threads)" if info.device == "cpu" else info.device
+        threads = f"{info.threads} thread" + ("s" if info.threads != 1 else "")
+        device = f"{info.device} ({threads})" if info.device == "cpu" else info.device
         lines = [
             ("run", str(info.run_dir)),
             ("device", device),

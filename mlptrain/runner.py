@@ -175,9 +175,9 @@ def prepare_run_dir(config: Config, run_dir: Path | None, force: bool) -> Path:
     return run_dir
 
 
-# Below this many multiply-adds per training step (batch × parameters), one CPU thread beats several: the
-# GEMMs are too small to split, and every op pays the threads' wake-up. Measured on the project's 2-core CPU;
-# see README, Performance.
+# Below this many multiply-adds per training step (batch × weights), auto uses one CPU thread. On an idle
+# 2-core machine two threads are up to 15% faster at such sizes; on a busy one (other processes on the cores)
+# two threads wait for each other at every small op and a step took 50× longer. See README, Performance.
 SMALL_STEP_MACS = 32_000_000
 
 
