@@ -258,11 +258,16 @@ class _Session:
     scheduler: object
     result: TrainResult
     scaler: torch.amp.GradScaler | None = None
-    best_value: float | None = None
     start_epoch: int = 0
     progress: EpochProgress | None = None
     train_model: torch.nn.Module | None = None  # what the training pass calls: the model, or its compiled form
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def best_value(self) -> float | None:
+        """The monitored metric of the best epoch so far, read from the history."""
+        result = self.result
+        return getattr(result.best, result.monitor) if result.best_epoch else None
 
     def checkpoint(self, epoch: int, progress: EpochProgress | None) -> dict:
         history = self.result.history
@@ -387,7 +392,6 @@ def _new_session(config: Config, run_dir: Path, device: torch.device, data: Trai
     set_rng_state(ckpt["rng"], device)
     result.history = [EpochStats(**row) for row in ckpt["history"]]
     result.best_epoch = ckpt["best"]["epoch"]
-    session.best_value = ckpt["best"]["value"]
     session.start_epoch = ckpt["epoch"]
     if ckpt["progress"] is not None:
         session.progress = EpochProgress.from_state_dict(ckpt["progress"], device)
@@ -470,7 +474,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
                 value = getattr(stats, monitor)
                 improved = is_better(monitor, value, session.best_value)
                 if improved:
-                    session.best_value, result.best_epoch = value, stats.epoch
+                    result.best_epoch = stats.epoch
                 ckpt = session.checkpoint(stats.epoch, None)
                 save_checkpoint(run_dir / "last.pt", **ckpt)
                 if improved:
