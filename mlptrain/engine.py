@@ -17,6 +17,7 @@ from torch import nn
 
 from mlptrain.config import TrainConfig
 from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData, batches, epoch_order, steps_per_epoch
+from mlptrain.nn import MLP
 
 
 @dataclass
@@ -183,26 +184,21 @@ def train_epoch(
     Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary.
     """
     model.train()
+    # The fused MLP in fp32 computes its gradients by hand (MLP.backprop: the same numbers, no autograd graph),
+    # overwriting them, so nothing needs zeroing. Any other model (the per-layer path, a compiled or
+    # DistributedDataParallel-wrapped one, autocast) goes through autograd.
+    by_hand = isinstance(model, MLP) and model.fused and precision == "fp32" and scaler is None
     # Zeroing in place keeps FlatParameters' gradient views bound. One foreach call on the gradients found
     # here costs a fifth of optimizer.zero_grad's Python; gradients that do not exist yet are left to it.
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     all_bound = len(grads) == sum(len(group["params"]) for group in optimizer.param_groups)
     for x, y in batches(split, progress.order, batch_size, progress.step):
-        if all_bound:
-            torch._foreach_zero_(grads)
-        else:
-            optimizer.zero_grad(set_to_none=False)
-        with autocast(x.device, precision):
-            logits = model(x)  # (B, classes)
-            loss = F.cross_entropy(logits, y)
         progress.lr = optimizer.param_groups[0]["lr"]
-        if scaler is None:
-            loss.backward()
+        if by_hand:
+            loss, logits = model.backprop(x, y)  # (), (B, classes)
             optimizer.step()
-        else:  # fp16: scale the loss so small gradients survive, skip steps whose gradients overflowed
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        else:
+            loss, logits = _autograd_step(model, optimizer, x, y, grads if all_bound else None, precision, scaler)
         if scheduler is not None:
             scheduler.step()
         progress.loss_sum.add_(loss.detach(), alpha=y.shape[0])
@@ -213,6 +209,33 @@ def train_epoch(
         if should_stop is not None and should_stop():
             break
     return progress.step == steps_per_epoch(len(split), batch_size)
+
+
+def _autograd_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grads: list[torch.Tensor] | None,
+    precision: str,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the gradients (`grads` in place when given), forward, backward, optimizer step: (loss, logits)."""
+    if grads is not None:
+        torch._foreach_zero_(grads)
+    else:
+        optimizer.zero_grad(set_to_none=False)
+    with autocast(x.device, precision):
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits, y)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # fp16: scale the loss so small gradients survive, skip steps whose gradients overflowed
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, logits
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -21,17 +21,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def linear_grads(
-    g: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, needs: tuple[bool, bool, bool]
+    g: torch.Tensor,
+    x: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    needs: tuple[bool, bool, bool],
+    out: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(grad_input, grad_weight, grad_bias) of y = x Wᵀ + b, given g = dL/dy (N, out); each only if needed.
 
     Computes in g's dtype: under autocast g is bf16/fp16 while the saved weight is fp32, and the cast is what
-    autocast itself did in the forward. Autograd casts each gradient back to its input's dtype.
+    autocast itself did in the forward. Autograd casts each gradient back to its input's dtype. `out` may give
+    tensors for grad_weight and grad_bias to be written in place of new ones.
     """
     need_input, need_weight, need_bias = needs
+    out_weight, out_bias = out or (None, None)
     grad_input = g.mm(_as(weight, g)) if need_input else None  # (N, out) @ (out, in) -> (N, in)
-    grad_weight = g.t().mm(_as(x, g)) if need_weight else None  # (out, N) @ (N, in) -> (out, in)
-    grad_bias = g.sum(0) if need_bias else None  # (out,)
+    grad_weight = torch.mm(g.t(), _as(x, g), out=out_weight) if need_weight else None  # (out, N) @ (N, in)
+    grad_bias = torch.sum(g, 0, out=out_bias) if need_bias else None  # (out,)
     return grad_input, grad_weight, grad_bias
 
 
@@ -84,6 +90,68 @@ _ACTIVATION_BACKWARD = {
 }
 
 
+def mlp_forward(
+    x: torch.Tensor,
+    activation: str,
+    dropout: float,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """x (N, in) -> (logits (N, out), what mlp_backward needs): linear layers with activation and dropout between.
+
+    Dropout (probability `dropout`, 0 for none) draws exactly as F.dropout draws on the CPU, so this and a stack
+    of Linear, activation and nn.Dropout modules give the same masks from the same generator state.
+    """
+    act = _ACTIVATION_FORWARD[activation]
+    inputs, pre, post, masks = [], [], [], []  # per layer: its input; per hidden layer: z, act(z), mask
+    h = x
+    for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        inputs.append(h)
+        h = linear(h, weight, bias)  # (N, out_i)
+        if i < len(weights) - 1:
+            z, h = h, act(h)
+            pre.append(z if activation == "gelu" else None)
+            post.append(h if activation != "gelu" else None)
+            if dropout > 0:
+                mask = torch.empty_like(h).bernoulli_(1 - dropout).div_(1 - dropout)
+                h = h * mask
+                masks.append(mask)
+    return h, (*inputs, *weights, *pre, *post, *masks)
+
+
+def mlp_backward(
+    grad_logits: torch.Tensor,
+    saved: Sequence[torch.Tensor | None],
+    activation: str,
+    needs: Sequence[bool],
+    out: Sequence[torch.Tensor | None] | None = None,
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """(grad of x, [grad of weight, grad of bias for each layer]) from dL/dlogits (N, out) and mlp_forward's saved.
+
+    `needs` holds, like ctx.needs_input_grad, whether x, then each layer's weight and bias want a gradient.
+    `out`, a tensor (or None) per weight and bias, receives that gradient in place instead of a new tensor.
+    """
+    n = (len(needs) - 1) // 2
+    inputs, weights = saved[:n], saved[n : 2 * n]
+    pre, post = saved[2 * n : 3 * n - 1], saved[3 * n - 1 : 4 * n - 2]
+    masks = saved[4 * n - 2 :]
+    act_grad = _ACTIVATION_BACKWARD[activation]
+    grads: list[torch.Tensor | None] = [None] * (2 * n)
+    g = grad_logits  # (N, out_last)
+    for i in reversed(range(n)):
+        need_input = needs[0] if i == 0 else True
+        g_in, grads[2 * i], grads[2 * i + 1] = linear_grads(
+            g, inputs[i], weights[i], (need_input, needs[1 + 2 * i], needs[2 + 2 * i]),
+            None if out is None else (out[2 * i], out[2 * i + 1]),
+        )  # fmt: skip
+        if i > 0:
+            if masks:
+                g_in = g_in * masks[i - 1]
+            g_in = act_grad(g_in, pre[i - 1], post[i - 1])
+        g = g_in
+    return g, grads
+
+
 class MLPFunction(torch.autograd.Function):
     """A whole MLP in one autograd node: x (N, in) -> logits (N, out), with activation and dropout between layers.
 
@@ -95,50 +163,16 @@ class MLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, activation: str, dropout: float, *params):
-        weights, biases = params[0::2], params[1::2]
-        act = _ACTIVATION_FORWARD[activation]
-        inputs, pre, post, masks = [], [], [], []  # per layer: its input; per hidden layer: z, act(z), mask
-        h = x
-        for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            inputs.append(h)
-            h = linear(h, weight, bias)  # (N, out_i)
-            if i < len(weights) - 1:
-                z, h = h, act(h)
-                pre.append(z if activation == "gelu" else None)
-                post.append(h if activation != "gelu" else None)
-                if dropout > 0:
-                    # Drawn exactly as F.dropout draws on the CPU, so both paths give the same masks.
-                    mask = torch.empty_like(h).bernoulli_(1 - dropout).div_(1 - dropout)
-                    h = h * mask
-                    masks.append(mask)
-        ctx.activation, ctx.layers, ctx.dropout = activation, len(weights), dropout > 0
-        ctx.has_bias = [b is not None for b in biases]
-        ctx.save_for_backward(*inputs, *weights, *pre, *post, *masks)
+        h, saved = mlp_forward(x, activation, dropout, params[0::2], params[1::2])
+        ctx.activation = activation
+        ctx.save_for_backward(*saved)
         return h
 
     @staticmethod
     def backward(ctx, grad_output):
-        n = ctx.layers
-        saved = ctx.saved_tensors
-        inputs, weights = saved[:n], saved[n : 2 * n]
-        pre, post = saved[2 * n : 3 * n - 1], saved[3 * n - 1 : 4 * n - 2]
-        masks = saved[4 * n - 2 :]
-        act_grad = _ACTIVATION_BACKWARD[ctx.activation]
-        needs = ctx.needs_input_grad
-        grads: list[torch.Tensor | None] = [None] * (2 * n)
-        g = grad_output  # (N, out_last)
-        for i in reversed(range(n)):
-            need_input = needs[0] if i == 0 else True
-            need_weight, need_bias = needs[3 + 2 * i], needs[4 + 2 * i] and ctx.has_bias[i]
-            g_in, grads[2 * i], grads[2 * i + 1] = linear_grads(
-                g, inputs[i], weights[i], (need_input, need_weight, need_bias)
-            )
-            if i > 0:
-                if ctx.dropout:
-                    g_in = g_in * masks[i - 1]
-                g_in = act_grad(g_in, pre[i - 1], post[i - 1])
-            g = g_in
-        return (g, None, None, *grads)
+        needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[3:])
+        grad_input, grads = mlp_backward(grad_output, ctx.saved_tensors, ctx.activation, needs)
+        return (grad_input, None, None, *grads)
 
 
 class Linear(nn.Module):
@@ -206,12 +240,44 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and x.dim() == 2:
-            params = [t for layer in self.layers for t in (layer.weight, layer.bias)]
             dropout = self.dropout_p if self.training else 0.0
-            return MLPFunction.apply(x, self.activation_name, dropout, *params)  # (N, classes) logits
+            return MLPFunction.apply(x, self.activation_name, dropout, *self._params())  # (N, classes) logits
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < last:
                 x = self.dropout(self.activation(x))
         return x  # (*, classes) logits
+
+    def _params(self) -> list[torch.Tensor | None]:
+        return [t for layer in self.layers for t in (layer.weight, layer.bias)]
+
+    @torch.no_grad()
+    def backprop(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training step's forward and backward by hand, without autograd: x (N, in), y (N,) -> (loss, logits).
+
+        Sets every trainable parameter's .grad to the gradient of the mean cross-entropy, the very numbers that
+        zeroing the gradients and calling F.cross_entropy(self(x), y).backward() gives (the same kernels, in
+        the same order), writing in place where a .grad exists so FlatParameters' views stay bound. Skipping
+        the autograd graph saves a third of a small step's time on a CPU. Module and tensor hooks do not fire.
+        """
+        params = self._params()
+        dropout = self.dropout_p if self.training else 0.0
+        logits, saved = mlp_forward(x, self.activation_name, dropout, params[0::2], params[1::2])
+        loss, grad_logits = cross_entropy_with_grad(logits, y)
+        trainable = [p is not None and p.requires_grad for p in params]
+        out = [p.grad if t else None for p, t in zip(params, trainable, strict=True)]
+        _, grads = mlp_backward(grad_logits, saved, self.activation_name, (False, *trainable), out)
+        for p, grad, into in zip(params, grads, out, strict=True):
+            if grad is not None and into is None:
+                p.grad = grad
+        return loss, logits
+
+
+def cross_entropy_with_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.cross_entropy(logits, y), its gradient with respect to logits (N, classes)) by the ATen kernels that
+    autograd runs for it (log-softmax, NLL and their backwards), so the numbers are the same to the last bit."""
+    log_probs = torch._log_softmax(logits, 1, False)  # (N, classes)
+    loss, total_weight = torch.ops.aten.nll_loss_forward(log_probs, y, None, 1, -100)  # mean reduction
+    grad = torch.ops.aten.nll_loss_backward(torch.ones_like(loss), log_probs, y, None, 1, -100, total_weight)
+    return loss, torch.ops.aten._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)

@@ -78,6 +78,66 @@ def test_fused_path_input_grad_only_when_asked():
     assert torch.allclose(x.grad, x2.grad)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_backprop_by_hand_equals_autograd_bitwise(activation, dropout, bias):
+    model = MLP([20, 16, 8, 4], activation, dropout, bias)
+    x, y = torch.randn(12, 20), torch.randint(0, 4, (12,))
+    torch.manual_seed(7)  # the same dropout masks on both paths
+    loss = F.cross_entropy(model(x), y)
+    expected = torch.autograd.grad(loss, list(model.parameters()))
+    torch.manual_seed(7)
+    loss_by_hand, logits = model.backprop(x, y)
+    assert torch.equal(loss_by_hand, loss.detach())
+    assert not loss_by_hand.requires_grad and not logits.requires_grad
+    for p, g in zip(model.parameters(), expected, strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def test_backprop_overwrites_bound_gradients_in_place_and_skips_frozen_ones():
+    model = MLP([6, 5, 3])
+    flat = FlatParameters(model)
+    flat.param.grad.fill_(123.0)  # stale numbers: backprop overwrites, it does not accumulate
+    model.layers[1].bias.requires_grad_(False)
+    x, y = torch.randn(4, 6), torch.tensor([0, 2, 1, 0])
+    pointers = [p.grad.data_ptr() for p in model.parameters()]
+    model.backprop(x, y)
+    assert [p.grad.data_ptr() for p in model.parameters()] == pointers  # still views of flat.param.grad
+    assert torch.equal(model.layers[1].bias.grad, torch.full((3,), 123.0))  # frozen: left alone
+    twin = MLP([6, 5, 3])
+    twin.load_state_dict(model.state_dict())
+    F.cross_entropy(twin(x), y).backward()
+    for name in ("0.weight", "0.bias", "1.weight"):
+        layer, kind = name.split(".")
+        assert torch.equal(getattr(model.layers[int(layer)], kind).grad, getattr(twin.layers[int(layer)], kind).grad)
+
+
+def test_cross_entropy_with_grad_is_autograds(dtype=torch.float64):
+    from mlptrain.nn import cross_entropy_with_grad
+
+    logits = torch.randn(9, 10, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, 10, (9,))
+    loss = F.cross_entropy(logits, y)
+    (expected,) = torch.autograd.grad(loss, logits)
+    got_loss, got_grad = cross_entropy_with_grad(logits.detach(), y)
+    assert torch.equal(got_loss, loss.detach()) and torch.equal(got_grad, expected)
+
+
+@pytest.mark.parametrize(
+    ("model", "precision", "by_hand"),
+    [({"fused": True}, "fp32", True), ({"fused": False}, "fp32", False), ({"fused": True}, "bf16", False)],
+)
+def test_training_takes_the_by_hand_step_only_on_the_fused_fp32_path(monkeypatch, tmp_path, model, precision, by_hand):
+    calls = []
+    original = MLP.backprop
+    monkeypatch.setattr(MLP, "backprop", lambda self, x, y: calls.append(len(x)) or original(self, x, y))
+    runner.train(tiny(model=model, train={"epochs": 1, "precision": precision}), run_dir=tmp_path / "run")
+    assert bool(calls) == by_hand
+    if by_hand:
+        assert sum(calls) == 1000  # every training sample, once
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_flat_parameters_step_like_separate_ones(name):
     torch.manual_seed(0)
