@@ -30,6 +30,7 @@ from mlptrain.engine import (
     build_optimizer,
     grad_scaler,
     synchronize,
+    takes_step_by_hand,
     train_epoch,
 )
 from mlptrain.nn import MLP
@@ -92,12 +93,14 @@ QUICK = Plan(
 
 @dataclass
 class LayerResult:
-    """One training step (forward, backward, optimizer step) of the same MLP, weights and batches, four ways.
+    """One training step (forward, backward, optimizer step) of the same MLP, weights and batches, five ways.
 
     step_seconds keys: ours_per_layer (MLP(fused=False): one mlptrain.nn.Linear per layer), ours_fused
-    (MLP(fused=True), the default), torch_same_optimizer (torch.nn.Linear layers with our flat, fused optimizer,
-    so the ratio isolates the layer) and torch_plain_sgd (torch.nn.Linear with torch.optim.SGD over
-    model.parameters(), what a plain PyTorch script does). Ratios are torch's time over ours: > 1, ours is faster.
+    (MLP(fused=True) through autograd: one MLPFunction node), ours_by_hand (the fused MLP's gradients by hand,
+    MLP.backprop: the step training takes by default), torch_same_optimizer (torch.nn.Linear layers with our
+    flat, fused optimizer, so the ratio isolates the layer) and torch_plain_sgd (torch.nn.Linear with
+    torch.optim.SGD over model.parameters(), what a plain PyTorch script does). Ratios are torch's time over
+    ours: > 1, ours is faster.
     """
 
     sizes: list[int]
@@ -111,8 +114,10 @@ class LayerResult:
         return {
             "per_layer": s["torch_same_optimizer"] / s["ours_per_layer"],
             "fused": s["torch_same_optimizer"] / s["ours_fused"],
+            "by_hand": s["torch_same_optimizer"] / s["ours_by_hand"],
             "per_layer_vs_plain_sgd": s["torch_plain_sgd"] / s["ours_per_layer"],
             "fused_vs_plain_sgd": s["torch_plain_sgd"] / s["ours_fused"],
+            "by_hand_vs_plain_sgd": s["torch_plain_sgd"] / s["ours_by_hand"],
         }
 
     def to_json(self) -> dict:
@@ -366,16 +371,17 @@ def bench_layer(device: torch.device, hidden: Sequence[int], batch_size: int, pl
     each other, which swamps the layers' own differences; one thread shows those.
     """
     sizes = mlp_sizes(hidden)
-    ours_fused = _seeded_mlp(sizes, device, fused=True)
+    ours_fused, ours_by_hand = _seeded_mlp(sizes, device, fused=True), _seeded_mlp(sizes, device, fused=True)
     ours_per_layer = _seeded_mlp(sizes, device, fused=False)
     torch_flat, torch_plain = torch_mlp(sizes, ours_fused), torch_mlp(sizes, ours_fused)
     batches = random_batches(sizes[0], batch_size, device, count=4)
-    _check_same_logits([ours_fused, ours_per_layer, torch_flat, torch_plain], batches[0][0])
+    _check_same_logits([ours_fused, ours_by_hand, ours_per_layer, torch_flat, torch_plain], batches[0][0])
 
     cfg = TrainConfig(lr=0.01, momentum=0.9)
     steps = {
         "ours_per_layer": _flat_step(ours_per_layer, cfg, batches),
-        "ours_fused": _flat_step(ours_fused, cfg, batches),
+        "ours_fused": _flat_step(ours_fused, cfg, batches, autograd=True),
+        "ours_by_hand": _flat_step(ours_by_hand, cfg, batches),
         "torch_same_optimizer": _flat_step(torch_flat, cfg, batches),
         "torch_plain_sgd": train_step(
             torch_plain, torch.optim.SGD(torch_plain.parameters(), lr=0.01, momentum=0.9), batches, set_to_none=True
@@ -422,7 +428,7 @@ def bench_epoch(device: torch.device, plan: Plan, stage: Callable[[str], None]) 
     all_threads = torch.get_num_threads()
 
     loops = [
-        EpochLoop("ours", "mlptrain's train_epoch: fused MLP, flat fused SGD, device batches", all_threads, "fp32"),
+        EpochLoop("ours", "mlptrain's train_epoch: grads by hand, flat fused SGD, device batches", all_threads, "fp32"),
         EpochLoop("ours_1_thread", "the same, on one thread", 1, "fp32"),
         EpochLoop("ours_bf16", "the same, train.precision: bf16 (autocast)", all_threads, "bf16"),
         EpochLoop("ours_fp16", "the same, train.precision: fp16 (autocast, loss scaling)", all_threads, "fp16"),
@@ -660,13 +666,26 @@ def random_batches(in_features: int, batch_size: int, device: torch.device, coun
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str = "fp32", set_to_none: bool = False
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches,
+    precision: str = "fp32",
+    set_to_none: bool = False,
+    autograd: bool = False,
 ) -> Callable[[], None]:
-    """One training step per call, cycling through `batches`: zero_grad, forward, loss, backward, step.
-
-    set_to_none=False keeps FlatParameters' gradient views bound, as the trainer does.
+    """One training step per call, cycling through `batches`, as the trainer takes it: by hand (MLP.backprop,
+    then the optimizer step) where train_epoch does that, unless `autograd`; else zero_grad, forward, loss,
+    backward, step. set_to_none=False keeps FlatParameters' gradient views bound, as the trainer does.
     """
     cycle = itertools.cycle(batches)
+
+    def step_by_hand() -> None:
+        x, y = next(cycle)
+        model.backprop(x, y)
+        optimizer.step()
+
+    if not autograd and takes_step_by_hand(model, precision):
+        return step_by_hand
 
     def step() -> None:
         x, y = next(cycle)
@@ -679,9 +698,9 @@ def train_step(
     return step
 
 
-def _flat_step(model: nn.Module, cfg: TrainConfig, batches) -> Callable[[], None]:
+def _flat_step(model: nn.Module, cfg: TrainConfig, batches, autograd: bool = False) -> Callable[[], None]:
     """A step the way the trainer takes it: the parameters flattened into one tensor, the fused optimizer."""
-    return train_step(model, build_optimizer([FlatParameters(model).param], cfg), batches)
+    return train_step(model, build_optimizer([FlatParameters(model).param], cfg), batches, autograd=autograd)
 
 
 def busy_cpu_seconds() -> float | None:

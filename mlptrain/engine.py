@@ -184,10 +184,7 @@ def train_epoch(
     Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary.
     """
     model.train()
-    # The fused MLP in fp32 computes its gradients by hand (MLP.backprop: the same numbers, no autograd graph),
-    # overwriting them, so nothing needs zeroing. Any other model (the per-layer path, a compiled or
-    # DistributedDataParallel-wrapped one, autocast) goes through autograd.
-    by_hand = isinstance(model, MLP) and model.fused and precision == "fp32" and scaler is None
+    by_hand = takes_step_by_hand(model, precision, scaler)  # overwrites the gradients: nothing to zero
     # Zeroing in place keeps FlatParameters' gradient views bound. One foreach call on the gradients found
     # here costs a fifth of optimizer.zero_grad's Python; gradients that do not exist yet are left to it.
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -209,6 +206,16 @@ def train_epoch(
         if should_stop is not None and should_stop():
             break
     return progress.step == steps_per_epoch(len(split), batch_size)
+
+
+def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.amp.GradScaler | None = None) -> bool:
+    """Whether training computes `model`'s gradients by hand (MLP.backprop) instead of through autograd.
+
+    The fused MLP in fp32 does: the same numbers without building a graph, a third less time per small step on
+    a CPU. Any other model (the per-layer path, a compiled or DistributedDataParallel-wrapped one) or precision
+    (autocast, loss scaling) goes through autograd.
+    """
+    return isinstance(model, MLP) and model.fused and precision == "fp32" and scaler is None
 
 
 def _autograd_step(

@@ -493,6 +493,7 @@ def bench_tables(result: BenchResult) -> list[_BenchTable]:
         for path, key, ratio, plain in (
             ("per-layer", "ours_per_layer", r["per_layer"], r["per_layer_vs_plain_sgd"]),
             ("fused", "ours_fused", r["fused"], r["fused_vs_plain_sgd"]),
+            ("by hand", "ours_by_hand", r["by_hand"], r["by_hand_vs_plain_sgd"]),
         ):
             rows.append(
                 [
@@ -527,7 +528,8 @@ def bench_tables(result: BenchResult) -> list[_BenchTable]:
                 f"goal ≥ {LAYER_GOAL}. 'same opt.': torch.nn.Linear layers with our flat parameters and fused "
                 "SGD, so the ratio isolates the layer; 'optim.SGD': torch.optim.SGD over model.parameters(), as a "
                 "plain script steps. per-layer: MLP(fused=False), one mlptrain.nn.Linear autograd node per layer; "
-                "fused: the default MLP, one node for the whole network.",
+                "fused: MLP(fused=True) through autograd, one node for the whole network; by hand: the same "
+                "maths without autograd (MLP.backprop), the step mlptrain train takes.",
             ],
         )
     )
