@@ -52,7 +52,7 @@ class ModelConfig:
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
     dropout: float = 0.0
     bias: bool = True
-    fused: bool = True  # the whole network as one autograd node; false: one per layer (the reference path)
+    fused: bool = True  # the whole network as one node, gradients by hand in fp32; false: one node per layer
 
     def validate(self) -> None:
         for i, size in enumerate(self.hidden):
