@@ -219,7 +219,10 @@ def runs_(
     with _errors():
         from mlptrain import report, runs
         from mlptrain import sweep as sweep_
+        from mlptrain.errors import ConfigError
 
+        if out is not None and out.suffix.lower() != ".png":
+            raise ConfigError(f"--out {out}: give a file name ending in .png")
         if sweep_.is_sweep(folder):
             table = sweep_.table(folder)
             if json_out:
@@ -267,7 +270,7 @@ def sweep(
     ] = None,
     trials: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--trials", min=1, metavar="N", help="Random sweeps: run N trials (with --resume: grow to N)."),
+        typer.Option("--trials", metavar="N", help="Random sweeps: run N trials (with --resume: grow to N)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
     json_out: Annotated[
@@ -284,6 +287,8 @@ def sweep(
             raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
         if resume is not None and dir_ is not None:
             raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
+        if trials is not None and trials < 1:
+            raise ConfigError(f"--trials {trials}: must be at least 1")
         if sweep_file is not None:
             job = sweep_.create(sweep_file, folder=dir_, trials=trials)
         else:
