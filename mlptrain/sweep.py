@@ -304,7 +304,8 @@ def run(sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest
             if trial.state in FINISHED:
                 continue
             if stop():  # a signal between trials
-                raise _interrupted(sweep, f"before trial {trial.index}/{total}; none of it had run", stop.signum)
+                name = signal.Signals(stop.signum).name
+                raise _interrupted(sweep, f"{name}: the sweep stopped before trial {trial.index}/{total}", stop.signum)
             _run_trial(sweep, trial, cb, stop, total)
     return sweep.trials
 
@@ -329,7 +330,7 @@ def _run_trial(sweep: Sweep, trial: Trial, cb: SweepCallbacks, stop: StopRequest
     except runner.Interrupted as e:
         trial.state = "interrupted"
         sweep.save()
-        raise _interrupted(sweep, f"in trial {trial.index}/{total}: {e}", e.exit_code - 128) from None
+        raise _interrupted(sweep, f"sweep trial {trial.index}/{total}, {e}", e.exit_code - 128) from None
     except KeyboardInterrupt:  # a second Ctrl-C: its last.pt holds the last finished epoch
         trial.state = "interrupted"
         sweep.save()
@@ -346,12 +347,12 @@ def _run_trial(sweep: Sweep, trial: Trial, cb: SweepCallbacks, stop: StopRequest
     cb.trial_done(trial, total)
 
 
-def _interrupted(sweep: Sweep, where: str, signum: int):
+def _interrupted(sweep: Sweep, message: str, signum: int):
     from mlptrain.runner import Interrupted
 
     done = sum(t.state == "done" for t in sweep.trials)
     return Interrupted(
-        f"{signal.Signals(signum).name}: the sweep stopped {where} ({done} of {len(sweep.trials)} trials done)",
+        f"{message} ({done} of {len(sweep.trials)} trials done)",
         resume_command=f"mlptrain sweep --resume {sweep.folder}",
         signum=signum,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_in_fresh_python
 from typer.testing import CliRunner
 
 from mlptrain import sweep
@@ -185,6 +186,7 @@ def test_the_table_shows_only_the_keys_that_vary_and_marks_the_best(tmp_path):
     assert len(best) == 1 and best[0] == lines[2]  # the best is the first row
     assert (tmp_path / "sw.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot: {tmp_path / 'sw.png'}" in out.stdout
+    cli_in_fresh_python(["runs", tmp_path / "sw"])  # the manifest and small files only: no torch, so instant
 
 
 def test_every_trial_is_validated_before_any_runs(tmp_path):
