@@ -67,6 +67,22 @@ def _errors():
         raise typer.Exit(1) from None
 
 
+@contextlib.contextmanager
+def _live(reporter):
+    """Around training: the reporter's progress bar is closed whatever happens, and a run stopped by a signal
+    prints where it stopped and the command that carries on, and exits 128 + the signal's number."""
+    from mlptrain import report, runner
+
+    try:
+        yield reporter
+    except runner.Interrupted as e:
+        reporter.close()
+        report.interrupted(str(e), e.resume_command)
+        raise typer.Exit(e.exit_code) from None
+    finally:
+        reporter.close()
+
+
 @app.command()
 def train(
     config: Annotated[
@@ -108,18 +124,11 @@ def train(
         cfg = load_config(config, set_ or []) if config is not None else None
         from mlptrain import runner
 
-        reporter = report.TrainReporter(report.make_console(), quiet=quiet or json_out)
-        try:
+        with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             if cfg is not None:
                 result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
                 result = runner.resume(resume, set_ or [], callbacks=reporter)
-        except runner.Interrupted as e:
-            reporter.close()
-            report.interrupted(str(e), e.resume_command)
-            raise typer.Exit(e.exit_code) from None
-        finally:
-            reporter.close()
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:
@@ -293,17 +302,8 @@ def sweep(
             job = sweep_.create(sweep_file, folder=dir_, trials=trials)
         else:
             job = sweep_.load(resume, trials=trials)
-        from mlptrain import runner
-
-        reporter = report.SweepReporter(report.make_console(), quiet=quiet or json_out)
-        try:
+        with _live(report.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             sweep_.run(job, callbacks=reporter)
-        except runner.Interrupted as e:
-            reporter.close()
-            report.interrupted(str(e), e.resume_command)
-            raise typer.Exit(e.exit_code) from None
-        finally:
-            reporter.close()
         table = sweep_.table(job.folder)
         if json_out:
             typer.echo(json.dumps(table.to_json()))

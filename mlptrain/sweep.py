@@ -217,18 +217,24 @@ class Sweep:
         self.trials += [Trial(index, trial_name(index, v), v) for index, v in enumerate(values, start)]
 
 
-def create(path: Path, folder: Path | None = None, trials: int | None = None) -> Sweep:
-    """Read and validate sweep file `path` and all its trials, then create the sweep folder and its manifest."""
+def plan(path: Path, trials: int | None = None) -> Sweep:
+    """Read and validate sweep file `path`, its base config and every trial's config; no folder yet."""
     path = Path(path)
     spec = parse_spec(read_yaml(path, "sweep file", "configs/sweep.yaml"), str(path), trials)
     base_path = path.parent / spec.base
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: config file not found: {base_path} (the path is relative to the sweep file)")
-    base = load_config(base_path)
-    sweep = Sweep(folder=Path(), spec=spec, base=base.to_dict())
+    sweep = Sweep(folder=Path(), spec=spec, base=load_config(base_path).to_dict())
     sweep.add_trials(spec.expand(), str(path))
+    return sweep
+
+
+def create(path: Path, folder: Path | None = None, trials: int | None = None) -> Sweep:
+    """Plan the sweep in file `path` (see plan), then create the sweep folder and its manifest."""
+    path = Path(path)
+    sweep = plan(path, trials)
     if folder is None:
-        sweep.folder = new_run_dir(Path(base.output.dir), path.stem)
+        sweep.folder = new_run_dir(Path(sweep.base["output"]["dir"]), path.stem)
     else:
         folder = Path(folder)
         if (folder / MANIFEST).exists():

@@ -81,6 +81,16 @@ def test_trial_names_are_safe_in_a_path_and_deterministic():
     assert len(sweep.trial_name(1, {"data.root": "r" * 500})) == 120
 
 
+def test_the_example_sweep_file_is_valid():
+    job = sweep.plan(REPO / "configs" / "sweep.yaml")
+    assert job.spec.method == "grid" and job.base["name"] == "smoke"
+    assert [t.dir for t in job.trials] == [
+        f"{i:03d}-lr={lr}-hidden={h}" for i, (lr, h) in enumerate(((0.03, 64), (0.03, 256), (0.1, 64), (0.1, 256),
+                                                                   (0.3, 64), (0.3, 256)), 1)
+    ]  # fmt: skip
+    assert all(job.config(t).train.lr == t.values["train.lr"] for t in job.trials)
+
+
 RANDOM = {
     "method": "random",
     "trials": 40,
