@@ -277,3 +277,51 @@ def test_resume_after_a_trial_is_stopped_mid_way(tmp_path, reference_sweep, sig,
     for t in trials:  # exactly the numbers of the sweep that was never stopped
         assert metrics(folder / t["dir"]) == metrics(reference_sweep / t["dir"])
     assert all(math.isfinite(float(row[1])) for row in metrics(folder / trials[1]["dir"]))
+
+
+class StopAfterTrial(sweep.SweepCallbacks):
+    """Asks for a stop as trial `index` finishes, as a Ctrl-C between two trials would."""
+
+    def __init__(self, stop, index: int):
+        self.stop, self.index = stop, index
+
+    def trial_done(self, trial, total):
+        if trial.index == self.index:
+            self.stop.request(signal.SIGINT)
+
+
+def test_a_stop_between_trials_leaves_the_next_one_pending(tmp_path):
+    from mlptrain.runner import Interrupted, StopRequest
+
+    job = sweep.create(write_sweep(tmp_path, {"params": {"train.lr": [0.1, 0.05]}}), folder=tmp_path / "sw")
+    stop = StopRequest()
+    with pytest.raises(Interrupted) as info:
+        sweep.run(job, StopAfterTrial(stop, 1), stop)
+    assert info.value.exit_code == 130
+    assert str(info.value) == "SIGINT: the sweep stopped before trial 2/2 (1 of 2 trials done)"
+    assert info.value.resume_command == f"mlptrain sweep --resume {tmp_path / 'sw'}"
+    assert [t["state"] for t in manifest(tmp_path / "sw")["trials"]] == ["done", "pending"]
+    assert [t.state for t in sweep.run(sweep.load(tmp_path / "sw"))] == ["done", "done"]
+
+
+def test_a_crashing_trial_is_failed_and_bad_data_stops_the_sweep(tmp_path, monkeypatch):
+    from mlptrain import runner
+
+    real_train = runner.train
+
+    def train_that_crashes(config, **kwargs):
+        if config.train.lr == 0.05:
+            raise RuntimeError("out of memory")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(runner, "train", train_that_crashes)
+    job = sweep.create(write_sweep(tmp_path, {"params": {"train.lr": [0.05, 0.1]}}), folder=tmp_path / "sw")
+    trials = sweep.run(job)
+    assert [(t.state, t.reason) for t in trials] == [("failed", "RuntimeError: out of memory"), ("done", "")]
+
+    # A dataset that is not there fails every trial alike: the sweep stops (exit 2), the trial stays to be run.
+    base = {**BASE, "data": {"dataset": "mnist", "root": str(tmp_path / "none"), "download": False}}
+    out = invoke("sweep", write_sweep(tmp_path / "bad", {"params": {"train.lr": [0.1]}}, base), "--dir", tmp_path / "b")
+    assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1 and "train-images" in out.stderr
+    assert [t["state"] for t in manifest(tmp_path / "b")["trials"]] == ["pending"]
+    assert not (tmp_path / "b" / "001-lr=0.1").exists()
