@@ -67,6 +67,22 @@ def _errors():
         raise typer.Exit(1) from None
 
 
+@contextlib.contextmanager
+def _live(reporter):
+    """Around training: the reporter's progress bar is closed whatever happens, and a run stopped by a signal
+    prints where it stopped and the command that carries on, and exits 128 + the signal's number."""
+    from mlptrain import report, runner
+
+    try:
+        yield reporter
+    except runner.Interrupted as e:
+        reporter.close()
+        report.interrupted(str(e), e.resume_command)
+        raise typer.Exit(e.exit_code) from None
+    finally:
+        reporter.close()
+
+
 @app.command()
 def train(
     config: Annotated[
@@ -108,18 +124,11 @@ def train(
         cfg = load_config(config, set_ or []) if config is not None else None
         from mlptrain import runner
 
-        reporter = report.TrainReporter(report.make_console(), quiet=quiet or json_out)
-        try:
+        with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             if cfg is not None:
                 result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
                 result = runner.resume(resume, set_ or [], callbacks=reporter)
-        except runner.Interrupted as e:
-            reporter.close()
-            report.interrupted(str(e), e.resume_command)
-            raise typer.Exit(e.exit_code) from None
-        finally:
-            reporter.close()
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:
@@ -207,17 +216,103 @@ def predict(
 def runs_(
     folder: Annotated[Path, typer.Argument(metavar="[DIR]", help="The folder of runs (default: runs).")] = Path("runs"),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON list, an object per run.")] = False,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", metavar="FILE.png", help="Also draw each run's best score against each differing key."),
+    ] = None,
 ) -> None:
-    """List the runs in DIR, newest first, with their scores and the config keys that differ between them."""
+    """List the runs in DIR, newest first, with their scores and the config keys that differ between them.
+
+    A sweep folder lists its trials instead, best first on the monitored metric.
+    """
     with _errors():
         from mlptrain import report, runs
+        from mlptrain import sweep as sweep_
+        from mlptrain.errors import ConfigError
 
-        found = runs.list_runs(folder)
-        keys = runs.differing_keys(found)
-        if json_out:
-            typer.echo(json.dumps([run.to_json(keys) for run in found]))
+        if out is not None and out.suffix.lower() != ".png":
+            raise ConfigError(f"--out {out}: give a file name ending in .png")
+        if sweep_.is_sweep(folder):
+            table = sweep_.table(folder)
+            if json_out:
+                typer.echo(json.dumps(table.to_json()))
+            else:
+                report.show_sweep(report.make_console(), table)
+            scored = [row for row in table.rows if row.value is not None]
+            points = [(row.trial.values, row.value) for row in scored]
+            best = next((i for i, row in enumerate(scored) if row.best), None)
+            keys, metric, what = table.keys, table.monitor, "trials"
         else:
-            report.show_runs(report.make_console(), folder, found, keys)
+            found = runs.list_runs(folder)
+            keys = runs.differing_keys(found)
+            if json_out:
+                typer.echo(json.dumps([run.to_json(keys) for run in found]))
+            else:
+                report.show_runs(report.make_console(), folder, found, keys)
+            points = [(run.settings, run.best_val_acc) for run in found if run.best_val_acc is not None]
+            best = max(range(len(points)), key=lambda i: points[i][1], default=None)
+            metric, what = "val_acc", "runs"
+        if out is not None:
+            from mlptrain.plot import save_metric_plot
+
+            title = f"{folder}: the best {metric.replace('_', ' ')} of {len(points)} {what}"
+            save_metric_plot(out, points, keys, metric, title, best)
+            if not json_out:
+                report.saved(report.make_console(), "plot", out)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(metavar="[SWEEP]", help="A sweep file, e.g. configs/sweep.yaml (not with --resume)."),
+    ] = None,
+    dir_: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--dir", metavar="DIR", help="Write the sweep exactly here instead of <output.dir>/<name>-<time>."
+        ),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--resume", metavar="SWEEP_DIR", help="Carry on the sweep in SWEEP_DIR where it stopped."),
+    ] = None,
+    trials: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--trials", metavar="N", help="Random sweeps: run N trials (with --resume: grow to N)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list, an object per trial, and nothing else.")
+    ] = False,
+) -> None:
+    """Train one run per combination of values (grid) or per random draw; resumable; then the trials, best first."""
+    with _errors():
+        from mlptrain import report
+        from mlptrain import sweep as sweep_
+        from mlptrain.errors import ConfigError
+
+        if (sweep_file is None) == (resume is None):
+            raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
+        if resume is not None and dir_ is not None:
+            raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
+        if trials is not None and trials < 1:
+            raise ConfigError(f"--trials {trials}: must be at least 1")
+        if sweep_file is not None:
+            job = sweep_.create(sweep_file, folder=dir_, trials=trials)
+        else:
+            job = sweep_.load(resume, trials=trials)
+        with _live(report.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
+            sweep_.run(job, callbacks=reporter)
+        table = sweep_.table(job.folder)
+        if json_out:
+            typer.echo(json.dumps(table.to_json()))
+        else:
+            report.show_sweep(report.make_console(), table)
+        failed = sum(t.state == "failed" for t in job.trials)
+        if failed:
+            report.error(f"{failed} of {len(job.trials)} trials failed; the others ran (see the table)")
+            raise typer.Exit(1)
 
 
 @app.command()

@@ -5,6 +5,7 @@ This is the one place that validates; everything downstream trusts a Config.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -136,9 +137,9 @@ class Config:
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config file, apply `key=value` overrides, and validate the result."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {_kind(raw)}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {kind_of(raw)}")
     set_keys: dict[str, str] = {}
     try:
         for item in overrides:
@@ -164,20 +165,34 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item}: the value is not valid YAML ({_yaml_problem(e)})") from None
+    problem = key_problem(key)
+    if problem:
+        raise ConfigError(f"--set {item}: {problem}")
+    return key, value
+
+
+def key_problem(key: str) -> str | None:
+    """Why dotted `key` names no single config value ('unknown key ... (did you mean ...)'), or None if it does."""
     cls: Any = Config
     parts = key.split(".")
     for depth, part in enumerate(parts):
         hints = _fields(cls)
         if part not in hints:
-            raise ConfigError(f"--set {item}: unknown key {key!r}{_did_you_mean(key, config_keys())}")
+            return f"unknown key {key!r}{did_you_mean(key, config_keys())}"
         cls = hints[part]
         if depth < len(parts) - 1 and not dataclasses.is_dataclass(cls):
-            raise ConfigError(f"--set {item}: {'.'.join(parts[: depth + 1])!r} has no sub-keys")
+            return f"{'.'.join(parts[: depth + 1])!r} has no sub-keys"
     if dataclasses.is_dataclass(cls):
-        raise ConfigError(
-            f"--set {item}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}"
-        )
-    return key, value
+        return f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}"
+    return None
+
+
+def with_values(config: Config, values: dict[str, Any], source: str) -> Config:
+    """A copy of `config` with dotted keys set ({'train.lr': 0.1}), validated whole; errors name `source`."""
+    raw = config.to_dict()
+    for key, value in values.items():
+        _assign(raw, key, copy.deepcopy(value))
+    return Config.from_dict(raw, source=source)
 
 
 def config_keys(cls: Any = Config, section: str = "") -> list[str]:
@@ -233,12 +248,12 @@ def _fields(cls: Any) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     names = {
         dict: "a mapping",
         list: "a list",
@@ -256,14 +271,14 @@ def _build(cls: Any, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise _Invalid(section, f"must be a mapping of keys to values, got {_kind(raw)}")
+        raise _Invalid(section, f"must be a mapping of keys to values, got {kind_of(raw)}")
     hints = _fields(cls)
     values = {}
     for key, value in raw.items():
         path = f"{section}.{key}" if section else str(key)
         if not isinstance(key, str) or key not in hints:
             known = [f"{section}.{name}" if section else name for name in hints]
-            raise _Invalid("", f"unknown key {path!r}{_did_you_mean(path, known)}")
+            raise _Invalid("", f"unknown key {path!r}{did_you_mean(path, known)}")
         values[key] = _coerce(value, hints[key], path)
     return cls(**values)
 
@@ -281,17 +296,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         words = [" or ".join(map(repr, typing.get_args(o))) if typing.get_origin(o) is Literal else f"a {o.__name__}"
                  for o in options]  # fmt: skip
-        raise _Invalid(key, f"expected {' or '.join(words)}, got {_kind(value)} {value!r}")
+        raise _Invalid(key, f"expected {' or '.join(words)}, got {kind_of(value)} {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            hint = _did_you_mean(str(value), choices) if isinstance(value, str) else ""
+            hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
             raise _Invalid(key, f"{value!r} is not one of {', '.join(choices)}{hint}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise _Invalid(key, f"expected a list, got {_kind(value)} {value!r}")
+            raise _Invalid(key, f"expected a list, got {kind_of(value)} {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
@@ -299,7 +314,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(key, f"expected an integer, got {_kind(value)} {value!r}")
+            raise _Invalid(key, f"expected an integer, got {kind_of(value)} {value!r}")
         return value
     if tp is float:
         # PyYAML reads `1e-3` (no dot) as a string; accept any string that is plainly a number.
@@ -315,11 +330,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             ok = False
         if not ok:
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise _Invalid(key, f"expected a finite number, got {_kind(value)} {shown}")
+            raise _Invalid(key, f"expected a finite number, got {kind_of(value)} {shown}")
         return float(number)
     if tp is str:
         if not isinstance(value, str):
-            raise _Invalid(key, f"expected a string, got {_kind(value)} {value!r}")
+            raise _Invalid(key, f"expected a string, got {kind_of(value)} {value!r}")
         return value
     raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
 
@@ -333,7 +348,7 @@ def _assign(raw: dict, key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise _Invalid(path, f"must be a mapping of keys to values, got {_kind(child)}")
+            raise _Invalid(path, f"must be a mapping of keys to values, got {kind_of(child)}")
         node = child
     node[last] = value
 
@@ -347,7 +362,7 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a plain name, got {_kind(key)}", key_node.start_mark
+                    None, None, f"a key must be a plain name, got {kind_of(key)}", key_node.start_mark
                 )
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -361,15 +376,16 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, what: str = "config file", example: str = "configs/mnist.yaml") -> Any:
+    """A YAML file's content, refusing duplicate keys; every problem is a one-line ConfigError naming the file."""
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     if path.is_dir():
-        raise ConfigError(f"{path} is a folder, not a config file")
+        raise ConfigError(f"{path} is a folder, not a {what}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is invalid); save the config as UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is invalid); save the file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     try:
@@ -377,5 +393,5 @@ def _read_yaml(path: Path) -> Any:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if raw is None:
-        raise ConfigError(f"{path}: the file is empty; see configs/mnist.yaml for an example")
+        raise ConfigError(f"{path}: the file is empty; see {example} for an example")
     return raw

@@ -1,14 +1,16 @@
-"""Figures as image files: a run's training curves, and a grid of the test images a model got most wrong.
+"""Figures as image files: a run's training curves, runs' scores against their settings, and a grid of the test
+images a model got most wrong.
 
 matplotlib draws them headless (the Agg canvas, no pyplot and no display), imported inside each function:
-it takes about a second to load and only these two figures need it.
+it takes about a second to load and only these figures need it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlptrain.errors import ConfigError, DataError
 from mlptrain.files import atomic_write
@@ -72,6 +74,53 @@ def save_curves(path: Path, rows: Sequence[dict[str, float]], best_epoch: int, m
         fig.suptitle(title, fontsize=11)
     loss_ax.legend(loc="upper right")
     acc_ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def save_metric_plot(
+    path: Path,
+    points: Sequence[tuple[dict[str, Any], float]],
+    keys: Sequence[str],
+    metric: str,
+    title: str,
+    best: int | None = None,
+) -> None:
+    """A panel per key: each run's best `metric` (val_acc or val_loss) against its value of that key.
+
+    `points` are (a run's settings as dotted keys, its metric); `points[best]` is starred. Numbers sit on a
+    numeric axis (logarithmic where they span 20× or more, as learning rates do), anything else on categories.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    if not points or not keys:
+        why = "no run has a finished epoch" if not points else "no setting differs between the runs"
+        raise DataError(f"{title}: nothing to draw: {why}")
+    scale = 100 if metric == "val_acc" else 1
+    fig = Figure(figsize=(min(4.2 * len(keys), 16), 3.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=True):
+        xs = [settings.get(key) for settings, _ in points]
+        ys = [value * scale for _, value in points]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+            if min(xs) > 0 and max(xs) >= 20 * min(xs):
+                ax.set_xscale("log")
+        else:  # lists (model.hidden), strings, booleans: one slot per distinct value, in order of first sight
+            labels = list(dict.fromkeys(json.dumps(x) for x in xs))
+            xs = [labels.index(json.dumps(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.scatter(xs, ys, color=TRAIN_COLOR, alpha=0.8, zorder=2)
+        if best is not None:
+            ax.plot([xs[best]], [ys[best]], marker="*", ms=16, color=BEST_COLOR, linestyle="", zorder=3, label="best")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"best {metric.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        if metric == "val_acc":
+            ax.yaxis.set_major_formatter(PercentFormatter())
+    if best is not None:
+        axes[0].legend(loc="best")
+    fig.suptitle(title, fontsize=11)
     _save(fig, path)
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print 
     from mlptrain.predict import PredictResult
     from mlptrain.runner import EvalResult, RunInfo, TrainResult
     from mlptrain.runs import RunSummary
+    from mlptrain.sweep import Sweep, SweepTable, Trial
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -54,6 +55,8 @@ class TrainReporter:
 
     Implements runner.Callbacks by its method names.
     """
+
+    header = True  # the lines about the run (device, model, data) before its first epoch
 
     def __init__(self, console: Console, quiet: bool = False):
         self.console = console
@@ -85,9 +88,10 @@ class TrainReporter:
             lines.insert(1, ("resumed", f"at {info.resumed_at}"))
         lines += [("note", note) for note in info.notes]
         if self.live:
-            self.console.print(f"[bold]mlptrain {__version__}[/]")
-            for key, value in lines:
-                self.console.print(f"  [dim]{key:<9}[/]{value}")
+            if self.header:
+                self.console.print(f"[bold]mlptrain {__version__}[/]")
+                for key, value in lines:
+                    self.console.print(f"  [dim]{key:<9}[/]{value}")
             self.progress = Progress(
                 TextColumn("[bold blue]{task.description}"),
                 BarColumn(),
@@ -98,7 +102,7 @@ class TrainReporter:
                 transient=True,
             )
             self.progress.start()
-        else:
+        elif self.header:
             for key, value in lines:
                 self.console.print(f"{key}: {value}")
 
@@ -388,6 +392,75 @@ def show_runs(console: Console, folder: Path, runs: list[RunSummary], keys: list
 def _setting(value) -> str:
     """A config value as YAML would write it inline: 0.1, [256, 128], true, onecycle."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+class SweepReporter(TrainReporter):
+    """Shows a sweep as it runs: a line as each trial starts (or fails), and its epochs as `train` shows them.
+
+    Implements sweep.SweepCallbacks, and runner.Callbacks for each trial's run.
+    """
+
+    header = False
+
+    def sweep_started(self, sweep: Sweep, todo: int) -> None:
+        if not self.quiet:
+            keys = ", ".join(sweep.spec.params)
+            self.console.print(
+                f"sweep {sweep.folder}: {len(sweep.trials)} trials ({sweep.spec.method} over {keys}), {todo} to run",
+                markup=False,
+            )
+
+    def trial_started(self, trial: Trial, total: int, resuming: bool) -> SweepReporter:
+        self.close()
+        self.task = None  # the bar of the next trial's run is a new one
+        if not self.quiet:
+            how = " (resuming from its last.pt)" if resuming else ""
+            self.console.print(f"trial {trial.index}/{total} {trial.dir}{how}", markup=False)
+        return self
+
+    def trial_done(self, trial: Trial, total: int) -> None:
+        self.close()
+        if trial.state == "failed" and not self.quiet:
+            self.console.print(f"trial {trial.index}/{total} failed: {trial.reason}", markup=False)
+
+
+def show_sweep(console: Console, table: SweepTable) -> None:
+    """A sweep's trials, best first on the monitored metric, with the swept keys that vary and the best marked."""
+    metric = table.monitor.replace("_", " ")
+    header = ["#", *table.keys, "state", "epochs", f"best {metric}", "test acc", "time", ""]
+    rows = []
+    for row in table.rows:
+        run, value = row.run, row.value
+        shown = "-" if value is None else pct(value) if table.monitor == "val_acc" else f"{value:.4f}"
+        epochs = "-" if run is None else f"{len(run.history)}/{run.epochs_planned or '?'}"
+        rows.append(
+            [
+                str(row.trial.index),
+                *(_setting(row.trial.values[key]) for key in table.keys),
+                row.trial.state,
+                epochs,
+                shown,
+                _pct_or_dash(run.test_acc if run else None),
+                duration(run.seconds) if run else "-",
+                ("★ best" if console.is_terminal else "best") if row.best else "",
+            ]
+        )
+    if console.is_terminal:
+        grid = Table(title=str(table.folder), title_justify="left", header_style="bold")
+        for i, name in enumerate(header):
+            grid.add_column(name, justify="right", style="cyan" if 0 < i <= len(table.keys) else None)
+        for cells, row in zip(rows, table.rows, strict=True):
+            grid.add_row(*cells, style="bold green" if row.best else "red" if row.trial.state == "failed" else None)
+        console.print(grid)
+    else:
+        console.print(str(table.folder), markup=False)
+        console.print(plain_table(header, rows, left=0), markup=False)
+    for row in table.rows:
+        if row.trial.state == "failed":
+            console.print(f"trial {row.trial.index} failed: {row.trial.reason}", markup=False)
+    best = next((row for row in table.rows if row.best), None)
+    if best is not None:
+        console.print(f"best: trial {best.trial.index}, {table.folder / best.trial.dir / 'best.pt'}", markup=False)
 
 
 def duration(seconds: float) -> str:

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from mlptrain.checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-from mlptrain.config import Config, parse_override, resolve_device
+from mlptrain.config import Config, parse_override, resolve_device, with_values
 from mlptrain.data import (
     NUM_CLASSES,
     Split,
@@ -336,7 +336,7 @@ def resume(
         key, value = parse_override(item)
         if key != "train.epochs":
             raise ConfigError(f"--set {item}: only train.epochs can change when resuming; {key} is fixed by the run")
-        config = Config.from_dict(_with(config.to_dict(), key, value), source=f"--set {item}")
+        config = with_values(config, {key: value}, source=f"--set {item}")
     if config.train.epochs < ckpt["epoch"]:
         raise ConfigError(
             f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
@@ -352,11 +352,6 @@ def resume(
     if config.train.epochs != ckpt["config"].train.epochs:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     return _run(session, callbacks or Callbacks(), stop or StopRequest())
-
-
-def _with(raw: dict, key: str, value) -> dict:
-    section, name = key.split(".")
-    return {**raw, section: {**raw[section], name: value}}
 
 
 def _new_session(config: Config, run_dir: Path, device: torch.device, data: TrainingData, ckpt: dict | None = None):

@@ -52,8 +52,12 @@ class RunSummary:
 
     @property
     def best_epoch(self) -> int:
-        """The epoch best.pt holds: the first with the highest val_acc (or lowest val_loss); 0 before any."""
-        finite = [r for r in self.history if math.isfinite(r[self.monitor])]
+        """The epoch best.pt holds: the first with the highest val_acc (or lowest val_loss); 0 before any.
+
+        An epoch whose loss diverged (not finite) never becomes best.pt, whatever its accuracy.
+        """
+        columns = ("train_loss", "val_loss", self.monitor)
+        finite = [r for r in self.history if all(math.isfinite(r[c]) for c in columns)]
         if not finite:
             return 0
         pick = max if self.monitor == "val_acc" else min
@@ -61,8 +65,16 @@ class RunSummary:
 
     @property
     def best_val_acc(self) -> float | None:
+        return self._at_best_epoch("val_acc")
+
+    @property
+    def best_value(self) -> float | None:
+        """The monitored metric (val_acc or val_loss) at the best epoch."""
+        return self._at_best_epoch(self.monitor)
+
+    def _at_best_epoch(self, column: str) -> float | None:
         best = self.best_epoch
-        return next((r["val_acc"] for r in self.history if int(r["epoch"]) == best), None)
+        return next((r[column] for r in self.history if int(r["epoch"]) == best), None)
 
     @property
     def seconds(self) -> float:

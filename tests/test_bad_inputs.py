@@ -44,6 +44,17 @@ def config_file(tmp: Path, text: str | bytes) -> str:
     return str(path)
 
 
+def sweep_file(tmp: Path, text: str, base: str = "name: b\ndevice: cpu\ndata: {dataset: synthetic}\n") -> str:
+    """A sweep file over base.yaml (a valid config unless `base` says otherwise), side by side in `tmp`."""
+    (tmp / "base.yaml").write_text(base)
+    path = tmp / "sweep.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+SWEEP = "base: base.yaml\nparams: {train.lr: [0.1, 0.2]}\n"
+
+
 def edited_checkpoint(tmp: Path, good: Path, edit) -> str:
     ckpt = torch.load(good, weights_only=True)
     edit(ckpt)
@@ -128,6 +139,35 @@ CASES = [
     ("data-count-mismatch", lambda t, c, m: ["train", SMOKE, *broken_mnist(t, m, lambda raw: write_idx(
         raw / "train-labels-idx1-ubyte", torch.zeros(10, dtype=torch.uint8)))], ["labels"]),
     ("data-val-too-big", lambda t, c, m: ["train", SMOKE, "--set", "data.val_size=6000"], ["data.val_size"]),
+    # sweeps: every trial's config is checked before the first one runs
+    ("sweep-missing", lambda t, c, m: ["sweep", str(t / "nope.yaml")], ["sweep file not found", "nope.yaml"]),
+    ("sweep-empty", lambda t, c, m: ["sweep", sweep_file(t, "")], ["empty", "configs/sweep.yaml"]),
+    ("sweep-bad-yaml", lambda t, c, m: ["sweep", sweep_file(t, "params: {train.lr: [}\n")],
+     ["sweep.yaml", "not valid YAML", "line 1"]),
+    ("sweep-list", lambda t, c, m: ["sweep", sweep_file(t, "- 1\n")], ["sweep.yaml", "mapping", "a list"]),
+    ("sweep-unknown-top", lambda t, c, m: ["sweep", sweep_file(t, SWEEP + "param: 1\n")],
+     ["sweep.yaml", "unknown key 'param'", "did you mean 'params'"]),
+    ("sweep-unknown-param", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.lrr: [1]}\n")],
+     ["sweep.yaml", "params", "did you mean 'train.lr'"]),
+    ("sweep-bad-value", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.epochs: [1, ten]}\n")],
+     ["sweep.yaml", "trial 2", "train.epochs", "'ten'"]),
+    ("sweep-empty-list", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.lr: []}\n")],
+     ["train.lr", "empty"]),
+    ("sweep-scalar", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.lr: 0.1}\n")],
+     ["train.lr", "expected a list"]),
+    ("sweep-random-no-trials", lambda t, c, m: ["sweep", sweep_file(t, SWEEP + "method: random\n")],
+     ["trials", "random"]),
+    ("sweep-trials-for-grid", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--trials", "3"],
+     ["--trials 3", "grid"]),
+    ("sweep-trials-zero", lambda t, c, m: ["sweep", sweep_file(t, SWEEP + "method: random\n"), "--trials", "0"],
+     ["--trials", "0"]),
+    ("sweep-base-missing", lambda t, c, m: ["sweep", sweep_file(t, "base: nope.yaml\nparams: {seed: [1]}\n")],
+     ["base", "nope.yaml", "relative to the sweep file"]),
+    ("sweep-base-invalid", lambda t, c, m: ["sweep", sweep_file(t, SWEEP, base="train: {lr: -1}\n")],
+     ["base.yaml", "train.lr"]),
+    ("sweep-and-resume", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--resume", str(t)], ["not both"]),
+    ("sweep-resume-no-sweep", lambda t, c, m: ["sweep", "--resume", str(t)], ["not a sweep folder", "sweep.json"]),
+    ("runs-out-format", lambda t, c, m: ["runs", str(c.parent), "--out", str(t / "x.svg")], ["--out", "x.svg", ".png"]),
 ]  # fmt: skip
 
 
@@ -153,6 +193,8 @@ def test_bad_input(make_argv, needles, tmp_path, checkpoint, mnist_root, monkeyp
     argv = make_argv(tmp_path, checkpoint, mnist_root)
     if argv[0] == "train" and "--resume" not in argv and "--run-dir" not in argv:
         argv += ["--run-dir", str(tmp_path / "run")]
+    if argv[0] == "sweep" and "--resume" not in argv:
+        argv += ["--dir", str(tmp_path / "run")]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -162,3 +204,4 @@ def test_bad_input(make_argv, needles, tmp_path, checkpoint, mnist_root, monkeyp
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run" / "sweep.json").exists()

@@ -23,7 +23,8 @@ from mlptrain.config import (
 from mlptrain.errors import ConfigError, MlptrainError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REPO_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+# configs/sweep.yaml is a sweep file, not a config: tests/test_sweep.py checks it and every trial's config.
+REPO_CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.yaml") if p.name != "sweep.yaml")
 ACCELERATOR = torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
