@@ -175,7 +175,13 @@ def test_nproc_refuses_a_batch_that_does_not_divide_before_starting_workers(tmp_
 
 def test_nproc_ctrl_c_stops_every_rank_and_resume_finishes(tmp_path):
     # Batches of 8: an epoch is a few hundred steps, so the signal lands inside one.
-    raw = {**TINY, "data": {**TINY["data"], "synthetic_size": 2400}, "train": {**TINY["train"], "batch_size": 8}}
+    # Dropout on: each rank draws its own masks, and the resumed ranks draw theirs afresh.
+    raw = {
+        **TINY,
+        "data": {**TINY["data"], "synthetic_size": 2400},
+        "model": {"hidden": [32], "dropout": 0.2},
+        "train": {**TINY["train"], "batch_size": 8},
+    }
     config = write_config(tmp_path / "c.yaml", raw)
     run_dir = tmp_path / "run"
     proc = mlptrain("train", str(config), "--nproc", "2", "--run-dir", str(run_dir))
