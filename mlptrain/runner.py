@@ -419,6 +419,11 @@ def _new_session(
         _restore(session, ckpt)
     if world.distributed:
         session.train_model = distributed.wrap(session.train_model, device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        b = config.train.batch_size
+        session.notes.append(
+            f"{world.size} processes ({backend}), data-parallel: each trains on {b // world.size} of every batch of {b}"
+        )
         progress = session.progress
         distributed.seed_rank(config.seed, world, session.start_epoch, progress.step if progress else 0)
         if progress is not None and not world.is_main:  # the checkpoint's partial sums are all ranks' (see _run)
