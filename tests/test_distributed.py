@@ -94,9 +94,13 @@ def test_batch_size_must_divide_over_the_processes():
 
 def test_processes_share_the_cores():
     config = Config.from_dict({**TINY, "model": {"hidden": [2048, 2048]}, "train": {"batch_size": 4096}})
-    cores = runner._cores()
-    assert runner.configure_threads(config, torch.device("cpu"), World(0, 2, 0, 2)) == max(1, cores // 2)
-    assert runner.configure_threads(Config.from_dict({**TINY, "threads": 3}), torch.device("cpu"), World(0, 2)) == 3
+    cores, before = runner._cores(), torch.get_num_threads()
+    try:
+        assert runner.configure_threads(config, torch.device("cpu"), World(0, 2, 0, 2)) == max(1, cores // 2)
+        fixed = Config.from_dict({**TINY, "threads": 3})
+        assert runner.configure_threads(fixed, torch.device("cpu"), World(0, 2, 0, 2)) == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- two real processes ------------------------------------------------------------------------------------
