@@ -174,7 +174,8 @@ def launch(argv: list[str], nproc: int) -> int:
     except SignalException as e:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        rank, failure = min(e.failures.items())
+        # A worker's own exit code first: once one fails, torchrun SIGTERMs the rest, which may still be exiting.
+        rank, failure = min(e.failures.items(), key=lambda item: (item[1].exitcode < 0, item[0]))
         if failure.exitcode < 0:
             name = signal.Signals(-failure.exitcode).name
             raise RunFailed(f"worker rank {rank} was killed by {name}") from None

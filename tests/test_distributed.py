@@ -21,8 +21,8 @@ from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config
 from mlptrain.data import Split, batches, shard_order, steps_per_epoch, trained_samples
-from mlptrain.distributed import World, check_world
-from mlptrain.errors import ConfigError
+from mlptrain.distributed import World, check_world, launch
+from mlptrain.errors import ConfigError, RunFailed
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="this torch has no torch.distributed with gloo"
@@ -167,6 +167,25 @@ def test_checkpoint_evaluates_without_a_process_group(ddp_run):
     out = CliRunner().invoke(app, ["eval", str(run_dir / "best.pt"), "--split", "val", "--json"])
     assert out.exit_code == 0, out.stderr
     assert json.loads(out.stdout)["accuracy"] == result["best"]["val_acc"]
+
+
+@pytest.mark.parametrize(
+    ("exitcodes", "expected"), [({0: 2, 1: 2}, 2), ({0: -15, 1: 2}, 2), ({0: 1, 1: -15}, 1), ({0: -9, 1: -15}, None)]
+)
+def test_nproc_exits_with_the_workers_own_code(monkeypatch, exitcodes, expected):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def failing_run(args):
+        failures = {rank: ProcessFailure(rank, 100 + rank, code, "<N/A>") for rank, code in exitcodes.items()}
+        raise ChildFailedError("mlptrain", failures)
+
+    monkeypatch.setattr("torch.distributed.run.run", failing_run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what launch would set for its workers, undone after the test
+    if expected is None:  # killed by a signal before it could say why: the launcher says so
+        with pytest.raises(RunFailed, match="worker rank 0 was killed by SIGKILL"):
+            launch(["train", "c.yaml"], 2)
+    else:
+        assert launch(["train", "c.yaml"], 2) == expected
 
 
 def test_nproc_refuses_a_batch_that_does_not_divide_before_starting_workers(tmp_path):
