@@ -44,26 +44,39 @@ def _root(
     """Train and evaluate multi-layer perceptrons on MNIST-style digits."""
 
 
+def _rank() -> int:
+    """This process's rank when torchrun started it (0 otherwise): only rank 0 prints."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextlib.contextmanager
 def _errors():
-    """Map library errors to one line and an exit code: 2 bad input, 1 failed run, 130 Ctrl-C."""
+    """Map library errors to one line and an exit code: 2 bad input, 1 failed run, 130 Ctrl-C.
+
+    Under torchrun the other ranks stay quiet about what rank 0 says too (a bad config, a Ctrl-C); an
+    unexpected failure of their own is printed with their rank.
+    """
     from mlptrain import report
     from mlptrain.errors import MlptrainError
 
+    rank = _rank()
     try:
         yield
     except typer.Exit:
         raise
     except MlptrainError as e:
-        report.error(str(e))
+        if rank == 0:
+            report.error(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        report.error("interrupted")
+        if rank == 0:
+            report.error("interrupted")
         raise typer.Exit(130) from None
     except Exception as e:
         if os.environ.get("MLPTRAIN_DEBUG"):
             raise
-        report.error(f"the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
+        where = f"rank {rank}: " if rank else ""
+        report.error(f"{where}the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
         raise typer.Exit(1) from None
 
 
@@ -77,7 +90,8 @@ def _live(reporter):
         yield reporter
     except runner.Interrupted as e:
         reporter.close()
-        report.interrupted(str(e), e.resume_command)
+        if _rank() == 0:  # under torchrun, one message for all the ranks
+            report.interrupted(str(e), e.resume_command)
         raise typer.Exit(e.exit_code) from None
     finally:
         reporter.close()
@@ -110,6 +124,15 @@ def train(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object with every epoch's numbers, nothing else.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            metavar="N",
+            help="Train in N processes on this machine (data-parallel, through torch.distributed.run).",
+        ),
+    ] = 1,
 ) -> None:
     """Train an MLP as CONFIG describes, or resume a run; keep the best checkpoint (on validation) and the last."""
     with _errors():
@@ -124,11 +147,27 @@ def train(
         cfg = load_config(config, set_ or []) if config is not None else None
         from mlptrain import runner
 
-        with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
+        if nproc > 1:
+            from mlptrain import distributed
+
+            if distributed.World.from_env().distributed:
+                raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
+            checked = cfg if cfg is not None else runner.load_for_resume(resume, set_ or [])[1]
+            distributed.check_world(checked, nproc, nproc)  # bad input is refused here, before any worker starts
+            argv = [str(config)] if config is not None else ["--resume", str(resume)]
+            argv += [f"--set={item}" for item in set_ or []]
+            argv += ["--run-dir", str(run_dir)] if run_dir is not None else []
+            argv += [flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", json_out)) if on]
+            raise typer.Exit(distributed.launch(["train", *argv], nproc))
+
+        rank = _rank()
+        with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)) as reporter:
             if cfg is not None:
                 result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
                 result = runner.resume(resume, set_ or [], callbacks=reporter)
+        if rank > 0:
+            return
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:

@@ -102,15 +102,41 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches in `order`, from batch `start_step` on: one device-side gather, then views.
 
-    The last batch may be short.
+    The last batch may be short. `order` may hold part of the split (one process's share, see shard_order).
     """
     x, y = split.x[order], split.y[order]
-    for start in range(start_step * batch_size, len(split), batch_size):
+    for start in range(start_step * batch_size, len(order), batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
+def trained_samples(n: int, world_size: int = 1) -> int:
+    """How many of the `n` training images an epoch trains on: all in one process.
+
+    Over several processes, every global batch (the short last one too) must split into equal shards, or the
+    averaged gradient would weight some images more than others; so the last n % world_size images of each
+    epoch's permutation (at most world_size - 1, different ones every epoch) sit the epoch out.
+    """
+    return n - n % world_size
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    return math.ceil(trained_samples(n, world_size) / batch_size)
+
+
+def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> tuple[torch.Tensor, int]:
+    """(rank's part of `order`, its batch size): batch s of it is the rank-th contiguous slice of global batch s.
+
+    `batches(split, part, batch_size // world_size)` then yields, step by step, this process's equal share of
+    each global batch of `order`, the short last one included (see trained_samples). One process: `order` as is.
+    """
+    if world_size == 1:
+        return order, batch_size
+    n = trained_samples(len(order), world_size)
+    local = batch_size // world_size
+    full = n // batch_size * batch_size  # images in full global batches
+    head = order[:full].view(-1, world_size, local)[:, rank]  # (full batches, local)
+    tail = order[full:n].view(world_size, (n - full) // world_size)[rank]  # the short last batch's share
+    return torch.cat([head.reshape(-1), tail]), local
 
 
 def load_images(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlptrain.config import TrainConfig
-from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData, batches, epoch_order, steps_per_epoch
+from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData, batches, epoch_order, steps_per_epoch, trained_samples
+from mlptrain.distributed import SINGLE, World
 from mlptrain.nn import MLP
 
 
@@ -178,10 +179,12 @@ def train_epoch(
     should_stop: Callable[[], bool] | None = None,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    world: World = SINGLE,
 ) -> bool:
     """Train on `split` in the order and from the step that `progress` holds, updating it as it goes.
 
-    Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary.
+    Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary. In a
+    world of several processes, this one trains on its share of each global batch of `batch_size`.
     """
     model.train()
     by_hand = takes_step_by_hand(model, precision, scaler)  # overwrites the gradients: nothing to zero
@@ -189,7 +192,8 @@ def train_epoch(
     # here costs a fifth of optimizer.zero_grad's Python; gradients that do not exist yet are left to it.
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     all_bound = len(grads) == sum(len(group["params"]) for group in optimizer.param_groups)
-    for x, y in batches(split, progress.order, batch_size, progress.step):
+    order, batch_size = world.shard(progress.order, batch_size)
+    for x, y in batches(split, order, batch_size, progress.step):
         progress.lr = optimizer.param_groups[0]["lr"]
         if by_hand:
             loss, logits = model.backprop(x, y)  # (), (B, classes)
@@ -205,7 +209,7 @@ def train_epoch(
             on_batch(progress.step)
         if should_stop is not None and should_stop():
             break
-    return progress.step == steps_per_epoch(len(split), batch_size)
+    return progress.step == steps_per_epoch(len(order), batch_size)
 
 
 def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -316,15 +320,17 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     scaler: torch.amp.GradScaler | None = None,
     eval_model: nn.Module | None = None,
+    world: World = SINGLE,
 ) -> Iterator[EpochStats]:
     """Train epochs start_epoch+1 .. cfg.epochs, yielding each one's statistics as it finishes.
 
     `progress` continues an interrupted epoch (its epoch must be start_epoch+1). `eval_model` (default: `model`)
     runs validation, e.g. the eager model when `model` is its compiled form. If should_stop() turns true
     inside an epoch, the pass ends at the next batch boundary and TrainingStopped carries the progress out.
+    With several processes (`world`), the training metrics are summed over all of them; each validates alone.
     """
     device = data.train.x.device
-    n = len(data.train)
+    n = trained_samples(len(data.train), world.size)
     steps = steps_per_epoch(n, cfg.batch_size)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if progress is None or progress.epoch != epoch:
@@ -335,13 +341,14 @@ def fit(
         t0 = time.perf_counter()
         finished = train_epoch(
             model, optimizer, scheduler, data.train, cfg.batch_size, progress, on_batch, should_stop,
-            cfg.precision, scaler,
+            cfg.precision, scaler, world,
         )  # fmt: skip
         synchronize(device)
         progress.seconds += time.perf_counter() - t0
         if not finished:
             raise TrainingStopped(progress)
-        train_loss, train_acc = progress.loss_sum.item() / n, progress.correct.item() / n  # the epoch's host sync
+        loss_sum, correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
+        train_loss, train_acc = loss_sum.item() / n, correct.item() / n  # the epoch's host sync
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(eval_model or model, data.val, cfg.precision)
         synchronize(device)

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mlptrain import distributed
 from mlptrain.checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from mlptrain.config import Config, parse_override, resolve_device, with_values
 from mlptrain.data import (
@@ -32,6 +34,7 @@ from mlptrain.data import (
     load_training_data,
     steps_per_epoch,
 )
+from mlptrain.distributed import SINGLE, World
 from mlptrain.engine import (
     COLUMNS,
     EpochProgress,
@@ -181,21 +184,30 @@ def prepare_run_dir(config: Config, run_dir: Path | None, force: bool) -> Path:
 SMALL_STEP_MACS = 32_000_000
 
 
-def configure_threads(config: Config, device: torch.device) -> int:
-    """Set torch's CPU thread count from `threads` (auto: by the work per step) and return it."""
+def configure_threads(config: Config, device: torch.device, world: World = SINGLE) -> int:
+    """Set torch's CPU thread count from `threads` (auto: by the work per step) and return it.
+
+    The processes of a distributed run on one machine share its cores: auto gives each an equal part.
+    """
+    cores = _DEFAULT_THREADS if world.local_size == 1 else max(1, _cores() // world.local_size)
     if config.threads != "auto":
         threads = config.threads
     elif device.type == "cpu":
         sizes = [784, *config.model.hidden, 10]  # MNIST-style input; close enough to size the work
-        macs = config.train.batch_size * sum(a * b for a, b in itertools.pairwise(sizes))
-        threads = 1 if macs < SMALL_STEP_MACS else _DEFAULT_THREADS
+        macs = config.train.batch_size // world.size * sum(a * b for a, b in itertools.pairwise(sizes))
+        threads = 1 if macs < SMALL_STEP_MACS else cores
     else:
-        threads = _DEFAULT_THREADS  # the host only feeds the GPU
+        threads = cores  # the host only feeds the GPU
     torch.set_num_threads(threads)
     return threads
 
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read before anything changes it
+
+
+def _cores() -> int:
+    # Not torch.get_num_threads(): torchrun sets OMP_NUM_THREADS=1 in its workers, which that would report.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> None:
@@ -262,6 +274,12 @@ class _Session:
     progress: EpochProgress | None = None
     train_model: torch.nn.Module | None = None  # what the training pass calls: the model, or its compiled form
     notes: list[str] = field(default_factory=list)
+    world: World = SINGLE  # the processes training together; rank 0 alone reports and writes files
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch."""
+        return steps_per_epoch(len(self.data.train), self.config.train.batch_size, self.world.size)
 
     @property
     def best_value(self) -> float | None:
@@ -299,22 +317,29 @@ def train(
     callbacks: Callbacks | None = None,
     stop: StopRequest | None = None,
 ) -> TrainResult:
-    """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch."""
-    device = resolve_device(config.device)
-    configure_threads(config, device)
-    fresh = run_dir is None or not Path(run_dir).exists()
-    run_dir = prepare_run_dir(config, run_dir, force)
-    try:
-        data = load_training_data(config.data, config.seed, device)
-    except BaseException:
-        if fresh:  # nothing was trained: leave no empty run folder behind
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    for stale in ("metrics.csv", "best.pt", "last.pt"):  # --force over an old run: none of it stays
-        (run_dir / stale).unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    session = _new_session(config, run_dir, device, data)
-    return _run(session, callbacks or Callbacks(), stop or StopRequest())
+    """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch.
+
+    Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
+    """
+    world = World.from_env()
+    distributed.check_world(config, world.size, world.local_size)
+    device = world.device(resolve_device(config.device))
+    with distributed.joined(world, device):
+        configure_threads(config, device, world)
+        fresh = run_dir is None or not Path(run_dir).exists()
+        run_dir = distributed.run_on_main(world, lambda: prepare_run_dir(config, run_dir, force))
+        try:
+            data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, device))
+        except BaseException:
+            if fresh and world.is_main:  # nothing was trained: leave no empty run folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if world.is_main:
+            for stale in ("metrics.csv", "best.pt", "last.pt"):  # --force over an old run: none of it stays
+                (run_dir / stale).unlink(missing_ok=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        session = _new_session(config, run_dir, device, data, world)
+        return _run(session, callbacks or Callbacks(), stop or StopRequest())
 
 
 def resume(
@@ -323,8 +348,27 @@ def resume(
     """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
 
     Only train.epochs may be overridden, to extend a run. A run that has finished returns at once, with
-    `already_finished` set.
+    `already_finished` set. Under torchrun every process reads the checkpoint (on several machines, the run
+    folder must be at the same path on each) and they continue together.
     """
+    ckpt, config, run_dir = load_for_resume(path, overrides)
+    world = World.from_env()
+    distributed.check_world(config, world.size, world.local_size)
+    device = world.device(resolve_device(config.device))
+    with distributed.joined(world, device):
+        configure_threads(config, device, world)
+        data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, device))
+        session = _new_session(config, run_dir, device, data, world, ckpt)
+        if session.progress is None and _finished(session):
+            session.result.already_finished = True
+            return session.result
+        if config.train.epochs != ckpt["config"].train.epochs and world.is_main:
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict, Config, Path]:
+    """(checkpoint, config with overrides, run folder) of the run to resume at `path`, every problem refused."""
     path = Path(path)
     ckpt_path = path / "last.pt" if path.is_dir() else path
     if path.is_dir() and not ckpt_path.exists():
@@ -341,37 +385,53 @@ def resume(
         raise ConfigError(
             f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
         )
-
-    device = resolve_device(config.device)
-    configure_threads(config, device)
-    data = load_training_data(config.data, config.seed, device)
-    session = _new_session(config, run_dir, device, data, ckpt)
-    if session.progress is None and _finished(session):
-        session.result.already_finished = True
-        return session.result
-    if config.train.epochs != ckpt["config"].train.epochs:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return _run(session, callbacks or Callbacks(), stop or StopRequest())
+    return ckpt, config, run_dir
 
 
-def _new_session(config: Config, run_dir: Path, device: torch.device, data: TrainingData, ckpt: dict | None = None):
+def _new_session(
+    config: Config,
+    run_dir: Path,
+    device: torch.device,
+    data: TrainingData,
+    world: World = SINGLE,
+    ckpt: dict | None = None,
+):
     """Build model, optimizer and schedule; from a checkpoint, restore every piece of state it holds."""
     seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
     model = build_model(config, data.in_features, NUM_CLASSES).to(device)
     optimizer = build_optimizer([FlatParameters(model).param], config.train)
-    steps = steps_per_epoch(len(data.train), config.train.batch_size)
+    steps = steps_per_epoch(len(data.train), config.train.batch_size, world.size)
     scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
     result = TrainResult(run_dir=run_dir, monitor=config.train.monitor, best_epoch=0)
     scaler = grad_scaler(device, config.train.precision)
-    session = _Session(config, run_dir, device, data, model, optimizer, scheduler, result, scaler)
+    session = _Session(config, run_dir, device, data, model, optimizer, scheduler, result, scaler, world=world)
     session.train_model = model
     if config.train.compile:
         session.train_model, note = compile_model(model, optimizer, data, config)
         if note:
             session.notes.append(note)
-    if ckpt is None:
-        return session
+    if ckpt is not None:
+        _restore(session, ckpt)
+    if world.distributed:
+        session.train_model = distributed.wrap(session.train_model, device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        b = config.train.batch_size
+        session.notes.append(
+            f"{world.size} processes ({backend}), data-parallel: each trains on {b // world.size} of every batch of {b}"
+        )
+        progress = session.progress
+        distributed.seed_rank(config.seed, world, session.start_epoch, progress.step if progress else 0)
+        if progress is not None and not world.is_main:  # the checkpoint's partial sums are all ranks' (see _run)
+            progress.loss_sum.zero_()
+            progress.correct.zero_()
+    return session
 
+
+def _restore(session: _Session, ckpt: dict) -> None:
+    """Every piece of state `ckpt` holds, into the session just built from its config."""
+    config, model, optimizer, scheduler = session.config, session.model, session.optimizer, session.scheduler
+    scaler, result, device = session.scaler, session.result, session.device
+    steps = session.steps
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
     if scheduler is not None:
@@ -390,7 +450,6 @@ def _new_session(config: Config, run_dir: Path, device: torch.device, data: Trai
     session.start_epoch = ckpt["epoch"]
     if ckpt["progress"] is not None:
         session.progress = EpochProgress.from_state_dict(ckpt["progress"], device)
-    return session
 
 
 def compile_model(model: torch.nn.Module, optimizer, data: TrainingData, config: Config):
@@ -421,9 +480,18 @@ def _finished(session: _Session) -> bool:
 
 
 def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
-    """The epoch loop shared by a new run and a resumed one."""
-    config, run_dir, result = session.config, session.run_dir, session.result
-    write_metrics(run_dir / "metrics.csv", result.history)
+    """The epoch loop shared by a new run and a resumed one.
+
+    With several processes, all make the same decisions from the same all-reduced numbers (best epoch, early
+    stop, divergence) and agree on every stop; rank 0 alone reports and writes.
+    """
+    config, run_dir, result, world = session.config, session.run_dir, session.result, session.world
+    main = world.is_main
+    if not main:
+        cb = Callbacks()
+    should_stop = AgreedStop(stop, world)
+    if main:
+        write_metrics(run_dir / "metrics.csv", result.history)
     cb.run_started(
         RunInfo(
             run_dir=run_dir,
@@ -451,15 +519,17 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
         progress=session.progress,
         on_batch=cb.batch_done,
         on_epoch_start=lambda epoch, steps, done: cb.epoch_started(epoch, config.train.epochs, steps, done),
-        should_stop=stop,
+        should_stop=should_stop,
         scaler=session.scaler,
         eval_model=session.model,
+        world=world,
     )
     with stop_on_signals(stop):
         try:
             for stats in epochs:
                 result.history.append(stats)
-                write_metrics(run_dir / "metrics.csv", result.history)
+                if main:
+                    write_metrics(run_dir / "metrics.csv", result.history)
                 if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
                     cb.epoch_done(stats, False)
                     raise RunFailed(
@@ -470,36 +540,63 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
                 improved = is_better(monitor, value, session.best_value)
                 if improved:
                     result.best_epoch = stats.epoch
-                ckpt = session.checkpoint(stats.epoch, None)
-                save_checkpoint(run_dir / "last.pt", **ckpt)
-                if improved:
-                    save_checkpoint(run_dir / "best.pt", **ckpt)
+                if main:
+                    ckpt = session.checkpoint(stats.epoch, None)
+                    save_checkpoint(run_dir / "last.pt", **ckpt)
+                    if improved:
+                        save_checkpoint(run_dir / "best.pt", **ckpt)
                 cb.epoch_done(stats, improved)
                 session.start_epoch = stats.epoch
-                if stop() and stats.epoch < config.train.epochs:
+                if should_stop.now() and stats.epoch < config.train.epochs:
                     raise _stopped(session, None, stop)
                 if _finished(session) and stats.epoch < config.train.epochs:
                     result.stopped_early = True
                     break
         except TrainingStopped as e:
-            save_checkpoint(run_dir / "last.pt", **session.checkpoint(session.start_epoch, e.progress))
-            raise _stopped(session, e.progress, stop) from None
-    plot_run(run_dir)  # curves.png, drawn from the metrics.csv just written
+            progress = e.progress  # every process stopped after the same batch; rank 0 saves all ranks' sums
+            progress.loss_sum, progress.correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
+            if main:
+                save_checkpoint(run_dir / "last.pt", **session.checkpoint(session.start_epoch, progress))
+            raise _stopped(session, progress, stop) from None
+    if main:
+        plot_run(run_dir)  # curves.png, drawn from the metrics.csv just written
     return result
+
+
+class AgreedStop:
+    """The loop's should_stop: the local StopRequest, or, with several processes, whether any of them has one.
+
+    Every process calls it at the same points (after every batch, after every epoch), so they all stop after the
+    same batch and none is left waiting in a collective. Between batches they compare notes every
+    `every` batches only: one all-reduce costs ~0.7 ms on a busy 2-core CPU, more than a small step.
+    """
+
+    def __init__(self, stop: StopRequest, world: World, every: int = 8):
+        self.stop, self.world, self.every, self.calls = stop, world, every, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if self.world.distributed and self.calls % self.every:
+            return False
+        return self.now()
+
+    def now(self) -> bool:
+        signum = self.world.agreed_signal(self.stop.signum)
+        if signum is not None and self.stop.signum is None:  # another process got the signal: stop likewise
+            self.stop.signum = signum
+        return self.stop()
 
 
 def _resume_point(session: _Session) -> str | None:
     if session.progress is not None:
-        steps = steps_per_epoch(len(session.data.train), session.config.train.batch_size)
-        return f"epoch {session.progress.epoch}, batch {session.progress.step + 1}/{steps}"
+        return f"epoch {session.progress.epoch}, batch {session.progress.step + 1}/{session.steps}"
     return f"epoch {session.start_epoch + 1}" if session.start_epoch else None
 
 
 def _stopped(session: _Session, progress: EpochProgress | None, stop: StopRequest) -> Interrupted:
-    run_dir = session.run_dir
-    steps = steps_per_epoch(len(session.data.train), session.config.train.batch_size)
+    run_dir, world = session.run_dir, session.world
     where = (
-        f"in epoch {progress.epoch} after batch {progress.step}/{steps}"
+        f"in epoch {progress.epoch} after batch {progress.step}/{session.steps}"
         if progress is not None
         else f"after epoch {session.start_epoch}"
     )
@@ -510,9 +607,12 @@ def _stopped(session: _Session, progress: EpochProgress | None, stop: StopReques
         if result.best_epoch
         else ""
     )
+    command = f"mlptrain train --resume {run_dir}"
+    if world.distributed:  # on one machine --nproc says it all; on several, torchrun's flags are the user's own
+        command = f"{command} --nproc {world.size}" if world.local_size == world.size else f"torchrun ... -m {command}"
     return Interrupted(
         f"{name}: stopped {where}; its exact place is saved in {run_dir / 'last.pt'}{best}",
-        resume_command=f"mlptrain train --resume {run_dir}",
+        resume_command=command,
         signum=stop.signum,
     )
 

@@ -1,0 +1,213 @@
+"""Data-parallel training on PyTorch's own engine: the processes torchrun starts, their process group, their sums.
+
+A World of one process is the plain single-process run: its collectives are no-ops, so the loop has one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from mlptrain.config import Config, resolve_device
+from mlptrain.data import shard_order
+from mlptrain.errors import ConfigError, MlptrainError, RunFailed
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """Which process this is among how many; torchrun says so in RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # among the processes of this machine: the GPU it drives
+    local_size: int = 1  # processes on this machine: they share its CPU cores
+
+    @classmethod
+    def from_env(cls) -> World:
+        env = os.environ
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            return cls()
+        size = int(env["WORLD_SIZE"])
+        return cls(int(env["RANK"]), size, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", size)))
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that prints and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def device(self, device: torch.device) -> torch.device:
+        """Where this process trains: a CUDA device means its own GPU, cuda:LOCAL_RANK (one GPU per process)."""
+        if not self.distributed or device.type != "cuda":
+            return device
+        return torch.device("cuda", self.local_rank)
+
+    def shard(self, order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+        """(this process's part of every global batch of `order`, its batch size); see data.shard_order."""
+        return shard_order(order, batch_size, self.rank, self.size)
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all processes (the tensor itself in a single process)."""
+        if not self.distributed:
+            return tensor
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    def agreed_signal(self, signum: int | None) -> int | None:
+        """The signal any process received (the highest number), or None: every process gets the same answer.
+
+        Called by all processes at the same point of the loop (every batch), so they stop at the same batch and
+        none is left waiting in a collective. A CPU tensor, so on CUDA it costs no device sync.
+        """
+        if not self.distributed:
+            return signum
+        flag = torch.tensor([signum or 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_cpu_group)
+        return int(flag) or None
+
+
+SINGLE = World()
+_cpu_group = None  # gloo group for the small host-side messages: the default group itself, unless that is nccl
+
+
+def check_world(config: Config, world_size: int, local_size: int) -> None:
+    """Refuse, before any work, a config that cannot be split over `world_size` processes."""
+    if world_size == 1:
+        return
+    batch_size = config.train.batch_size
+    if batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size ({batch_size}) is the global batch and must divide evenly over the {world_size} "
+            f"processes; use a multiple of {world_size}"
+        )
+    device = resolve_device(config.device)
+    if device.type == "mps":
+        raise ConfigError("device: mps trains in one process only; several processes need cpu or cuda")
+    if device.type == "cuda" and local_size > torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {local_size} processes on this machine need a GPU each, but it has "
+            f"{torch.cuda.device_count()}; start at most that many"
+        )
+
+
+@contextlib.contextmanager
+def joined(world: World, device: torch.device):
+    """The process group of a torchrun launch, for the length of a run: gloo on CPU, nccl on CUDA.
+
+    Destroyed at the end, errors included. A single process, or a group the caller set up itself, is left alone.
+    """
+    global _cpu_group
+    if not world.distributed or dist.is_initialized():
+        _cpu_group = None
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+        _cpu_group = dist.new_group(backend="gloo")
+    else:
+        dist.init_process_group("gloo")
+        _cpu_group = None  # the default group is gloo already
+    try:
+        yield
+    finally:
+        _cpu_group = None
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` in DistributedDataParallel: gradients averaged over all processes during backward.
+
+    Works with FlatParameters: with gradient_as_bucket_view off (the default) the reducer copies each averaged
+    bucket back into the parameters' existing .grad tensors, which are views into the flat gradient, so the
+    optimizer's one flat step sees them. Every parameter gets a gradient from the one MLPFunction node, so
+    find_unused_parameters is not needed.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def seed_rank(seed: int, world: World, *where: int) -> None:
+    """Give every process but rank 0 a dropout stream of its own, drawn from (seed, rank, where).
+
+    Rank 0 keeps the stream a checkpoint saves and restores; the others' streams are not saved, so on resume
+    they start afresh (`where` is the resume point, so they do not repeat the masks they drew before).
+    """
+    if world.rank:
+        torch.manual_seed(hash((seed, world.rank, *where)) % 2**63)
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run `python -m mlptrain ARGV` in `nproc` processes on this machine through torch.distributed.run.
+
+    Returns the exit code to leave with: 0; 128+signal when this process was stopped by one (torchrun passes it
+    to the workers, which save and stop); else the first failed worker's own code (rank 0's one-line error has
+    been printed by it). Raises RunFailed for a worker killed by a signal, which could say nothing itself.
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # Each worker sets its own thread count (runner.configure_threads); this only keeps torchrun from warning.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "mlptrain", *argv])
+    logging.disable(logging.ERROR)  # torchrun's own log lines; the workers speak for themselves
+    try:
+        run(args)
+        return 0
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        # A worker's own exit code first: once one fails, torchrun SIGTERMs the rest, which may still be exiting.
+        rank, failure = min(e.failures.items(), key=lambda item: (item[1].exitcode < 0, item[0]))
+        if failure.exitcode < 0:
+            name = signal.Signals(-failure.exitcode).name
+            raise RunFailed(f"worker rank {rank} was killed by {name}") from None
+        return failure.exitcode
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def run_on_main(world: World, fn: Callable[[], T]) -> T:
+    """fn() on rank 0 only, its result on every process; an error it raises is raised on every process."""
+    return _main_then_all(world, fn, share=True)
+
+
+def main_first(world: World, fn: Callable[[], T]) -> T:
+    """fn() on rank 0, then, once it succeeded, on every other process (rank 0 downloads a missing dataset once)."""
+    return _main_then_all(world, fn, share=False)
+
+
+def _main_then_all(world: World, fn: Callable[[], T], share: bool) -> T:
+    if not world.distributed:
+        return fn()
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = fn()
+        except MlptrainError as e:  # a user's problem: every process exits with it; rank 0 says it
+            error = e
+    box = [(result if share else None, error)]
+    dist.broadcast_object_list(box, src=0, group=_cpu_group)
+    shared, error = box[0]
+    if error is not None:
+        raise error
+    if world.is_main:
+        return result
+    return shared if share else fn()
