@@ -20,7 +20,6 @@ import yaml
 
 from mlptrain.errors import ConfigError
 
-DATASETS = ("mnist", "fashion-mnist", "synthetic")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

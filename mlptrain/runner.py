@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -321,11 +322,7 @@ def train(
 
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
     """
-    world = World.from_env()
-    distributed.check_world(config, world.size, world.local_size)
-    device = world.device(resolve_device(config.device))
-    with distributed.joined(world, device):
-        configure_threads(config, device, world)
+    with _processes(config) as (world, device):
         fresh = run_dir is None or not Path(run_dir).exists()
         run_dir = distributed.run_on_main(world, lambda: prepare_run_dir(config, run_dir, force))
         try:
@@ -352,11 +349,7 @@ def resume(
     folder must be at the same path on each) and they continue together.
     """
     ckpt, config, run_dir = load_for_resume(path, overrides)
-    world = World.from_env()
-    distributed.check_world(config, world.size, world.local_size)
-    device = world.device(resolve_device(config.device))
-    with distributed.joined(world, device):
-        configure_threads(config, device, world)
+    with _processes(config) as (world, device):
         data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, device))
         session = _new_session(config, run_dir, device, data, world, ckpt)
         if session.progress is None and _finished(session):
@@ -365,6 +358,18 @@ def resume(
         if config.train.epochs != ckpt["config"].train.epochs and world.is_main:
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+@contextlib.contextmanager
+def _processes(config: Config) -> Iterator[tuple[World, torch.device]]:
+    """(this process's world, its device) for a run of `config`, inside torchrun's process group where there is
+    one, with the CPU threads set; refuses a config that cannot be split over the processes."""
+    world = World.from_env()
+    distributed.check_world(config, world.size, world.local_size)
+    device = world.device(resolve_device(config.device))
+    with distributed.joined(world, device):
+        configure_threads(config, device, world)
+        yield world, device
 
 
 def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict, Config, Path]:

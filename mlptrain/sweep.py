@@ -371,8 +371,12 @@ def _interrupted(sweep: Sweep, message: str, signum: int):
 class TrialRow:
     trial: Trial
     run: RunSummary | None  # None until the trial has a run folder
-    value: float | None  # the monitored metric at the trial's best epoch
     best: bool = False  # the best finished trial
+
+    @property
+    def value(self) -> float | None:
+        """The monitored metric at the trial's best epoch (None before its first finished epoch)."""
+        return self.run.best_value if self.run else None
 
     def to_json(self, monitor: str, keys: list[str]) -> dict[str, Any]:
         run = self.run
@@ -412,7 +416,7 @@ def table(folder: Path) -> SweepTable:
     rows = []
     for trial in sweep.trials:
         run = read_run(sweep.folder / trial.dir) if (sweep.folder / trial.dir / "config.yaml").is_file() else None
-        rows.append(TrialRow(trial, run, run.best_value if run else None))
+        rows.append(TrialRow(trial, run))
     sign = -1 if monitor == "val_acc" else 1
     rows.sort(key=lambda r: (r.value is None, sign * r.value if r.value is not None else 0, r.trial.index))
     done = [r for r in rows if r.trial.state == "done" and r.value is not None]
