@@ -1,0 +1,102 @@
+"""Follow one `mlptrain train` call through the library: which modules it visits, in what order, and how often a
+call goes back up the import layers (a module calling one that imports it, directly or not: a callback).
+
+    .venv/bin/python tools/call_path.py [configs/smoke.yaml]
+
+Prints the modules in the order the call first enters them, the hand-offs between modules, and the counts.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import tempfile
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mlptrain"
+
+
+def imports() -> dict[str, set[str]]:
+    """module -> the mlptrain modules it imports (at run time: TYPE_CHECKING blocks left out)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(("mlptrain", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for n in ast.walk(node)}
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mlptrain"):
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("mlptrain"))
+        graph[name] = found
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def above(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """module -> every module that imports it, directly or through others."""
+    importers: dict[str, set[str]] = {m: set() for m in graph}
+    for m in graph:
+        todo, seen = list(graph[m]), set()
+        while todo:
+            d = todo.pop()
+            if d in seen:
+                continue
+            seen.add(d)
+            importers[d].add(m)
+            todo += graph.get(d, ())
+    return importers
+
+
+def trace(config: str) -> list[tuple[str, str]]:
+    calls: list[tuple[str, str]] = []
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        callee = frame.f_globals.get("__name__", "")
+        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
+        if callee.startswith("mlptrain") and caller.startswith("mlptrain") and callee != caller:
+            calls.append((caller, callee))
+
+    from mlptrain.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.argv = ["mlptrain", "train", config, "--run-dir", f"{tmp}/run", "--quiet"]
+        sys.setprofile(profile)
+        try:
+            main()
+        except SystemExit:
+            pass
+        finally:
+            sys.setprofile(None)
+    return calls
+
+
+def main() -> None:
+    config = sys.argv[1] if len(sys.argv) > 1 else "configs/smoke.yaml"
+    importers = above(imports())
+    calls = trace(config)
+    # Collapse repeats (the loop calls the same hand-off every batch): one hand-off per distinct (caller, callee)
+    # pair in first-seen order.
+    pairs = list(dict.fromkeys(calls))
+    visited = list(dict.fromkeys(m for pair in pairs for m in pair))
+    upward = [(a, b) for a, b in pairs if b in importers and a in _lower_than(b, importers)]
+    print(f"modules visited ({len(visited)}): " + " -> ".join(m.removeprefix("mlptrain.") for m in visited))
+    print(f"distinct hand-offs between modules: {len(pairs)}")
+    print(f"hand-offs back up the import layers (a callee that imports its caller): {len(upward)}")
+    for a, b in upward:
+        print(f"  {a.removeprefix('mlptrain.')} -> {b.removeprefix('mlptrain.')}")
+
+
+def _lower_than(module: str, importers: dict[str, set[str]]) -> set[str]:
+    """Modules that `module` imports, directly or not."""
+    return {m for m, users in importers.items() if module in users}
+
+
+if __name__ == "__main__":
+    main()
