@@ -22,20 +22,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlptrain.config import TrainConfig
-from mlptrain.data import Split, normalize
+from mlptrain.data import IN_FEATURES, NUM_CLASSES, Split, normalize, write_idx
 from mlptrain.engine import (
     EpochProgress,
     FlatParameters,
-    autocast,
+    Hooks,
+    TrainState,
+    autograd_step,
     build_optimizer,
     grad_scaler,
     synchronize,
-    takes_step_by_hand,
     train_epoch,
+    train_step,
 )
-from mlptrain.nn import MLP
+from mlptrain.nn import MLP, to_torch
 
-IN_FEATURES, CLASSES = 784, 10
+CLASSES = NUM_CLASSES
 LAYER_GOAL = 0.97  # torch.nn.Linear's step time over ours: ours is never meaningfully slower
 ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH = 0.5, 512  # fraction of the matmul peak, from this batch size up
 ROOFLINE_HIDDEN = (512, 256)
@@ -373,18 +375,18 @@ def bench_layer(device: torch.device, hidden: Sequence[int], batch_size: int, pl
     sizes = mlp_sizes(hidden)
     ours_fused, ours_by_hand = _seeded_mlp(sizes, device, fused=True), _seeded_mlp(sizes, device, fused=True)
     ours_per_layer = _seeded_mlp(sizes, device, fused=False)
-    torch_flat, torch_plain = torch_mlp(sizes, ours_fused), torch_mlp(sizes, ours_fused)
+    torch_flat, torch_plain = to_torch(ours_fused), to_torch(ours_fused)
     batches = random_batches(sizes[0], batch_size, device, count=4)
     _check_same_logits([ours_fused, ours_by_hand, ours_per_layer, torch_flat, torch_plain], batches[0][0])
 
     cfg = TrainConfig(lr=0.01, momentum=0.9)
     steps = {
         "ours_per_layer": _flat_step(ours_per_layer, cfg, batches),
-        "ours_fused": _flat_step(ours_fused, cfg, batches, autograd=True),
+        "ours_fused": _flat_step(ours_fused, cfg, batches, step=autograd_step),
         "ours_by_hand": _flat_step(ours_by_hand, cfg, batches),
         "torch_same_optimizer": _flat_step(torch_flat, cfg, batches),
-        "torch_plain_sgd": train_step(
-            torch_plain, torch.optim.SGD(torch_plain.parameters(), lr=0.01, momentum=0.9), batches, set_to_none=True
+        "torch_plain_sgd": plain_step(
+            torch_plain, torch.optim.SGD(torch_plain.parameters(), lr=0.01, momentum=0.9), batches
         ),
     }
     counts = thread_counts()
@@ -479,16 +481,18 @@ def _our_loop(loop: EpochLoop, initial: MLP, split: Split, warm_split: Split, im
     train_model = torch.compile(model) if loop.name == "ours_compiled" else model
     epochs = itertools.count(1)
 
+    state = TrainState(model, optimizer, scaler=scaler, train_model=train_model)
+
     def epoch(on: Split) -> None:
         progress = EpochProgress.begin(next(epochs), on, seed=0, lr=cfg.lr)
-        train_epoch(train_model, optimizer, None, on, EPOCH_BATCH, progress, precision=cfg.precision, scaler=scaler)
+        train_epoch(state, on, progress, cfg, Hooks())
 
     return (lambda: epoch(split)), (lambda: epoch(warm_split))
 
 
 def _plain_loop(loop: EpochLoop, initial: MLP, split: Split, warm_split: Split, images, labels, device):
     """What a PyTorch user writes once the data is preloaded: a randperm, index per batch, torch.nn.Linear."""
-    model = torch_mlp(initial.sizes, initial).to(device)
+    model = to_torch(initial)
     optimizer = torch.optim.SGD(model.parameters(), lr=EPOCH_LR)
 
     def epoch(on: Split) -> None:
@@ -523,7 +527,7 @@ def _tutorial_loop(loop: EpochLoop, initial: MLP, split: Split, warm_split: Spli
         write_idx(raw / "t10k-labels-idx1-ubyte", labels[:10])
         trainset = datasets.MNIST(root, train=True, transform=transforms.ToTensor(), download=False)  # reads all
     trainloader = DataLoader(trainset, batch_size=64, shuffle=True)
-    model = torch_mlp(initial.sizes, initial).to(device)
+    model = to_torch(initial)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=EPOCH_LR)
 
@@ -543,13 +547,6 @@ def _tutorial_loop(loop: EpochLoop, initial: MLP, split: Split, warm_split: Spli
         return running_loss
 
     return epoch, lambda: epoch(WARMUP_BATCHES)
-
-
-def write_idx(path: Path, tensor: torch.Tensor) -> None:
-    """uint8 (N, ...) as an IDX file, MNIST's format: magic 0x0800+ndim, each dim 4-byte big-endian, raw bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = (0x0800 + tensor.dim()).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
-    path.write_bytes(header + tensor.to(torch.uint8).contiguous().numpy().tobytes())
 
 
 # --- 3. roofline -----------------------------------------------------------------------------------------------
@@ -573,7 +570,7 @@ def bench_roofline(device: torch.device, plan: Plan) -> RooflineResult:
         calls: dict[str, Callable[[], object]] = {"peak": lambda a=a, b=b, c=c: torch.mm(a, b, out=c)}
         for batch_size in plan.roofline_batches:
             batches = random_batches(sizes[0], batch_size, device, count=2)
-            calls[str(batch_size)] = train_step(model, optimizer, batches, precision=precision)
+            calls[str(batch_size)] = steps(model, optimizer, batches, precision=precision)
         seconds = median_seconds(calls, device, plan.repeats, warmup=2, min_seconds=plan.min_seconds)
         peaks[precision] = 2 * n**3 / seconds["peak"]
         for batch_size in plan.roofline_batches:
@@ -605,7 +602,7 @@ def bench_growth(device: torch.device, plan: Plan) -> GrowthResult:
         for sizes, batch_size in cases:
             model = _seeded_mlp(sizes, device, fused=True)
             optimizer = build_optimizer([FlatParameters(model).param], cfg)
-            step = train_step(model, optimizer, random_batches(sizes[0], batch_size, device, count=2))
+            step = steps(model, optimizer, random_batches(sizes[0], batch_size, device, count=2))
             for n in (all_threads, 1):
                 key = f"{sizes}/{batch_size}/{n}"
                 calls[key], threads[key] = step, n
@@ -633,21 +630,6 @@ def mlp_sizes(hidden: Sequence[int]) -> list[int]:
     return [IN_FEATURES, *hidden, CLASSES]
 
 
-def torch_mlp(sizes: Sequence[int], like: MLP) -> nn.Sequential:
-    """The same network from torch.nn.Linear and nn.ReLU, holding `like`'s weights (a copy)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
-    model = nn.Sequential(*layers).to(like.layers[0].weight.device)
-    # ours: layers.{i}.weight; the Sequential: {2i}.weight (the ReLUs take the odd indices)
-    state = {}
-    for key, value in like.state_dict().items():
-        _, i, name = key.split(".")
-        state[f"{2 * int(i)}.{name}"] = value.clone()
-    model.load_state_dict(state)
-    return model
-
-
 def _seeded_mlp(sizes: Sequence[int], device: torch.device, fused: bool) -> MLP:
     torch.manual_seed(0)  # every model of the same sizes starts from the same weights
     return MLP(sizes, fused=fused).to(device)
@@ -665,42 +647,34 @@ def random_batches(in_features: int, batch_size: int, device: torch.device, coun
     ]
 
 
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches,
-    precision: str = "fp32",
-    set_to_none: bool = False,
-    autograd: bool = False,
-) -> Callable[[], None]:
-    """One training step per call, cycling through `batches`, as the trainer takes it: by hand (MLP.backprop,
-    then the optimizer step) where train_epoch does that, unless `autograd`; else zero_grad, forward, loss,
-    backward, step. set_to_none=False keeps FlatParameters' gradient views bound, as the trainer does.
-    """
+def steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str = "fp32", step=train_step):
+    """One training step per call, cycling through `batches`, as `step` (engine.train_step: the trainer's own)
+    takes it."""
     cycle = itertools.cycle(batches)
 
-    def step_by_hand() -> None:
+    def call() -> None:
         x, y = next(cycle)
-        model.backprop(x, y)
+        step(model, optimizer, x, y, precision)
+
+    return call
+
+
+def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> Callable[[], None]:
+    """One step per call of what a plain PyTorch script does: zero_grad (to None), forward, loss, backward, step."""
+    cycle = itertools.cycle(batches)
+
+    def call() -> None:
+        x, y = next(cycle)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    if not autograd and takes_step_by_hand(model, precision):
-        return step_by_hand
-
-    def step() -> None:
-        x, y = next(cycle)
-        optimizer.zero_grad(set_to_none=set_to_none)
-        with autocast(x.device, precision):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return call
 
 
-def _flat_step(model: nn.Module, cfg: TrainConfig, batches, autograd: bool = False) -> Callable[[], None]:
+def _flat_step(model: nn.Module, cfg: TrainConfig, batches, step=train_step) -> Callable[[], None]:
     """A step the way the trainer takes it: the parameters flattened into one tensor, the fused optimizer."""
-    return train_step(model, build_optimizer([FlatParameters(model).param], cfg), batches, autograd=autograd)
+    return steps(model, build_optimizer([FlatParameters(model).param], cfg), batches, step=step)
 
 
 def busy_cpu_seconds() -> float | None:

@@ -1,8 +1,10 @@
-"""Self-contained checkpoints: written atomically, read with weights_only=True, checked before use.
+"""Self-contained checkpoints, the whole format in one place: what goes in, writing it atomically, reading and
+checking it (weights_only=True), and restoring a run's training state from it.
 
 A checkpoint holds everything needed to rebuild, score or resume the model without the original config file:
-the weights, the resolved config, the data's size and normalisation, the epoch and its metrics, the optimizer
-and scheduler state, and the versions that wrote it.
+the weights, the resolved config, the data's size and normalisation, the epoch, its metrics and the history,
+the optimizer, scheduler and loss-scaler state, every RNG's state, the place inside an epoch where a run was
+stopped, and the versions that wrote it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,13 @@ import torch
 
 from mlptrain import __version__
 from mlptrain.config import Config
+from mlptrain.data import NUM_CLASSES, TrainingData
+from mlptrain.engine import EpochProgress, TrainState
 from mlptrain.errors import CheckpointError, ConfigError
 from mlptrain.files import atomic_write
-from mlptrain.nn import MLP
+from mlptrain.metrics import EpochStats, History
+from mlptrain.nn import MLP, build_model
+from mlptrain.rng import rng_state, set_rng_state
 
 FORMAT = "mlptrain-checkpoint"
 FORMAT_VERSION = 1
@@ -35,10 +42,23 @@ _REQUIRED = (
     "scheduler",
     "rng",
     "progress",
-)
+)  # and "scaler", which checkpoints of runs without loss scaling may lack
+_DATA_KEYS = ("in_features", "num_classes", "mean", "std")
+# What a learning-rate scheduler's state_dict holds about how far it has got; the rest describes the schedule.
+_SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
 
 
-def save_checkpoint(path: Path, **fields: Any) -> None:
+def save_checkpoint(
+    paths: Sequence[Path], config: Config, data: TrainingData, state: TrainState, history: History
+) -> None:
+    """Write the run's checkpoint at state.epoch (and state.progress, if stopped inside an epoch) to each of
+    `paths` in turn, each atomically."""
+    fields = checkpoint_fields(config, data, state, history)
+    for path in paths:
+        write_checkpoint(path, fields)
+
+
+def write_checkpoint(path: Path, fields: dict[str, Any]) -> None:
     """Atomically write a checkpoint holding `fields` (see _REQUIRED) plus the format and versions."""
     payload = {
         "format": FORMAT,
@@ -47,6 +67,58 @@ def save_checkpoint(path: Path, **fields: Any) -> None:
         **fields,
     }
     atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, history: History) -> dict[str, Any]:
+    """What a checkpoint of the run holds (see the module's docstring), as plain data and tensors."""
+    epoch, kept = state.epoch, History(history.monitor, history.epochs[: state.epoch])
+    return {
+        "config": config.to_dict(),
+        "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std},
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "epoch": epoch,
+        "metrics": kept.epochs[-1].as_dict() if epoch else {},
+        "history": [s.as_dict() for s in kept.epochs],
+        "best": {"epoch": kept.best_epoch, "monitor": kept.monitor, "value": kept.best_value},
+        "rng": rng_state(_device(state.model)),
+        "progress": state.progress.state_dict() if state.progress is not None else None,
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+    }
+
+
+def restore(ckpt: dict[str, Any], state: TrainState) -> list[EpochStats]:
+    """Put every piece of training state that `ckpt` holds into `state`, built afresh from the checkpoint's config
+    (model, optimizer, scheduler and scaler, all on their device); returns the epochs the run has finished."""
+    device = _device(state.model)
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
+    if state.scheduler is not None:
+        _restore_scheduler(state.scheduler, ckpt["scheduler"])
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], device)
+    state.epoch = int(ckpt["epoch"])
+    progress = ckpt["progress"]
+    state.progress = EpochProgress.from_state_dict(progress, device) if progress is not None else None
+    return [EpochStats(**row) for row in ckpt["history"]]
+
+
+def _restore_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, saved: dict[str, Any]) -> None:
+    """Continue the saved schedule; where the run's length has changed since (train.epochs extended, or another
+    number of processes), continue the new, longer schedule from the step reached instead."""
+    fresh = scheduler.state_dict()
+    if all(fresh[key] == saved.get(key) for key in fresh if key not in _SCHEDULER_PROGRESS):
+        scheduler.load_state_dict(saved)
+        return
+    fresh.update(last_epoch=saved["last_epoch"] - 1, _step_count=saved["_step_count"])
+    scheduler.load_state_dict(fresh)
+    scheduler.step()  # the new schedule's rate (and momentum) at the step reached
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -93,22 +165,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-_DATA_KEYS = ("in_features", "num_classes", "mean", "std")
-
-
-def model_sizes(config: Config, in_features: int, num_classes: int) -> list[int]:
-    return [in_features, *config.model.hidden, num_classes]
-
-
-def build_model(config: Config, in_features: int, num_classes: int) -> MLP:
-    m = config.model
-    return MLP(model_sizes(config, in_features, num_classes), m.activation, m.dropout, m.bias, m.fused)
+def load_model(path: str | Path, device: torch.device) -> tuple[dict[str, Any], MLP]:
+    """(the checkpoint at `path`, its model on `device`): how eval, predict and export begin."""
+    ckpt = load_checkpoint(path)
+    return ckpt, model_from_checkpoint(ckpt, Path(path), device)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path, device: torch.device) -> MLP:
     """Rebuild the MLP from the checkpoint's own config and load its weights, refusing any mismatch."""
     data = ckpt["data"]
-    model = build_model(ckpt["config"], int(data["in_features"]), int(data["num_classes"]))
+    model = build_model(ckpt["config"].model, int(data["in_features"]), int(data["num_classes"]))
     state = ckpt["model"]
     expected = model.state_dict()
     if not isinstance(state, dict) or set(state) != set(expected):

@@ -84,11 +84,12 @@ def _errors():
 def _live(reporter):
     """Around training: the reporter's progress bar is closed whatever happens, and a run stopped by a signal
     prints where it stopped and the command that carries on, and exits 128 + the signal's number."""
-    from mlptrain import report, runner
+    from mlptrain import report
+    from mlptrain.errors import Interrupted
 
     try:
         yield reporter
-    except runner.Interrupted as e:
+    except Interrupted as e:
         reporter.close()
         if _rank() == 0:  # under torchrun, one message for all the ranks
             report.interrupted(str(e), e.resume_command)
@@ -145,15 +146,17 @@ def train(
         if resume is not None and (run_dir is not None or force):
             raise ConfigError("--resume continues a run in its own folder; --run-dir and --force do not apply")
         cfg = load_config(config, set_ or []) if config is not None else None
-        from mlptrain import runner
+        from mlptrain import trainer
 
         if nproc > 1:
             from mlptrain import distributed
+            from mlptrain.config import resolve_device
 
             if distributed.World.from_env().distributed:
                 raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
-            checked = cfg if cfg is not None else runner.load_for_resume(resume, set_ or [])[1]
-            distributed.check_world(checked, nproc, nproc)  # bad input is refused here, before any worker starts
+            checked = cfg if cfg is not None else trainer.load_for_resume(resume, set_ or [])[1]
+            # bad input is refused here, before any worker starts
+            distributed.check_world(checked, resolve_device(checked.device), nproc, nproc)
             argv = [str(config)] if config is not None else ["--resume", str(resume)]
             argv += [f"--set={item}" for item in set_ or []]
             argv += ["--run-dir", str(run_dir)] if run_dir is not None else []
@@ -163,9 +166,9 @@ def train(
         rank = _rank()
         with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)) as reporter:
             if cfg is not None:
-                result = runner.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
+                result = trainer.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
-                result = runner.resume(resume, set_ or [], callbacks=reporter)
+                result = trainer.resume(resume, set_ or [], callbacks=reporter)
         if rank > 0:
             return
         if json_out:
@@ -175,7 +178,7 @@ def train(
 
 
 @app.command("eval")
-def eval_(
+def evaluate(
     checkpoint: Annotated[
         Path,
         typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt."),
@@ -196,9 +199,10 @@ def eval_(
 ) -> None:
     """Rebuild the model from CHECKPOINT alone and score it: accuracy, per class, and the confusion matrix."""
     with _errors():
-        from mlptrain import report, runner
+        from mlptrain import report
+        from mlptrain.evaluate import evaluate_checkpoint
 
-        result = runner.evaluate_checkpoint(
+        result = evaluate_checkpoint(
             checkpoint, split=split.value, data_root=data_root, device=device, errors_image=errors
         )
         if result.record_problem:
@@ -221,8 +225,12 @@ def plot(
     with _errors():
         from mlptrain import report
         from mlptrain.plot import plot_run
+        from mlptrain.runs import read_run
 
-        report.saved(report.make_console(), "curves", plot_run(run_dir, out))
+        run = read_run(run_dir)
+        for problem in run.problems:
+            report.warning(problem)
+        report.saved(report.make_console(), "curves", plot_run(run, out))
 
 
 @app.command()
@@ -252,7 +260,7 @@ def predict(
 
 
 @app.command("runs")
-def runs_(
+def runs(
     folder: Annotated[Path, typer.Argument(metavar="[DIR]", help="The folder of runs (default: runs).")] = Path("runs"),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON list, an object per run.")] = False,
     out: Annotated[
@@ -265,7 +273,8 @@ def runs_(
     A sweep folder lists its trials instead, best first on the monitored metric.
     """
     with _errors():
-        from mlptrain import report, runs
+        from mlptrain import report
+        from mlptrain import runs as run_folders
         from mlptrain import sweep as sweep_
         from mlptrain.errors import ConfigError
 
@@ -273,6 +282,8 @@ def runs_(
             raise ConfigError(f"--out {out}: give a file name ending in .png")
         if sweep_.is_sweep(folder):
             table = sweep_.table(folder)
+            for problem in (p for row in table.rows if row.run for p in row.run.problems):
+                report.warning(problem)
             if json_out:
                 typer.echo(json.dumps(table.to_json()))
             else:
@@ -282,15 +293,18 @@ def runs_(
             best = next((i for i, row in enumerate(scored) if row.best), None)
             keys, metric, what = table.keys, table.monitor, "trials"
         else:
-            found = runs.list_runs(folder)
-            keys = runs.differing_keys(found)
+            found = run_folders.list_runs(folder)
+            keys = run_folders.differing_keys(found)
+            for run in found:
+                for problem in run.problems:
+                    report.warning(problem)
             if json_out:
                 typer.echo(json.dumps([run.to_json(keys) for run in found]))
             else:
                 report.show_runs(report.make_console(), folder, found, keys)
-            points = [(run.settings, run.best_val_acc) for run in found if run.best_val_acc is not None]
-            best = max(range(len(points)), key=lambda i: points[i][1], default=None)
-            metric, what = "val_acc", "runs"
+            scored = [run for run in found if run.best_val_acc is not None]
+            points = [(run.settings, run.best_val_acc) for run in scored]
+            best, metric, what = run_folders.best_run(scored), "val_acc", "runs"
         if out is not None:
             from mlptrain.plot import save_metric_plot
 

@@ -18,9 +18,13 @@ import torch
 
 from mlptrain.config import DataConfig
 from mlptrain.errors import DataError
+from mlptrain.files import atomic_write, make_dirs
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NUM_CLASSES = 10
+# Every dataset here is MNIST-shaped: 28×28 images. A model's input size comes from its data (TrainingData's
+# in_features); this is for sizing work before any data is loaded.
+IN_FEATURES = 28 * 28
 # Rows per forward pass when evaluating. Fixed, so validation during training and `mlptrain eval` run the very
 # same computation and agree to the last digit.
 EVAL_BATCH_SIZE = 8192
@@ -208,6 +212,26 @@ def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
             f"({expected_size} bytes in all) but the file has {size}"
         )
     return shape
+
+
+def idx_bytes(tensor: torch.Tensor) -> bytes:
+    """Unsigned bytes (N, ...) as IDX, MNIST's format: magic 0x0800 + ndim, each dimension as a 4-byte big-endian
+    number, then the raw bytes. Integers in 0..255 of another dtype are accepted; anything else is refused."""
+    if tensor.dtype != torch.uint8:
+        if tensor.dtype.is_floating_point or (tensor.numel() and (tensor.min() < 0 or tensor.max() > 255)):
+            raise ValueError(f"IDX here holds unsigned bytes; got {tensor.dtype} with values outside 0..255")
+        tensor = tensor.to(torch.uint8)
+    header = (0x0800 + tensor.dim()).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in tensor.shape)
+    return header + tensor.contiguous().numpy().tobytes()
+
+
+def write_idx(path: Path, tensor: torch.Tensor) -> Path:
+    """Write `tensor` (see idx_bytes) as an IDX file, atomically, making its folder if needed; returns the path."""
+    path = Path(path)
+    make_dirs(path.parent)
+    data = idx_bytes(tensor)
+    atomic_write(path, lambda f: f.write(data))
+    return path
 
 
 def _unpack_gzipped(folder: Path) -> None:

@@ -16,8 +16,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from mlptrain.config import Config, resolve_device
-from mlptrain.data import shard_order
+from mlptrain.config import Config
 from mlptrain.errors import ConfigError, MlptrainError, RunFailed
 
 T = TypeVar("T")
@@ -55,10 +54,6 @@ class World:
             return device
         return torch.device("cuda", self.local_rank)
 
-    def shard(self, order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
-        """(this process's part of every global batch of `order`, its batch size); see data.shard_order."""
-        return shard_order(order, batch_size, self.rank, self.size)
-
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of `tensor` over all processes (the tensor itself in a single process)."""
         if not self.distributed:
@@ -84,8 +79,8 @@ SINGLE = World()
 _cpu_group = None  # gloo group for the small host-side messages: the default group itself, unless that is nccl
 
 
-def check_world(config: Config, world_size: int, local_size: int) -> None:
-    """Refuse, before any work, a config that cannot be split over `world_size` processes."""
+def check_world(config: Config, device: torch.device, world_size: int, local_size: int) -> None:
+    """Refuse, before any work, a config that cannot be split over `world_size` processes on `device`."""
     if world_size == 1:
         return
     batch_size = config.train.batch_size
@@ -94,7 +89,6 @@ def check_world(config: Config, world_size: int, local_size: int) -> None:
             f"train.batch_size ({batch_size}) is the global batch and must divide evenly over the {world_size} "
             f"processes; use a multiple of {world_size}"
         )
-    device = resolve_device(config.device)
     if device.type == "mps":
         raise ConfigError("device: mps trains in one process only; several processes need cpu or cuda")
     if device.type == "cuda" and local_size > torch.cuda.device_count():
@@ -164,7 +158,7 @@ def launch(argv: list[str], nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    # Each worker sets its own thread count (runner.configure_threads); this only keeps torchrun from warning.
+    # Each worker sets its own thread count (threads.configure_threads); this only keeps torchrun from warning.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "mlptrain", *argv])
     logging.disable(logging.ERROR)  # torchrun's own log lines; the workers speak for themselves

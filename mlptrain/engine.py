@@ -9,37 +9,26 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlptrain.config import TrainConfig
-from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData, batches, epoch_order, steps_per_epoch, trained_samples
+from mlptrain.config import Config, TrainConfig
+from mlptrain.data import (
+    EVAL_BATCH_SIZE,
+    Split,
+    TrainingData,
+    batches,
+    epoch_order,
+    shard_order,
+    steps_per_epoch,
+    trained_samples,
+)
 from mlptrain.distributed import SINGLE, World
+from mlptrain.metrics import EpochStats
 from mlptrain.nn import MLP
-
-
-@dataclass
-class EpochStats:
-    """One finished epoch. Accuracies are fractions in [0, 1]; `lr` is the rate of the epoch's last step."""
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    train_seconds: float
-    val_seconds: float
-    samples_per_second: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-COLUMNS = tuple(EpochStats.__dataclass_fields__)
 
 
 class FlatParameters:
@@ -168,48 +157,51 @@ class TrainingStopped(Exception):
         self.progress = progress
 
 
-def train_epoch(
+@dataclass
+class TrainState:
+    """What the training loop updates, and how far it has got."""
+
+    model: nn.Module  # what validation runs and a checkpoint holds
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling
+    train_model: nn.Module | None = None  # what training calls, if not `model`: its compiled or DDP-wrapped form
+
+    @property
+    def training_model(self) -> nn.Module:
+        """What the training pass calls: train_model, else model."""
+        return self.model if self.train_model is None else self.train_model  # not `or`: modules may define len()
+    epoch: int = 0  # epochs finished
+    progress: EpochProgress | None = None  # the epoch under way, when one was stopped part-way
+
+
+@dataclass
+class Hooks:
+    """What the loop tells its caller, and asks it; each may be None."""
+
+    on_epoch_start: Callable[[int, int, int], None] | None = None  # (epoch, steps in it, steps already done)
+    on_batch: Callable[[int], None] | None = None  # (steps done in this epoch)
+    should_stop: Callable[[], bool] | None = None  # asked after every batch: stop at this boundary?
+
+
+def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler,
-    split: Split,
-    batch_size: int,
-    progress: EpochProgress,
-    on_batch: Callable[[int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    x: torch.Tensor,
+    y: torch.Tensor,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
-    world: World = SINGLE,
-) -> bool:
-    """Train on `split` in the order and from the step that `progress` holds, updating it as it goes.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch x (B, in), y (B,): (loss, logits (B, classes)).
 
-    Returns True when the pass is complete, False when should_stop() ended it early at a batch boundary. In a
-    world of several processes, this one trains on its share of each global batch of `batch_size`.
+    The gradients by hand where takes_step_by_hand says so (MLP.backprop overwrites them: nothing to zero), else
+    through autograd (see autograd_step).
     """
-    model.train()
-    by_hand = takes_step_by_hand(model, precision, scaler)  # overwrites the gradients: nothing to zero
-    # Zeroing in place keeps FlatParameters' gradient views bound. One foreach call on the gradients found
-    # here costs a fifth of optimizer.zero_grad's Python; gradients that do not exist yet are left to it.
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    all_bound = len(grads) == sum(len(group["params"]) for group in optimizer.param_groups)
-    order, batch_size = world.shard(progress.order, batch_size)
-    for x, y in batches(split, order, batch_size, progress.step):
-        progress.lr = optimizer.param_groups[0]["lr"]
-        if by_hand:
-            loss, logits = model.backprop(x, y)  # (), (B, classes)
-            optimizer.step()
-        else:
-            loss, logits = _autograd_step(model, optimizer, x, y, grads if all_bound else None, precision, scaler)
-        if scheduler is not None:
-            scheduler.step()
-        progress.loss_sum.add_(loss.detach(), alpha=y.shape[0])
-        progress.correct.add_((logits.argmax(1) == y).sum())
-        progress.step += 1
-        if on_batch is not None:
-            on_batch(progress.step)
-        if should_stop is not None and should_stop():
-            break
-    return progress.step == steps_per_epoch(len(order), batch_size)
+    if takes_step_by_hand(model, precision, scaler):
+        loss, logits = model.backprop(x, y)
+        optimizer.step()
+        return loss, logits
+    return autograd_step(model, optimizer, x, y, precision, scaler)
 
 
 def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -222,31 +214,47 @@ def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.
     return isinstance(model, MLP) and model.fused and precision == "fp32" and scaler is None
 
 
-def _autograd_step(
+def autograd_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    grads: list[torch.Tensor] | None,
-    precision: str,
-    scaler: torch.amp.GradScaler | None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the gradients (`grads` in place when given), forward, backward, optimizer step: (loss, logits)."""
-    if grads is not None:
-        torch._foreach_zero_(grads)
-    else:
-        optimizer.zero_grad(set_to_none=False)
-    with autocast(x.device, precision):
-        logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits, y)
+    """Zero the gradients, forward, backward, optimizer step: (loss, logits)."""
+    zero_grad(optimizer)
+    loss, logits = backward(model, x, y, precision, scaler)
     if scaler is None:
-        loss.backward()
         optimizer.step()
-    else:  # fp16: scale the loss so small gradients survive, skip steps whose gradients overflowed
-        scaler.scale(loss).backward()
+    else:  # fp16: skip a step whose gradients overflowed, and adapt the scale
         scaler.step(optimizer)
         scaler.update()
     return loss, logits
+
+
+def backward(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, scaler: torch.amp.GradScaler | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward through autograd, adding the gradients of the mean cross-entropy: (loss, logits)."""
+    with autocast(x.device, precision):
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits, y)
+    (loss if scaler is None else scaler.scale(loss)).backward()  # fp16: scaled, so small gradients survive
+    return loss, logits
+
+
+def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """Zero the gradients in place, which keeps FlatParameters' gradient views bound.
+
+    One foreach call when every parameter has a gradient tensor (a fifth of optimizer.zero_grad's Python);
+    before the first backward, optimizer.zero_grad leaves the missing ones missing.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    if all(g is not None for g in grads):
+        torch._foreach_zero_(grads)
+    else:
+        optimizer.zero_grad(set_to_none=False)
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -307,51 +315,37 @@ def confusion_matrix(predicted: torch.Tensor, y: torch.Tensor, num_classes: int)
 
 
 def fit(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    data: TrainingData,
-    cfg: TrainConfig,
-    seed: int,
-    start_epoch: int = 0,
-    progress: EpochProgress | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    on_epoch_start: Callable[[int, int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    eval_model: nn.Module | None = None,
-    world: World = SINGLE,
+    state: TrainState, data: TrainingData, config: Config, hooks: Hooks | None = None, world: World = SINGLE
 ) -> Iterator[EpochStats]:
-    """Train epochs start_epoch+1 .. cfg.epochs, yielding each one's statistics as it finishes.
+    """Train epochs state.epoch+1 .. train.epochs, yielding each one's statistics as it finishes.
 
-    `progress` continues an interrupted epoch (its epoch must be start_epoch+1). `eval_model` (default: `model`)
-    runs validation, e.g. the eager model when `model` is its compiled form. If should_stop() turns true
-    inside an epoch, the pass ends at the next batch boundary and TrainingStopped carries the progress out.
-    With several processes (`world`), the training metrics are summed over all of them; each validates alone.
+    Continues state.progress, an epoch stopped part-way, if it is the next epoch. When hooks.should_stop() turns
+    true inside an epoch, the pass ends at that batch boundary and TrainingStopped carries the progress out. With
+    several processes (`world`), the training metrics are summed over all of them; each validates alone.
     """
+    cfg, hooks = config.train, hooks or Hooks()
     device = data.train.x.device
     n = trained_samples(len(data.train), world.size)
-    steps = steps_per_epoch(n, cfg.batch_size)
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    steps = steps_per_epoch(len(data.train), cfg.batch_size, world.size)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        progress = state.progress
         if progress is None or progress.epoch != epoch:
-            progress = EpochProgress.begin(epoch, data.train, seed, optimizer.param_groups[0]["lr"])
-        if on_epoch_start is not None:
-            on_epoch_start(epoch, steps, progress.step)
+            progress = state.progress = EpochProgress.begin(epoch, data.train, config.seed, _lr(state.optimizer))
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(epoch, steps, progress.step)
         synchronize(device)
         t0 = time.perf_counter()
-        finished = train_epoch(
-            model, optimizer, scheduler, data.train, cfg.batch_size, progress, on_batch, should_stop,
-            cfg.precision, scaler, world,
-        )  # fmt: skip
+        train_epoch(state, data.train, progress, cfg, hooks, world)
         synchronize(device)
         progress.seconds += time.perf_counter() - t0
-        if not finished:
+        if progress.step < steps:
             raise TrainingStopped(progress)
         loss_sum, correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n  # the epoch's host sync
         t1 = time.perf_counter()
-        val_loss, val_acc = evaluate(eval_model or model, data.val, cfg.precision)
+        val_loss, val_acc = evaluate(state.model, data.val, cfg.precision)
         synchronize(device)
+        state.epoch, state.progress = epoch, None
         yield EpochStats(
             epoch=epoch,
             train_loss=train_loss,
@@ -363,3 +357,52 @@ def fit(
             val_seconds=time.perf_counter() - t1,
             samples_per_second=n / progress.seconds,
         )
+
+
+def train_epoch(
+    state: TrainState, split: Split, progress: EpochProgress, cfg: TrainConfig, hooks: Hooks, world: World = SINGLE
+) -> None:
+    """Train on `split` in the order and from the step that `progress` holds, updating it as it goes, until the
+    epoch's end or until hooks.should_stop() asks for a stop. In a world of several processes, this one trains
+    on its share of each global batch of cfg.batch_size."""
+    model = state.training_model
+    model.train()
+    order, batch_size = shard_order(progress.order, cfg.batch_size, world.rank, world.size)
+    for x, y in batches(split, order, batch_size, progress.step):
+        progress.lr = _lr(state.optimizer)
+        loss, logits = train_step(model, state.optimizer, x, y, cfg.precision, state.scaler)
+        if state.scheduler is not None:
+            state.scheduler.step()
+        progress.loss_sum.add_(loss.detach(), alpha=y.shape[0])
+        progress.correct.add_((logits.argmax(1) == y).sum())
+        progress.step += 1
+        if hooks.on_batch is not None:
+            hooks.on_batch(progress.step)
+        if hooks.should_stop is not None and hooks.should_stop():
+            break
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    return optimizer.param_groups[0]["lr"]
+
+
+def compile_model(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, precision: str
+) -> tuple[nn.Module, str | None]:
+    """(torch.compile(model), None), compiled now on the batch (x, y); or (model, why) where compiling fails.
+
+    The trial forward and backward run with the RNG states forked and the gradients zeroed after, and no optimizer
+    step: a compiled run draws the same random numbers as an eager one, from the same weights, and resumes exactly.
+    """
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        compiled = torch.compile(model)
+        with torch.random.fork_rng(devices=devices):
+            backward(compiled, x, y, precision)
+        optimizer.zero_grad(set_to_none=False)
+        return compiled, None
+    except Exception as e:  # a missing compiler, an unsupported platform...: train eagerly instead
+        optimizer.zero_grad(set_to_none=False)
+        torch._dynamo.reset()
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return model, f"train.compile: torch.compile failed here ({type(e).__name__}: {reason}); training eagerly"

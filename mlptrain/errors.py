@@ -23,3 +23,12 @@ class RunFailed(MlptrainError):
     """A run started but could not finish (e.g. the loss diverged)."""
 
     exit_code = 1
+
+
+class Interrupted(MlptrainError):
+    """A run or sweep stopped on a signal after saving its exact place; exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, resume_command: str, signum: int):
+        super().__init__(message)
+        self.resume_command = resume_command
+        self.exit_code = 128 + signum

@@ -1,4 +1,5 @@
-"""The hand-written Linear layer (an autograd Function with its own backward) and the MLP built from it.
+"""The hand-written Linear layer (an autograd Function with its own backward), the MLP built from it, building
+one from a config, and converting one to plain torch.nn layers.
 
 Shapes follow torch.nn.Linear: weight (out_features, in_features), bias (out_features,), input (*, in_features).
 """
@@ -8,11 +9,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
+
+if TYPE_CHECKING:
+    from mlptrain.config import ModelConfig
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -281,3 +286,23 @@ def cross_entropy_with_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torc
     loss, total_weight = torch.ops.aten.nll_loss_forward(log_probs, y, None, 1, -100)  # mean reduction
     grad = torch.ops.aten.nll_loss_backward(torch.ones_like(loss), log_probs, y, None, 1, -100, total_weight)
     return loss, torch.ops.aten._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)
+
+
+def build_model(cfg: ModelConfig, in_features: int, num_classes: int) -> MLP:
+    """The MLP that a config's model section describes, for inputs of `in_features` and `num_classes` classes."""
+    return MLP([in_features, *cfg.hidden, num_classes], cfg.activation, cfg.dropout, cfg.bias, cfg.fused)
+
+
+def to_torch(model: MLP) -> nn.Sequential:
+    """The same network from torch.nn.Linear, activation and nn.Dropout modules, holding copies of `model`'s weights
+    (on its device): what a plain PyTorch script builds, to compare against or to hand on."""
+    layers: list[nn.Module] = []
+    for i, ours in enumerate(model.layers):
+        linear = nn.Linear(ours.in_features, ours.out_features, bias=ours.bias is not None)
+        linear.load_state_dict(ours.state_dict())  # the same keys: weight (out, in) and bias
+        layers.append(linear)
+        if i < len(model.layers) - 1:
+            layers.append(ACTIVATIONS[model.activation_name]())
+            if model.dropout_p > 0:
+                layers.append(nn.Dropout(model.dropout_p))
+    return nn.Sequential(*layers).to(model.layers[0].weight.device)

@@ -14,36 +14,36 @@ from typing import TYPE_CHECKING, Any
 
 from mlptrain.errors import ConfigError, DataError
 from mlptrain.files import atomic_write
+from mlptrain.metrics import UNITS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from mlptrain.metrics import History
+    from mlptrain.runs import RunSummary
+
 TRAIN_COLOR, VAL_COLOR, BEST_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
 
 
-def plot_run(run_dir: Path, out: Path | None = None) -> Path:
-    """Draw a run folder's curves from its metrics.csv into `out` (default RUN_DIR/curves.png); returns the path."""
-    from mlptrain.runs import read_run
+def plot_run(run: RunSummary, out: Path | None = None) -> Path:
+    """Draw a run's curves into `out` (default RUN_DIR/curves.png); returns the path."""
+    from mlptrain.runs import CURVES_FILE, METRICS_FILE
 
-    run = read_run(run_dir)
     if not run.history:
-        raise DataError(f"{run_dir}: no finished epoch to plot yet (metrics.csv is missing or empty)")
-    path = Path(out) if out is not None else run.path / "curves.png"
-    dataset = run.config.get("data", {}).get("dataset")
-    save_curves(
-        path, run.history, run.best_epoch, run.monitor, f"{run.path.name} ({dataset})" if dataset else run.path.name
-    )
+        raise DataError(f"{run.path}: no finished epoch to plot yet ({METRICS_FILE} is missing or empty)")
+    path = Path(out) if out is not None else run.path / CURVES_FILE
+    data = run.config.get("data")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    save_curves(path, run.history, f"{run.path.name} ({dataset})" if dataset else run.path.name)
     return path
 
 
-def save_curves(path: Path, rows: Sequence[dict[str, float]], best_epoch: int, monitor: str, title: str) -> None:
-    """Loss and accuracy per epoch, train and validation, with the best epoch (on `monitor`) marked.
-
-    `rows` are metrics.csv's rows (epoch, train_loss, train_acc, val_loss, val_acc, ...), accuracies as fractions.
-    """
+def save_curves(path: Path, history: History, title: str) -> None:
+    """Loss and accuracy per epoch, train and validation, with the best epoch (on the history's monitor) marked."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+    rows, best_epoch = [s.as_dict() for s in history.epochs], history.best_epoch
     epochs = [int(r["epoch"]) for r in rows]
     marker = "o" if len(rows) <= 30 else None  # dots help read a short run; on a long one they are clutter
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
@@ -66,7 +66,7 @@ def save_curves(path: Path, rows: Sequence[dict[str, float]], best_epoch: int, m
         best = rows[epochs.index(best_epoch)]
         acc_ax.plot([], [], marker="*", ms=10, color=BEST_COLOR, linestyle=":", label=f"best (epoch {best_epoch})")
         fig.suptitle(
-            f"{title}  ·  best epoch {best_epoch} on {monitor}: val acc {100 * best['val_acc']:.2f}%, "
+            f"{title}  ·  best epoch {best_epoch} on {history.monitor}: val acc {100 * best['val_acc']:.2f}%, "
             f"val loss {best['val_loss']:.4f}",
             fontsize=11,
         )
@@ -96,7 +96,8 @@ def save_metric_plot(
     if not points or not keys:
         why = "no run has a finished epoch" if not points else "no setting differs between the runs"
         raise DataError(f"{title}: nothing to draw: {why}")
-    scale = 100 if metric == "val_acc" else 1
+    fraction = UNITS[metric] == "fraction"
+    scale = 100 if fraction else 1
     fig = Figure(figsize=(min(4.2 * len(keys), 16), 3.8), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, key in zip(axes, keys, strict=True):
@@ -116,7 +117,7 @@ def save_metric_plot(
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {metric.replace('_', ' ')}")
         ax.grid(alpha=0.3)
-        if metric == "val_acc":
+        if fraction:
             ax.yaxis.set_major_formatter(PercentFormatter())
     if best is not None:
         axes[0].legend(loc="best")

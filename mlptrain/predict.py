@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mlptrain.checkpoint import load_checkpoint, model_from_checkpoint
+from mlptrain.checkpoint import load_model
 from mlptrain.config import resolve_device
 from mlptrain.data import class_names
 from mlptrain.errors import CheckpointError, DataError
@@ -166,9 +166,8 @@ def prepare(path: Path) -> torch.Tensor:
 def predict_files(checkpoint: Path, files: Sequence[Path], device: str = "auto", top: int = 3) -> PredictResult:
     """Classify each file with the model in `checkpoint`; a file that cannot be read is a failure, not an error."""
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt, checkpoint, dev)
+    ckpt, model = load_model(checkpoint, dev)
     if model.sizes[0] != SIZE * SIZE:
         raise CheckpointError(f"{checkpoint}: its model takes {model.sizes[0]} inputs, not {SIZE}×{SIZE} images")
     dataset = ckpt["config"].data.dataset

@@ -20,14 +20,16 @@ from rich.table import Table
 from rich.text import Text
 
 from mlptrain import __version__
+from mlptrain.metrics import COLUMNS, LABELS, UNITS
 
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
     from mlptrain.bench import BenchResult
-    from mlptrain.engine import EpochStats
+    from mlptrain.evaluate import EvalResult
+    from mlptrain.metrics import EpochStats
     from mlptrain.predict import PredictResult
-    from mlptrain.runner import EvalResult, RunInfo, TrainResult
     from mlptrain.runs import RunSummary
     from mlptrain.sweep import Sweep, SweepTable, Trial
+    from mlptrain.trainer import RunInfo, TrainResult
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -53,7 +55,7 @@ def error(message: str) -> None:
 class TrainReporter:
     """Shows a run as it trains: header, a progress bar per epoch, a line per epoch, the final table.
 
-    Implements runner.Callbacks by its method names.
+    Implements trainer.Callbacks by its method names.
     """
 
     header = True  # the lines about the run (device, model, data) before its first epoch
@@ -160,10 +162,8 @@ class TrainReporter:
             )
             return
         if result.stopped_early:
-            self.console.print(
-                f"stopped early: no {result.monitor} improvement for {result.history[-1].epoch - result.best_epoch} "
-                "epochs (train.patience)"
-            )
+            stalled = result.history.epochs[-1].epoch - result.best_epoch
+            self.console.print(f"stopped early: no {result.monitor} improvement for {stalled} epochs (train.patience)")
         best = result.best
         if self.console.is_terminal:
             if not self.quiet:
@@ -190,25 +190,32 @@ def interrupted(message: str, resume_command: str) -> None:
 
 
 def epochs_table(result: TrainResult) -> Table:
+    """Every column of metrics.csv, an epoch a row, the best epoch marked."""
     table = Table(title=f"{result.run_dir}", title_justify="left", header_style="bold")
-    for name in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time", "samples/s"):
-        table.add_column(name, justify="right")
+    for name in COLUMNS:
+        table.add_column(LABELS[name], justify="right")
     table.add_column("")
-    for s in result.history:
-        best = s.epoch == result.best_epoch
-        table.add_row(
-            str(s.epoch),
-            f"{s.train_loss:.4f}",
-            pct(s.train_acc),
-            f"{s.val_loss:.4f}",
-            pct(s.val_acc),
-            f"{s.lr:.4g}",
-            f"{s.train_seconds:.2f}s",
-            f"{s.samples_per_second:,.0f}",
-            "★ best" if best else "",
-            style="bold green" if best else None,
-        )
+    best_epoch = result.best_epoch
+    for s in result.history.epochs:
+        best = s.epoch == best_epoch
+        cells = [metric_text(UNITS[name], value) for name, value in s.as_dict().items()]
+        table.add_row(*cells, "★ best" if best else "", style="bold green" if best else None)
     return table
+
+
+def metric_text(unit: str, value: float) -> str:
+    """A metrics.csv value as a person reads it, by its unit (metrics.UNITS)."""
+    if unit == "fraction":
+        return pct(value)
+    if unit == "loss":
+        return f"{value:.4f}"
+    if unit == "rate":
+        return f"{value:.4g}"
+    if unit == "seconds":
+        return f"{value:.2f}s"
+    if unit == "throughput":
+        return f"{value:,.0f}"
+    return str(value)
 
 
 def warning(message: str) -> None:
@@ -397,7 +404,7 @@ def _setting(value) -> str:
 class SweepReporter(TrainReporter):
     """Shows a sweep as it runs: a line as each trial starts (or fails), and its epochs as `train` shows them.
 
-    Implements sweep.SweepCallbacks, and runner.Callbacks for each trial's run.
+    Implements sweep.SweepCallbacks, and trainer.Callbacks for each trial's run.
     """
 
     header = False
@@ -431,7 +438,7 @@ def show_sweep(console: Console, table: SweepTable) -> None:
     rows = []
     for row in table.rows:
         run, value = row.run, row.value
-        shown = "-" if value is None else pct(value) if table.monitor == "val_acc" else f"{value:.4f}"
+        shown = "-" if value is None else metric_text(UNITS[table.monitor], value)
         epochs = "-" if run is None else f"{len(run.history)}/{run.epochs_planned or '?'}"
         rows.append(
             [

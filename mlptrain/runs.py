@@ -1,4 +1,4 @@
-"""Run folders read back from their files: config.yaml, metrics.csv and the eval records beside the checkpoints.
+"""Run folders: the files a run folder holds, and the runs read back from them.
 
 Plain files only, no torch, so listing a folder of runs is instant. `mlptrain eval CKPT` records its result as
 `<checkpoint stem>.<split>.json` next to the checkpoint (`best.test.json` for `best.pt` on the test split);
@@ -7,9 +7,7 @@ that record is where a listing finds a run's test accuracy.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +17,15 @@ from typing import Any
 import yaml
 
 from mlptrain.errors import ConfigError, DataError
+from mlptrain.files import make_dirs, new_run_dir
+from mlptrain.metrics import MONITORS, History, best_index, read_metrics
 
+# What a run folder holds.
+CONFIG_FILE = "config.yaml"  # the resolved config the run trains (train.epochs grows when a run is extended)
+METRICS_FILE = "metrics.csv"  # a row per finished epoch (metrics.py)
+LAST_FILE = "last.pt"  # the latest checkpoint: what --resume continues
+BEST_FILE = "best.pt"  # the checkpoint of the best epoch on train.monitor
+CURVES_FILE = "curves.png"  # the training curves, drawn when the run ends and by `mlptrain plot`
 # `mlptrain train` names folders <name>-<YYYYmmdd-HHMMSS>, with -2, -3... for runs started in the same second.
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
 # Keys that say where a run lives rather than how it trained; they differ without making runs different.
@@ -33,8 +39,9 @@ class RunSummary:
     path: Path
     started: datetime
     config: dict[str, Any]  # as config.yaml holds it, unvalidated: an old run still lists
-    history: list[dict[str, float]] = field(default_factory=list)  # metrics.csv's rows
+    history: History
     test_acc: float | None = None  # from best.test.json, once `mlptrain eval best.pt` has run
+    problems: list[str] = field(default_factory=list)  # what could not be read, e.g. a damaged metrics.csv row
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -42,44 +49,30 @@ class RunSummary:
         return flatten(self.config)
 
     @property
-    def monitor(self) -> str:
-        return str(self.config.get("train", {}).get("monitor", "val_acc"))
-
-    @property
     def epochs_planned(self) -> int | None:
-        epochs = self.config.get("train", {}).get("epochs")
-        return epochs if isinstance(epochs, int) else None
+        train = self.config.get("train")
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
     @property
     def best_epoch(self) -> int:
-        """The epoch best.pt holds: the first with the highest val_acc (or lowest val_loss); 0 before any.
-
-        An epoch whose loss diverged (not finite) never becomes best.pt, whatever its accuracy.
-        """
-        columns = ("train_loss", "val_loss", self.monitor)
-        finite = [r for r in self.history if all(math.isfinite(r[c]) for c in columns)]
-        if not finite:
-            return 0
-        pick = max if self.monitor == "val_acc" else min
-        return int(pick(finite, key=lambda r: r[self.monitor])["epoch"])
+        """The epoch best.pt holds (0 before any); see metrics.History."""
+        return self.history.best_epoch
 
     @property
     def best_val_acc(self) -> float | None:
-        return self._at_best_epoch("val_acc")
+        best = self.history.best
+        return None if best is None else best.val_acc
 
     @property
     def best_value(self) -> float | None:
         """The monitored metric (val_acc or val_loss) at the best epoch."""
-        return self._at_best_epoch(self.monitor)
-
-    def _at_best_epoch(self, column: str) -> float | None:
-        best = self.best_epoch
-        return next((r[column] for r in self.history if int(r["epoch"]) == best), None)
+        return self.history.best_value
 
     @property
     def seconds(self) -> float:
         """Training and validation time over all epochs (loading data and writing files excluded)."""
-        return sum(r["train_seconds"] + r["val_seconds"] for r in self.history)
+        return sum(s.train_seconds + s.val_seconds for s in self.history.epochs)
 
     def to_json(self, keys: list[str]) -> dict[str, Any]:
         flat = self.settings
@@ -98,6 +91,31 @@ class RunSummary:
         }
 
 
+def prepare_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bool) -> Path:
+    """The run's folder, created now (before any data is loaded, so a bad place fails fast): `run_dir`, or a new
+    `output_dir/<name>-<timestamp>`. A folder that holds a run is refused unless `force`."""
+    if run_dir is None:
+        return new_run_dir(output_dir, name)
+    run_dir = Path(run_dir)
+    if (run_dir / LAST_FILE).exists() and not force:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({LAST_FILE}); continue it with --resume {run_dir}, "
+            "overwrite it with --force, or pick another --run-dir"
+        )
+    make_dirs(run_dir)
+    return run_dir
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run left in `run_dir` (--force): none of it belongs to the new one."""
+    for stale in (METRICS_FILE, BEST_FILE, LAST_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+
+
+def is_run(folder: Path) -> bool:
+    return (Path(folder) / CONFIG_FILE).is_file()
+
+
 def eval_record_path(checkpoint: Path, split: str) -> Path:
     """Where `mlptrain eval` records a checkpoint's score: runs/x/best.pt, test -> runs/x/best.test.json."""
     checkpoint = Path(checkpoint)
@@ -107,19 +125,18 @@ def eval_record_path(checkpoint: Path, split: str) -> Path:
 def read_run(folder: Path) -> RunSummary:
     """Summarise one run folder; a folder without config.yaml is not a run."""
     folder = Path(folder)
-    config_path = folder / "config.yaml"
+    config_path = folder / CONFIG_FILE
     if not config_path.is_file():
-        what = "no such folder" if not folder.exists() else "not a run folder (it holds no config.yaml)"
+        what = "no such folder" if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
         raise DataError(f"{folder}: {what}")
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DataError(f"{config_path}: unreadable ({type(e).__name__})") from None
-    run = RunSummary(
-        path=folder, started=_started(folder, config_path), config=config if isinstance(config, dict) else {}
-    )
-    run.history = read_metrics(folder / "metrics.csv")
-    record = eval_record_path(folder / "best.pt", "test")
+    config = config if isinstance(config, dict) else {}
+    epochs, problems = read_metrics(folder / METRICS_FILE)
+    run = RunSummary(folder, _started(folder, config_path), config, History(_monitor(config), epochs), None, problems)
+    record = eval_record_path(folder / BEST_FILE, "test")
     try:
         run.test_acc = float(json.loads(record.read_text(encoding="utf-8"))["accuracy"])
     except (OSError, ValueError, KeyError, TypeError):  # not evaluated yet, or a record we cannot read
@@ -127,13 +144,10 @@ def read_run(folder: Path) -> RunSummary:
     return run
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """metrics.csv's rows as numbers; none if the file is missing or unreadable (a run that has not begun)."""
-    try:
-        with open(path, newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except (OSError, ValueError, TypeError):
-        return []
+def _monitor(config: dict[str, Any]) -> str:
+    train = config.get("train")
+    monitor = train.get("monitor") if isinstance(train, dict) else None
+    return monitor if monitor in MONITORS else "val_acc"
 
 
 def list_runs(folder: Path) -> list[RunSummary]:
@@ -145,16 +159,21 @@ def list_runs(folder: Path) -> list[RunSummary]:
             if not folder.exists()
             else f"{folder} is a file, not a folder of runs"
         )
-    if (folder / "config.yaml").is_file():
+    if is_run(folder):
         return [read_run(folder)]
     runs = []
     for child in folder.iterdir():
-        if child.is_dir() and (child / "config.yaml").is_file():
+        if child.is_dir() and is_run(child):
             try:
                 runs.append(read_run(child))
             except DataError:  # one broken folder must not hide the others
                 continue
     return sorted(runs, key=lambda r: (r.started, _suffix(r.path)), reverse=True)
+
+
+def best_run(runs: list[RunSummary]) -> int | None:
+    """The position of the run with the best val_acc (the first of equals), or None."""
+    return best_index((run.best_val_acc for run in runs), "val_acc")
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:

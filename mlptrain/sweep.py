@@ -11,18 +11,19 @@ import json
 import math
 import random
 import re
-import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_config, read_yaml, with_values
-from mlptrain.errors import ConfigError, MlptrainError, RunFailed
+from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
 from mlptrain.files import atomic_write_text, make_dirs, new_run_dir
-from mlptrain.runs import RunSummary, read_run
+from mlptrain.metrics import ranked
+from mlptrain.runs import LAST_FILE, RunSummary, is_run, read_run
 
 if TYPE_CHECKING:
-    from mlptrain.runner import Callbacks, StopRequest
+    from mlptrain.interrupt import StopRequest
+    from mlptrain.trainer import Callbacks
 
 MANIFEST = "sweep.json"
 FORMAT_VERSION = 1
@@ -299,7 +300,7 @@ def run(sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest
     A trial that fails (its loss diverged, or it crashed) is recorded as failed with its reason and the sweep goes
     on. A signal stops the running trial at a batch boundary, saved to its last.pt, and raises Interrupted.
     """
-    from mlptrain.runner import StopRequest, stop_on_signals
+    from mlptrain.interrupt import StopRequest, stop_on_signals
 
     cb = callbacks or SweepCallbacks()
     stop = stop or StopRequest()
@@ -310,30 +311,30 @@ def run(sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest
             if trial.state in FINISHED:
                 continue
             if stop():  # a signal between trials
-                name = signal.Signals(stop.signum).name
-                raise _interrupted(sweep, f"{name}: the sweep stopped before trial {trial.index}/{total}", stop.signum)
+                message = f"{stop.name}: the sweep stopped before trial {trial.index}/{total}"
+                raise _interrupted(sweep, message, stop.signum)
             _run_trial(sweep, trial, cb, stop, total)
     return sweep.trials
 
 
 def _run_trial(sweep: Sweep, trial: Trial, cb: SweepCallbacks, stop: StopRequest, total: int) -> None:
-    from mlptrain import runner
+    from mlptrain import trainer
 
     run_dir = sweep.folder / trial.dir
     before = trial.state
     # A trial stopped mid-way ("interrupted", or "running" after a kill -9) goes on from its last.pt; one killed
     # before its first epoch was saved starts again, cleanly.
-    resuming = before != "pending" and (run_dir / "last.pt").is_file()
+    resuming = before != "pending" and (run_dir / LAST_FILE).is_file()
     trial.state, trial.reason = "running", ""
     sweep.save()
     callbacks = cb.trial_started(trial, total, resuming)
     try:
         if resuming:
-            runner.resume(run_dir, callbacks=callbacks, stop=stop)
+            trainer.resume(run_dir, callbacks=callbacks, stop=stop)
         else:
-            runner.train(sweep.config(trial), run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
+            trainer.train(sweep.config(trial), run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
         trial.state = "done"
-    except runner.Interrupted as e:
+    except Interrupted as e:
         trial.state = "interrupted"
         sweep.save()
         raise _interrupted(sweep, f"sweep trial {trial.index}/{total}, {e}", e.exit_code - 128) from None
@@ -353,9 +354,7 @@ def _run_trial(sweep: Sweep, trial: Trial, cb: SweepCallbacks, stop: StopRequest
     cb.trial_done(trial, total)
 
 
-def _interrupted(sweep: Sweep, message: str, signum: int):
-    from mlptrain.runner import Interrupted
-
+def _interrupted(sweep: Sweep, message: str, signum: int) -> Interrupted:
     done = sum(t.state == "done" for t in sweep.trials)
     return Interrupted(
         f"{message} ({done} of {len(sweep.trials)} trials done)",
@@ -415,10 +414,9 @@ def table(folder: Path) -> SweepTable:
     monitor = sweep.monitor
     rows = []
     for trial in sweep.trials:
-        run = read_run(sweep.folder / trial.dir) if (sweep.folder / trial.dir / "config.yaml").is_file() else None
+        run = read_run(sweep.folder / trial.dir) if is_run(sweep.folder / trial.dir) else None
         rows.append(TrialRow(trial, run))
-    sign = -1 if monitor == "val_acc" else 1
-    rows.sort(key=lambda r: (r.value is None, sign * r.value if r.value is not None else 0, r.trial.index))
+    rows = ranked(rows, lambda row: row.value, monitor)  # trials in order, so equals stay in trial order
     done = [r for r in rows if r.trial.state == "done" and r.value is not None]
     if done:
         done[0].best = True

@@ -10,7 +10,6 @@ import dataclasses
 import io
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -195,18 +194,6 @@ def test_useful_flops_counts_forward_weight_and_input_gradients():
     assert bench.useful_flops([784, 512, 256, 10], 512) == 512 * per_sample
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_torch_twin_computes_the_same_function(fused):
-    torch.manual_seed(0)
-    ours = bench.MLP([784, 32, 16, 10], fused=fused)
-    twin = bench.torch_mlp(ours.sizes, ours)
-    assert [type(m).__name__ for m in twin] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
-    x = torch.randn(8, 784)
-    torch.testing.assert_close(twin(x), ours(x))
-    twin[0].weight.data.zero_()  # a copy: the twin trains on its own weights
-    assert ours.layers[0].weight.abs().sum() > 0
-
-
 def test_median_seconds_interleaves_by_thread_count_and_restores_it():
     calls = []
     seen_threads = {}
@@ -227,16 +214,3 @@ def test_median_seconds_interleaves_by_thread_count_and_restores_it():
     assert seen_threads == {"a": 2, "b": 1}
     assert torch.get_num_threads() == before
     assert set(seconds) == {"a", "b"} and all(s > 0 for s in seconds.values())
-
-
-def test_idx_writer_matches_torchvision(tmp_path):
-    from torchvision import datasets
-
-    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
-    labels = torch.tensor([0, 1, 2, 3, 9])
-    raw = Path(tmp_path) / "MNIST" / "raw"
-    for prefix in ("train", "t10k"):
-        bench.write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        bench.write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    ds = datasets.MNIST(tmp_path, train=True, download=False)
-    assert torch.equal(ds.data, images) and torch.equal(ds.targets, labels)

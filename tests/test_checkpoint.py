@@ -11,15 +11,16 @@ import zipfile
 import pytest
 import torch
 
-from mlptrain.checkpoint import FORMAT_VERSION, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from mlptrain.checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint, write_checkpoint
 from mlptrain.config import Config
 from mlptrain.errors import CheckpointError
 from mlptrain.files import atomic_write
+from mlptrain.nn import build_model
 
 
 def fields(config: Config | None = None, **over):
     config = config or Config()
-    model = build_model(config, 784, 10)
+    model = build_model(config.model, 784, 10)
     base = {
         "config": config.to_dict(),
         "data": {"in_features": 784, "num_classes": 10, "mean": 0.13, "std": 0.31},
@@ -39,7 +40,7 @@ def fields(config: Config | None = None, **over):
 
 def test_round_trip(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, **fields())
+    write_checkpoint(path, fields())
     ckpt = load_checkpoint(path)
     assert isinstance(ckpt["config"], Config) and ckpt["format_version"] == FORMAT_VERSION
     model = model_from_checkpoint(ckpt, path, torch.device("cpu"))
@@ -120,9 +121,9 @@ def test_plain_pickle_is_refused(tmp_path):
 
 def test_layer_sizes_must_match_config(tmp_path):
     path = tmp_path / "c.pt"
-    wrong = build_model(Config(), 784, 10).state_dict()
+    wrong = build_model(Config().model, 784, 10).state_dict()
     wrong["layers.1.weight"] = torch.zeros(32, 128)
-    save_checkpoint(path, **fields(model=wrong))
+    write_checkpoint(path, fields(model=wrong))
     ckpt = load_checkpoint(path)
     with pytest.raises(CheckpointError, match=r"layers\.1\.weight"):
         model_from_checkpoint(ckpt, path, torch.device("cpu"))

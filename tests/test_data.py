@@ -27,6 +27,7 @@ from mlptrain.data import (
     split_indices,
     steps_per_epoch,
 )
+from mlptrain.data import write_idx as library_write_idx
 from mlptrain.errors import DataError, MlptrainError
 from mlptrain.nn import MLP
 from mlptrain.synthetic import make_digits
@@ -465,3 +466,16 @@ def test_synthetic_val_size_too_large(tmp_path):
 
 def test_idx_names_match_the_library():
     assert sorted(IDX_NAMES.values()) == sorted(IDX_FILES)
+
+
+def test_the_idx_writer_matches_torchvision(tmp_path):
+    from torchvision import datasets
+
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3, 9])
+    raw = Path(tmp_path) / "MNIST" / "raw"
+    for prefix in ("train", "t10k"):
+        library_write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        library_write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    ds = datasets.MNIST(tmp_path, train=True, download=False)
+    assert torch.equal(ds.data, images) and torch.equal(ds.targets, labels)

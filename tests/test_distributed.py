@@ -16,7 +16,7 @@ import torch.distributed as dist
 import yaml
 from typer.testing import CliRunner
 
-from mlptrain import runner
+from mlptrain import threads, trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config
@@ -88,17 +88,17 @@ def test_one_process_keeps_the_order_as_is():
 
 def test_batch_size_must_divide_over_the_processes():
     with pytest.raises(ConfigError, match=r"train\.batch_size \(63\).*2 processes"):
-        check_world(Config.from_dict({**TINY, "train": {"batch_size": 63}}), 2, 2)
-    check_world(Config.from_dict(TINY), 2, 2)
+        check_world(Config.from_dict({**TINY, "train": {"batch_size": 63}}), torch.device("cpu"), 2, 2)
+    check_world(Config.from_dict(TINY), torch.device("cpu"), 2, 2)
 
 
 def test_processes_share_the_cores():
     config = Config.from_dict({**TINY, "model": {"hidden": [2048, 2048]}, "train": {"batch_size": 4096}})
-    cores, before = runner._cores(), torch.get_num_threads()
+    cores, before = threads.cpu_cores(), torch.get_num_threads()
     try:
-        assert runner.configure_threads(config, torch.device("cpu"), World(0, 2, 0, 2)) == max(1, cores // 2)
+        assert threads.configure_threads(config, torch.device("cpu"), World(0, 2, 0, 2)) == max(1, cores // 2)
         fixed = Config.from_dict({**TINY, "threads": 3})
-        assert runner.configure_threads(fixed, torch.device("cpu"), World(0, 2, 0, 2)) == 3
+        assert threads.configure_threads(fixed, torch.device("cpu"), World(0, 2, 0, 2)) == 3
     finally:
         torch.set_num_threads(before)
 
@@ -127,7 +127,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("single") / "run"
-    runner.train(Config.from_dict(TINY), run_dir=run_dir)
+    trainer.train(Config.from_dict(TINY), run_dir=run_dir)
     return run_dir
 
 

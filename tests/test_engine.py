@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlptrain.config import TrainConfig
+from mlptrain.config import Config, TrainConfig
 from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData
 from mlptrain.engine import (
     EpochProgress,
+    Hooks,
+    TrainState,
     autocast,
     build_optimizer,
     build_scheduler,
@@ -44,7 +46,7 @@ def test_fit_learns(data):
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
     opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg, 3 * 32)
-    history = list(fit(model, opt, sched, data, cfg, seed=0))
+    history = list(fit(TrainState(model, opt, sched), data, Config(train=cfg, seed=0)))
     assert [s.epoch for s in history] == [1, 2, 3]
     assert history[-1].val_acc > 0.9
     assert history[-1].train_loss < history[0].train_loss
@@ -57,7 +59,8 @@ def test_fit_is_deterministic_on_cpu(data):
         model = MLP([20, 32, 10], dropout=0.2)
         cfg = TrainConfig(epochs=2, batch_size=50)
         opt = build_optimizer(model.parameters(), cfg)
-        return [(s.train_loss, s.val_loss) for s in fit(model, opt, build_scheduler(opt, cfg, 80), data, cfg, 0)]
+        state = TrainState(model, opt, build_scheduler(opt, cfg, 80))
+        return [(s.train_loss, s.val_loss) for s in fit(state, data, Config(train=cfg, seed=0))]
 
     assert run() == run()
 
@@ -70,7 +73,8 @@ def test_one_host_sync_per_epoch(data, monkeypatch):
     model = MLP([20, 32, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     progress = EpochProgress.begin(1, data.train, seed=0, lr=0.01)
-    assert train_epoch(model, opt, None, data.train, 16, progress)  # 125 batches
+    train_epoch(TrainState(model, opt), data.train, progress, TrainConfig(batch_size=16), Hooks())
+    assert progress.step == 125  # every batch
     progress.loss_sum.item(), progress.correct.item()  # what fit() reads, once
     assert len(calls) == 2  # loss sum and correct count, once each
     calls.clear()

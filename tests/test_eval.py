@@ -14,8 +14,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mlptrain.cli import app
+from mlptrain.evaluate import ERROR_GRID_SIZE, evaluate_checkpoint
 from mlptrain.report import show_eval
-from mlptrain.runner import ERROR_GRID_SIZE, evaluate_checkpoint
 
 runner = CliRunner()
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlptrain import runner
+from mlptrain import evaluate, threads, trainer
 from mlptrain.config import Config, TrainConfig
 from mlptrain.engine import FlatParameters, build_optimizer
 from mlptrain.nn import MLP
@@ -132,7 +132,7 @@ def test_training_takes_the_by_hand_step_only_on_the_fused_fp32_path(monkeypatch
     calls = []
     original = MLP.backprop
     monkeypatch.setattr(MLP, "backprop", lambda self, x, y: calls.append(len(x)) or original(self, x, y))
-    runner.train(tiny(model=model, train={"epochs": 1, "precision": precision}), run_dir=tmp_path / "run")
+    trainer.train(tiny(model=model, train={"epochs": 1, "precision": precision}), run_dir=tmp_path / "run")
     assert bool(calls) == by_hand
     if by_hand:
         assert sum(calls) == 1000  # every training sample, once
@@ -172,19 +172,19 @@ def test_flat_parameters_are_views_that_the_optimizer_moves():
 
 
 def test_runs_on_either_path_are_identical(tmp_path):
-    runner.train(tiny(model={"fused": True}), run_dir=tmp_path / "fused")
-    runner.train(tiny(model={"fused": False}), run_dir=tmp_path / "layers")
+    trainer.train(tiny(model={"fused": True}), run_dir=tmp_path / "fused")
+    trainer.train(tiny(model={"fused": False}), run_dir=tmp_path / "layers")
     assert rows(tmp_path / "fused") == rows(tmp_path / "layers")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_trains_and_eval_reproduces_val(tmp_path, precision):
     config = tiny(train={"precision": precision, "epochs": 3}, model={"dropout": 0.0})
-    result = runner.train(config, run_dir=tmp_path / "r")
+    result = trainer.train(config, run_dir=tmp_path / "r")
     assert result.best.val_acc > 0.5
     ckpt = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
     assert (ckpt["scaler"] is not None) == (precision == "fp16")
-    again = runner.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
+    again = evaluate.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
     assert again.accuracy == result.best.val_acc
     assert again.loss == result.best.val_loss  # scored in the same precision as validation was
 
@@ -196,19 +196,19 @@ def test_compile_falls_back_to_eager_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     seen = []
 
-    class Watch(runner.Callbacks):
+    class Watch(trainer.Callbacks):
         def run_started(self, info):
             seen.extend(info.notes)
 
-    runner.train(tiny(train={"compile": True}), run_dir=tmp_path / "c", callbacks=Watch())
-    runner.train(tiny(), run_dir=tmp_path / "e")
+    trainer.train(tiny(train={"compile": True}), run_dir=tmp_path / "c", callbacks=Watch())
+    trainer.train(tiny(), run_dir=tmp_path / "e")
     assert any("train.compile" in note and "no C++ compiler found" in note for note in seen)
     assert rows(tmp_path / "c") == rows(tmp_path / "e")
 
 
 def test_compile_trains_like_eager(tmp_path):
-    runner.train(tiny(train={"compile": True}, model={"dropout": 0.0}), run_dir=tmp_path / "c")
-    runner.train(tiny(model={"dropout": 0.0}), run_dir=tmp_path / "e")
+    trainer.train(tiny(train={"compile": True}, model={"dropout": 0.0}), run_dir=tmp_path / "c")
+    trainer.train(tiny(model={"dropout": 0.0}), run_dir=tmp_path / "e")
     for compiled, eager in zip(rows(tmp_path / "c"), rows(tmp_path / "e"), strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert float(compiled[key]) == pytest.approx(float(eager[key]), rel=1e-3, abs=2e-3), key
@@ -225,14 +225,14 @@ def test_compile_trains_like_eager(tmp_path):
 def test_threads(tmp_path, top, train, expected):
     seen = []
 
-    class Watch(runner.Callbacks):
+    class Watch(trainer.Callbacks):
         def run_started(self, info):
             seen.append(info.threads)
 
-    runner.train(tiny(train={**train, "epochs": 1}, **top), run_dir=tmp_path / "t", callbacks=Watch())
+    trainer.train(tiny(train={**train, "epochs": 1}, **top), run_dir=tmp_path / "t", callbacks=Watch())
     assert seen == [expected]
 
 
 def test_auto_threads_uses_the_machine_for_big_steps():
     config = Config.from_dict({"model": {"hidden": [1024, 512]}, "train": {"batch_size": 512}})
-    assert runner.configure_threads(config, torch.device("cpu")) == runner._DEFAULT_THREADS
+    assert threads.configure_threads(config, torch.device("cpu")) == threads.DEFAULT_THREADS

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
-from mlptrain.nn import ACTIVATIONS, MLP, Linear, LinearFunction
+from mlptrain.nn import ACTIVATIONS, MLP, Linear, LinearFunction, to_torch
 
 IN, OUT = 4, 5
 INPUT_SHAPES = {"1d": (IN,), "2d": (3, IN), "3d": (2, 3, IN)}
@@ -372,3 +372,25 @@ def test_mlp_training_step_matches_torch_linear_model(bias):
         opt_ref.step()
     for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_torch_twin_computes_the_same_function(fused):
+    torch.manual_seed(0)
+    ours = MLP([784, 32, 16, 10], fused=fused)
+    twin = to_torch(ours)
+    assert [type(m).__name__ for m in twin] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    x = torch.randn(8, 784)
+    torch.testing.assert_close(twin(x), ours(x))
+    twin[0].weight.data.zero_()  # a copy: the twin trains on its own weights
+    assert ours.layers[0].weight.abs().sum() > 0
+
+
+def test_torch_twin_keeps_the_activation_dropout_and_missing_bias():
+    torch.manual_seed(0)
+    ours = MLP([20, 8, 4], activation="gelu", dropout=0.5, bias=False).eval()
+    twin = to_torch(ours).eval()
+    assert [type(m).__name__ for m in twin] == ["Linear", "GELU", "Dropout", "Linear"]
+    assert twin[0].bias is None and twin[2].p == 0.5
+    x = torch.randn(4, 20)
+    torch.testing.assert_close(twin(x), ours(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mlptrain.cli import app
+from mlptrain.metrics import EpochStats, History
 from mlptrain.plot import save_curves, save_error_grid
 
 runner = CliRunner()
@@ -31,11 +33,8 @@ def assert_png(path: Path, min_size: tuple[int, int] = (400, 300)) -> None:
     assert 5_000 < path.stat().st_size < 2_000_000
 
 
-def rows(n: int) -> list[dict[str, float]]:
-    return [
-        {"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.5 / e, "val_loss": 1.1 / e, "val_acc": 1 - 0.6 / e}
-        for e in range(1, n + 1)
-    ]
+def rows(n: int) -> list[EpochStats]:
+    return [EpochStats(e, 1 / e, 1 - 0.5 / e, 1.1 / e, 1 - 0.6 / e, 0.01, 1.0, 0.1, 1000.0) for e in range(1, n + 1)]
 
 
 def test_training_writes_curves_png(trained_run):
@@ -88,10 +87,11 @@ def test_plot_refuses_an_unknown_image_format(trained_run, tmp_path):
 
 
 def test_curves_of_one_epoch_many_epochs_and_a_diverged_run(tmp_path):
-    save_curves(tmp_path / "one.png", rows(1), 1, "val_acc", "one")
-    save_curves(tmp_path / "many.png", rows(200), 200, "val_acc", "many")
-    diverged = [*rows(3), {**rows(4)[-1], "train_loss": math.nan, "val_loss": math.nan}]
-    save_curves(tmp_path / "diverged.png", diverged, 3, "val_loss", "diverged")
+    save_curves(tmp_path / "one.png", History("val_acc", rows(1)), "one")
+    save_curves(tmp_path / "many.png", History("val_acc", rows(200)), "many")
+    diverged = [*rows(3), replace(rows(4)[-1], train_loss=math.nan, val_loss=math.nan)]
+    assert History("val_loss", diverged).best_epoch == 3
+    save_curves(tmp_path / "diverged.png", History("val_loss", diverged), "diverged")
     for name in ("one", "many", "diverged"):
         assert_png(tmp_path / f"{name}.png")
 

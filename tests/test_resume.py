@@ -15,12 +15,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mlptrain import runner
+from mlptrain import trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config
-from mlptrain.errors import ConfigError, RunFailed
+from mlptrain.errors import ConfigError, Interrupted, RunFailed
 from mlptrain.files import new_run_dir
+from mlptrain.interrupt import StopRequest
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -57,10 +58,10 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[key], wb[key]), key
 
 
-class StopAt(runner.Callbacks):
+class StopAt(trainer.Callbacks):
     """Asks for a stop at (epoch, batch); batch 0 means right after that epoch finished."""
 
-    def __init__(self, stop: runner.StopRequest, epoch: int, batch: int):
+    def __init__(self, stop: StopRequest, epoch: int, batch: int):
         self.stop, self.at, self.epoch = stop, (epoch, batch), 0
 
     def epoch_started(self, epoch, epochs, steps, done):
@@ -79,16 +80,16 @@ class StopAt(runner.Callbacks):
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run every interrupted one must match, bit for bit."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    runner.train(tiny(), run_dir=run_dir)
+    trainer.train(tiny(), run_dir=run_dir)
     return run_dir
 
 
 @pytest.mark.parametrize(("epoch", "batch"), [(2, 7), (1, 1), (3, 30), (1, 0), (2, 0)])
 def test_stop_and_resume_is_bitwise_equal(reference, tmp_path, epoch, batch):
     run_dir = tmp_path / "run"
-    stop = runner.StopRequest()
-    with pytest.raises(runner.Interrupted) as info:
-        runner.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, epoch, batch), stop=stop)
+    stop = StopRequest()
+    with pytest.raises(Interrupted) as info:
+        trainer.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, epoch, batch), stop=stop)
     assert info.value.exit_code == (130 if batch else 143)
     assert info.value.resume_command == f"mlptrain train --resume {run_dir}"
     ckpt = load_checkpoint(run_dir / "last.pt")
@@ -99,7 +100,7 @@ def test_stop_and_resume_is_bitwise_equal(reference, tmp_path, epoch, batch):
         assert ckpt["progress"] is None and ckpt["epoch"] == epoch
     best_before = (run_dir / "best.pt").read_bytes() if (run_dir / "best.pt").exists() else None
 
-    result = runner.resume(run_dir)
+    result = trainer.resume(run_dir)
     assert [s.epoch for s in result.history] == [1, 2, 3]
     assert metrics(run_dir) == metrics(reference)
     assert_same_weights(run_dir / "last.pt", reference / "last.pt")
@@ -109,24 +110,24 @@ def test_stop_and_resume_is_bitwise_equal(reference, tmp_path, epoch, batch):
 
 
 def test_same_seed_same_metrics(reference, tmp_path):
-    runner.train(tiny(), run_dir=tmp_path / "again")
+    trainer.train(tiny(), run_dir=tmp_path / "again")
     assert metrics(tmp_path / "again") == metrics(reference)
-    runner.train(Config.from_dict({**TINY, "seed": 4}), run_dir=tmp_path / "other")
+    trainer.train(Config.from_dict({**TINY, "seed": 4}), run_dir=tmp_path / "other")
     assert metrics(tmp_path / "other") != metrics(reference)
 
 
 def test_resume_accepts_the_checkpoint_path(reference, tmp_path):
     run_dir = tmp_path / "run"
-    stop = runner.StopRequest()
-    with pytest.raises(runner.Interrupted):
-        runner.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 3), stop=stop)
-    runner.resume(run_dir / "last.pt")
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 3), stop=stop)
+    trainer.resume(run_dir / "last.pt")
     assert metrics(run_dir) == metrics(reference)
 
 
 def test_resume_a_finished_run_does_nothing(reference):
     before = (reference / "last.pt").read_bytes()
-    result = runner.resume(reference)
+    result = trainer.resume(reference)
     assert result.already_finished and len(result.history) == 3
     assert (reference / "last.pt").read_bytes() == before
     out = CliRunner().invoke(app, ["train", "--resume", str(reference)])
@@ -135,8 +136,8 @@ def test_resume_a_finished_run_does_nothing(reference):
 
 def test_extend_a_finished_run(reference, tmp_path):
     run_dir = tmp_path / "run"
-    runner.train(tiny(), run_dir=run_dir)
-    result = runner.resume(run_dir, ["train.epochs=5"])
+    trainer.train(tiny(), run_dir=run_dir)
+    result = trainer.resume(run_dir, ["train.epochs=5"])
     assert [s.epoch for s in result.history] == [1, 2, 3, 4, 5]
     assert metrics(run_dir)[:3] == metrics(reference)  # the first three epochs are kept, not redone
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 5
@@ -154,15 +155,15 @@ def test_extend_a_finished_run(reference, tmp_path):
 )
 def test_resume_refuses_other_changes(reference, overrides, needle):
     with pytest.raises(ConfigError, match=needle):
-        runner.resume(reference, overrides)
+        trainer.resume(reference, overrides)
 
 
 def test_early_stopping(tmp_path):
     # A rate so small that nothing changes: val_acc never improves on epoch 1, so patience 2 ends epoch 3.
-    result = runner.train(tiny(epochs=10, lr=1e-12, patience=2, scheduler="none"), run_dir=tmp_path / "r")
+    result = trainer.train(tiny(epochs=10, lr=1e-12, patience=2, scheduler="none"), run_dir=tmp_path / "r")
     assert result.stopped_early and result.best_epoch == 1
     assert [s.epoch for s in result.history] == [1, 2, 3]
-    assert runner.resume(tmp_path / "r").already_finished
+    assert trainer.resume(tmp_path / "r").already_finished
 
 
 def test_run_folders_never_collide(tmp_path):
@@ -175,7 +176,7 @@ def test_unusable_output_place_is_refused_before_data_is_loaded(tmp_path):
     # MNIST is absent here, so reaching the data would give a different error.
     config = Config.from_dict({"output": {"dir": str(tmp_path / "file" / "runs")}, "data": {"root": str(tmp_path)}})
     with pytest.raises(ConfigError, match="cannot create the folder"):
-        runner.train(config)
+        trainer.train(config)
 
 
 # --- real signals, real processes ---------------------------------------------------------------------------
@@ -244,24 +245,24 @@ def test_kill_9_resumes_from_the_last_finished_epoch(tmp_path, reference_small_b
     ckpt = load_checkpoint(run_dir / "last.pt")  # whole, whatever moment the kill came
     assert ckpt["progress"] is None and ckpt["epoch"] >= 1
     assert len(metrics(run_dir)) >= ckpt["epoch"]
-    runner.resume(run_dir)
+    trainer.resume(run_dir)
     assert metrics(run_dir) == metrics(reference_small_batches)
     assert_same_weights(run_dir / "last.pt", reference_small_batches / "last.pt")
 
 
 def test_divergence_stops_the_run_and_keeps_the_finite_checkpoints(tmp_path, monkeypatch):
-    real_fit = runner.fit
+    real_fit = trainer.fit
 
-    def fit_that_blows_up(model, *args, **kwargs):
-        for stats in real_fit(model, *args, **kwargs):
+    def fit_that_blows_up(state, *args, **kwargs):
+        for stats in real_fit(state, *args, **kwargs):
             yield stats
             with torch.no_grad():  # after epoch 1, poison one weight: epoch 2's loss is NaN through the real loop
-                model.layers[0].weight[0, 0] = float("nan")
+                state.model.layers[0].weight[0, 0] = float("nan")
 
-    monkeypatch.setattr(runner, "fit", fit_that_blows_up)
+    monkeypatch.setattr(trainer, "fit", fit_that_blows_up)
     run_dir = tmp_path / "run"
     with pytest.raises(RunFailed, match=r"diverged in epoch 2.*train\.lr") as info:
-        runner.train(tiny(), run_dir=run_dir)
+        trainer.train(tiny(), run_dir=run_dir)
     assert info.value.exit_code == 1
     rows = metrics(run_dir)
     assert len(rows) == 2 and rows[1][1] == "nan"  # the diverged epoch is on record

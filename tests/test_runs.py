@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mlptrain.cli import app
 from mlptrain.config import Config
-from mlptrain.engine import COLUMNS
+from mlptrain.metrics import COLUMNS
 from mlptrain.runs import differing_keys, list_runs, read_run
 
 runner = CliRunner()
@@ -119,7 +119,7 @@ def test_a_trained_and_evaluated_run_shows_its_test_accuracy(trained_run, tmp_pa
     accuracy = json.loads(invoke("eval", run / "best.pt", "--json").stdout)["accuracy"]
     (listed,) = json.loads(invoke("runs", tmp_path / "runs", "--json").stdout)
     assert listed["test_acc"] == accuracy and listed["epochs"] == 4
-    assert listed["best_val_acc"] == max(r["val_acc"] for r in read_run(run).history)
+    assert listed["best_val_acc"] == max(s.val_acc for s in read_run(run).history.epochs)
 
 
 def test_runs_and_plot_help_do_not_import_torch(runs_dir):

@@ -291,7 +291,8 @@ class StopAfterTrial(sweep.SweepCallbacks):
 
 
 def test_a_stop_between_trials_leaves_the_next_one_pending(tmp_path):
-    from mlptrain.runner import Interrupted, StopRequest
+    from mlptrain.errors import Interrupted
+    from mlptrain.interrupt import StopRequest
 
     job = sweep.create(write_sweep(tmp_path, {"params": {"train.lr": [0.1, 0.05]}}), folder=tmp_path / "sw")
     stop = StopRequest()
@@ -305,16 +306,16 @@ def test_a_stop_between_trials_leaves_the_next_one_pending(tmp_path):
 
 
 def test_a_crashing_trial_is_failed_and_bad_data_stops_the_sweep(tmp_path, monkeypatch):
-    from mlptrain import runner
+    from mlptrain import trainer
 
-    real_train = runner.train
+    real_train = trainer.train
 
     def train_that_crashes(config, **kwargs):
         if config.train.lr == 0.05:
             raise RuntimeError("out of memory")
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(runner, "train", train_that_crashes)
+    monkeypatch.setattr(trainer, "train", train_that_crashes)
     job = sweep.create(write_sweep(tmp_path, {"params": {"train.lr": [0.05, 0.1]}}), folder=tmp_path / "sw")
     trials = sweep.run(job)
     assert [(t.state, t.reason) for t in trials] == [("failed", "RuntimeError: out of memory"), ("done", "")]

@@ -1,0 +1,74 @@
+"""Stopping cleanly on Ctrl-C or SIGTERM: the request a signal sets, the handlers that set it, and the stop that
+every process of a distributed run agrees on, so all of them stop after the same batch."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only the type: stopping needs no torch until a distributed run compares notes
+    from mlptrain.distributed import World
+
+
+class StopRequest:
+    """Set by a signal handler (or a test); the loop stops at the next batch boundary and saves its place."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. SIGINT."""
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest):
+    """While training, SIGINT/SIGTERM ask for a clean stop; a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handle(signum, frame):
+        if signum == signal.SIGINT and stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.request(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class AgreedStop:
+    """The loop's should_stop: the local StopRequest, or, with several processes, whether any of them has one.
+
+    Every process calls it at the same points (after every batch, after every epoch), so they all stop after the
+    same batch and none is left waiting in a collective. Between batches they compare notes only every `every`
+    batches: an all-reduce costs more than a small step (README, Performance).
+    """
+
+    def __init__(self, stop: StopRequest, world: World, every: int = 8):
+        self.stop, self.world, self.every, self.calls = stop, world, every, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if self.world.distributed and self.calls % self.every:
+            return False
+        return self.now()
+
+    def now(self) -> bool:
+        signum = self.world.agreed_signal(self.stop.signum)
+        if signum is not None and self.stop.signum is None:  # another process got the signal: stop likewise
+            self.stop.signum = signum
+        return self.stop()

@@ -1,0 +1,371 @@
+"""A training run: a config trained from scratch, or a run resumed from its last.pt, epoch by epoch around
+engine.fit, writing its folder as it goes (runs.py names the files). Nothing here prints: what happens reaches
+the caller through a Callbacks object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from mlptrain import distributed
+from mlptrain.checkpoint import load_checkpoint, restore, save_checkpoint
+from mlptrain.config import Config, parse_override, resolve_device, with_values
+from mlptrain.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
+from mlptrain.distributed import World
+from mlptrain.engine import (
+    FlatParameters,
+    Hooks,
+    TrainingStopped,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    compile_model,
+    fit,
+    grad_scaler,
+)
+from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed
+from mlptrain.files import atomic_write_text
+from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
+from mlptrain.metrics import EpochStats, History, write_metrics
+from mlptrain.nn import build_model
+from mlptrain.plot import plot_run
+from mlptrain.rng import seed_everything
+from mlptrain.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, clear_run, prepare_run_dir, read_run
+from mlptrain.threads import configure_threads
+
+
+@dataclass
+class RunInfo:
+    """What is known once a run has its data and model, before the first epoch: what a reporter's header shows."""
+
+    run_dir: Path
+    device: str
+    threads: int
+    dataset: str
+    sizes: list[int]
+    parameters: int
+    train_samples: int
+    val_samples: int
+    config: Config
+    resumed_at: str | None = None  # where a continued run picks up, in words
+    notes: list[str] = field(default_factory=list)  # warnings worth showing, e.g. a compile that fell back
+
+
+class Callbacks:
+    """What a run reports as it goes. The defaults do nothing; the CLI's reporter overrides them."""
+
+    def run_started(self, info: RunInfo) -> None:
+        pass
+
+    def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        """`done` batches of this epoch were trained before (a resumed epoch), `steps` in all."""
+
+    def batch_done(self, step: int) -> None:
+        pass
+
+    def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: its epochs, and whether it stopped early or had nothing left to do."""
+
+    run_dir: Path
+    history: History
+    stopped_early: bool = False  # train.patience epochs without improvement
+    already_finished: bool = False  # --resume of a run with nothing left to do
+
+    @property
+    def monitor(self) -> str:
+        return self.history.monitor
+
+    @property
+    def best_epoch(self) -> int:
+        return self.history.best_epoch
+
+    @property
+    def best(self) -> EpochStats | None:
+        return self.history.best
+
+    def to_json(self) -> dict:
+        best = self.history.best
+        return {
+            "run_dir": str(self.run_dir),
+            "monitor": self.monitor,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "already_finished": self.already_finished,
+            "best": best.as_dict() if best is not None else None,
+            "epochs": [s.as_dict() for s in self.history.epochs],
+            "best_checkpoint": str(self.run_dir / BEST_FILE),
+            "last_checkpoint": str(self.run_dir / LAST_FILE),
+        }
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where a run trains, resolved once: this process among torchrun's (or alone), its device, its CPU threads."""
+
+    world: World
+    device: torch.device
+    threads: int
+
+
+@dataclass
+class _Session:
+    """A run under way: what it trains on, its training state, and its history so far."""
+
+    config: Config
+    run_dir: Path
+    processes: Processes
+    data: TrainingData
+    state: TrainState
+    history: History
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch."""
+        return steps_per_epoch(len(self.data.train), self.config.train.batch_size, self.processes.world.size)
+
+
+def train(
+    config: Config,
+    run_dir: Path | None = None,
+    force: bool = False,
+    callbacks: Callbacks | None = None,
+    stop: StopRequest | None = None,
+) -> TrainResult:
+    """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch.
+
+    Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
+    """
+    with _processes(config) as processes:
+        world = processes.world
+        fresh = run_dir is None or not Path(run_dir).exists()
+        output = Path(config.output.dir)
+        run_dir = distributed.run_on_main(world, lambda: prepare_run_dir(run_dir, output, config.name, force))
+        try:
+            data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
+        except BaseException:
+            if fresh and world.is_main:  # nothing was trained: leave no empty run folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if world.is_main:
+            clear_run(run_dir)  # --force over an old run: none of it stays
+            atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        session = _new_session(config, run_dir, processes, data)
+        return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def resume(
+    path: Path, overrides: list[str] = (), callbacks: Callbacks | None = None, stop: StopRequest | None = None
+) -> TrainResult:
+    """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
+
+    Only train.epochs may be overridden, to extend a run. A run that has finished returns at once, with
+    `already_finished` set. Under torchrun every process reads the checkpoint (on several machines, the run
+    folder must be at the same path on each) and they continue together.
+    """
+    ckpt, config, run_dir = load_for_resume(path, overrides)
+    with _processes(config) as processes:
+        device = processes.device
+        data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
+        session = _new_session(config, run_dir, processes, data, ckpt)
+        if session.state.progress is None and _finished(session):
+            return TrainResult(run_dir, session.history, already_finished=True)
+        if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
+            atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict, Config, Path]:
+    """(checkpoint, config with overrides, run folder) of the run to resume at `path`, every problem refused."""
+    path = Path(path)
+    ckpt_path = path / LAST_FILE if path.is_dir() else path
+    if path.is_dir() and not ckpt_path.exists():
+        raise CheckpointError(f"{path} holds no {LAST_FILE} to resume from")
+    ckpt = load_checkpoint(ckpt_path)
+    config: Config = ckpt["config"]
+    for item in overrides:
+        key, value = parse_override(item)
+        if key != "train.epochs":
+            raise ConfigError(f"--set {item}: only train.epochs can change when resuming; {key} is fixed by the run")
+        config = with_values(config, {key: value}, source=f"--set {item}")
+    if config.train.epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
+        )
+    return ckpt, config, ckpt_path.parent
+
+
+@contextlib.contextmanager
+def _processes(config: Config) -> Iterator[Processes]:
+    """Where a run of `config` trains, inside torchrun's process group where there is one, with the CPU threads
+    set; refuses a config that cannot be split over the processes."""
+    world = World.from_env()
+    device = world.device(resolve_device(config.device))
+    distributed.check_world(config, device, world.size, world.local_size)
+    with distributed.joined(world, device):
+        yield Processes(world, device, configure_threads(config, device, world))
+
+
+def _new_session(
+    config: Config, run_dir: Path, processes: Processes, data: TrainingData, ckpt: dict | None = None
+) -> _Session:
+    """Build model, optimizer and schedule; from a checkpoint, restore every piece of state it holds."""
+    world, device = processes.world, processes.device
+    seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
+    model = build_model(config.model, data.in_features, NUM_CLASSES).to(device)
+    optimizer = build_optimizer([FlatParameters(model).param], config.train)
+    steps = steps_per_epoch(len(data.train), config.train.batch_size, world.size)
+    scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
+    state = TrainState(model, optimizer, scheduler, grad_scaler(device, config.train.precision))
+    session = _Session(config, run_dir, processes, data, state, History(config.train.monitor))
+    if config.train.compile:
+        x, y = data.train.x[: config.train.batch_size], data.train.y[: config.train.batch_size]
+        state.train_model, note = compile_model(model, optimizer, x, y, config.train.precision)
+        session.notes += [note] if note else []
+    if ckpt is not None:
+        session.history.epochs = restore(ckpt, state)
+    if world.distributed:
+        _join_processes(session)
+    return session
+
+
+def _join_processes(session: _Session) -> None:
+    """Make the session one of several data-parallel processes: the model wrapped in DistributedDataParallel, a
+    dropout stream of each rank's own, and partial sums that rank 0 alone carries over a resume."""
+    world, device, state = session.processes.world, session.processes.device, session.state
+    state.train_model = distributed.wrap(state.training_model, device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    b = session.config.train.batch_size
+    session.notes.append(
+        f"{world.size} processes ({backend}), data-parallel: each trains on {b // world.size} of every batch of {b}"
+    )
+    progress = state.progress
+    distributed.seed_rank(session.config.seed, world, state.epoch, progress.step if progress else 0)
+    if progress is not None and not world.is_main:  # the checkpoint's partial sums are all ranks' (see _run)
+        progress.loss_sum.zero_()
+        progress.correct.zero_()
+
+
+def _finished(session: _Session) -> bool:
+    epoch, patience = session.state.epoch, session.config.train.patience
+    stalled = patience > 0 and epoch - session.history.best_epoch >= patience
+    return epoch >= session.config.train.epochs or stalled
+
+
+def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
+    """The epoch loop shared by a new run and a resumed one.
+
+    With several processes, all make the same decisions from the same all-reduced numbers (best epoch, early
+    stop, divergence) and agree on every stop; rank 0 alone reports and writes.
+    """
+    config, world = session.config, session.processes.world
+    if not world.is_main:
+        cb = Callbacks()
+    else:  # a run resumed after a kill -9 may have rows past its last.pt: the checkpoint is what counts
+        write_metrics(session.run_dir / METRICS_FILE, session.history.epochs)
+    cb.run_started(_info(session))
+    should_stop = AgreedStop(stop, world)
+    epochs = config.train.epochs
+    hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), cb.batch_done, should_stop)
+    result = TrainResult(session.run_dir, session.history)
+    with stop_on_signals(stop):
+        try:
+            for stats in fit(session.state, session.data, config, hooks, world):
+                _record(session, stats, cb)
+                if should_stop.now() and stats.epoch < epochs:
+                    raise _stopped(session, stop)
+                if _finished(session) and stats.epoch < epochs:
+                    result.stopped_early = True
+                    break
+        except TrainingStopped as e:
+            _save_stop(session, e.progress)
+            raise _stopped(session, stop) from None
+    if world.is_main:
+        plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
+    return result
+
+
+def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
+    """A finished epoch into the run folder: its metrics.csv row, then last.pt, and best.pt if it is the best."""
+    history, run_dir, main = session.history, session.run_dir, session.processes.world.is_main
+    history.epochs.append(stats)
+    if main:
+        write_metrics(run_dir / METRICS_FILE, history.epochs)
+    if stats.diverged:
+        cb.epoch_done(stats, False)
+        raise RunFailed(
+            f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower train.lr "
+            f"(now {session.config.train.lr}). {BEST_FILE} and {LAST_FILE} keep the last finite epoch"
+        )
+    improved = history.best_epoch == stats.epoch
+    if main:
+        paths = [run_dir / LAST_FILE] + ([run_dir / BEST_FILE] if improved else [])
+        save_checkpoint(paths, session.config, session.data, session.state, history)
+    cb.epoch_done(stats, improved)
+
+
+def _save_stop(session: _Session, progress) -> None:
+    """Every process stopped after the same batch: rank 0 saves the place, with all ranks' partial sums."""
+    world = session.processes.world
+    progress.loss_sum, progress.correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
+    if world.is_main:
+        save_checkpoint([session.run_dir / LAST_FILE], session.config, session.data, session.state, session.history)
+
+
+def _info(session: _Session) -> RunInfo:
+    model, data, config = session.state.model, session.data, session.config
+    return RunInfo(
+        run_dir=session.run_dir,
+        device=str(session.processes.device),
+        threads=session.processes.threads,
+        dataset=config.data.dataset,
+        sizes=model.sizes,
+        parameters=sum(p.numel() for p in model.parameters()),
+        train_samples=len(data.train),
+        val_samples=len(data.val),
+        config=config,
+        resumed_at=_resume_point(session),
+        notes=session.notes,
+    )
+
+
+def _resume_point(session: _Session) -> str | None:
+    state = session.state
+    if state.progress is not None:
+        return f"epoch {state.progress.epoch}, batch {state.progress.step + 1}/{session.steps}"
+    return f"epoch {state.epoch + 1}" if state.epoch else None
+
+
+def _stopped(session: _Session, stop: StopRequest) -> Interrupted:
+    run_dir, world, state, history = session.run_dir, session.processes.world, session.state, session.history
+    progress = state.progress
+    where = (
+        f"in epoch {progress.epoch} after batch {progress.step}/{session.steps}"
+        if progress is not None
+        else f"after epoch {state.epoch}"
+    )
+    best = (
+        f"; best so far: epoch {history.best_epoch} ({history.monitor} {history.best_value:.4f}) in {BEST_FILE}"
+        if history.best_epoch
+        else ""
+    )
+    command = f"mlptrain train --resume {run_dir}"
+    if world.distributed:  # on one machine --nproc says it all; on several, torchrun's flags are the user's own
+        command = f"{command} --nproc {world.size}" if world.local_size == world.size else f"torchrun ... -m {command}"
+    return Interrupted(
+        f"{stop.name}: stopped {where}; its exact place is saved in {run_dir / LAST_FILE}{best}",
+        resume_command=command,
+        signum=stop.signum,
+    )
