@@ -171,6 +171,7 @@ class TrainState:
     def training_model(self) -> nn.Module:
         """What the training pass calls: train_model, else model."""
         return self.model if self.train_model is None else self.train_model  # not `or`: modules may define len()
+
     epoch: int = 0  # epochs finished
     progress: EpochProgress | None = None  # the epoch under way, when one was stopped part-way
 
