@@ -24,7 +24,9 @@ app = typer.Typer(
 )
 
 
-class Split(str, Enum):
+class SplitChoice(str, Enum):
+    """What `eval --split` accepts."""
+
     test = "test"
     val = "val"
 
@@ -126,18 +128,12 @@ def train(
         bool, typer.Option("--json", help="Print one JSON object with every epoch's numbers, nothing else.")
     ] = False,
     nproc: Annotated[
-        int,
-        typer.Option(
-            "--nproc",
-            min=1,
-            metavar="N",
-            help="Train in N processes on this machine (data-parallel, through torch.distributed.run).",
-        ),
+        int, typer.Option("--nproc", min=1, metavar="N", help="Train in N processes on this machine (data-parallel).")
     ] = 1,
 ) -> None:
     """Train an MLP as CONFIG describes, or resume a run; keep the best checkpoint (on validation) and the last."""
     with _errors():
-        from mlptrain import report
+        from mlptrain import report, trainer
         from mlptrain.config import load_config
         from mlptrain.errors import ConfigError
 
@@ -146,35 +142,38 @@ def train(
         if resume is not None and (run_dir is not None or force):
             raise ConfigError("--resume continues a run in its own folder; --run-dir and --force do not apply")
         cfg = load_config(config, set_ or []) if config is not None else None
-        from mlptrain import trainer
-
         if nproc > 1:
-            from mlptrain import distributed
-            from mlptrain.config import resolve_device
-
-            if distributed.World.from_env().distributed:
-                raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
-            checked = cfg if cfg is not None else trainer.load_for_resume(resume, set_ or [])[1]
-            # bad input is refused here, before any worker starts
-            distributed.check_world(checked, resolve_device(checked.device), nproc, nproc)
-            argv = [str(config)] if config is not None else ["--resume", str(resume)]
-            argv += [f"--set={item}" for item in set_ or []]
-            argv += ["--run-dir", str(run_dir)] if run_dir is not None else []
-            argv += [flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", json_out)) if on]
-            raise typer.Exit(distributed.launch(["train", *argv], nproc))
-
+            flags = [flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", json_out)) if on]
+            raise typer.Exit(_launch(nproc, cfg, config, resume, set_ or [], run_dir, flags))
         rank = _rank()
         with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)) as reporter:
             if cfg is not None:
                 result = trainer.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
                 result = trainer.resume(resume, set_ or [], callbacks=reporter)
-        if rank > 0:
-            return
-        if json_out:
+        if rank == 0 and json_out:
             typer.echo(json.dumps(result.to_json()))
-        else:
+        elif rank == 0:
             reporter.summary(result)
+
+
+def _launch(
+    nproc: int, cfg, config: Path | None, resume: Path | None, overrides: list[str], run_dir: Path | None, flags
+) -> int:
+    """`mlptrain train ...` in `nproc` processes through torchrun, once the config passed the checks a worker would
+    make (so bad input is refused here, before any worker starts); returns the exit code to leave with."""
+    from mlptrain import distributed, trainer
+    from mlptrain.config import resolve_device
+    from mlptrain.errors import ConfigError
+
+    if distributed.World.from_env().distributed:
+        raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
+    checked = cfg if cfg is not None else trainer.load_for_resume(resume, overrides)[1]
+    distributed.check_world(checked, resolve_device(checked.device), nproc, nproc)
+    argv = [str(config)] if config is not None else ["--resume", str(resume)]
+    argv += [f"--set={item}" for item in overrides]
+    argv += ["--run-dir", str(run_dir)] if run_dir is not None else []
+    return distributed.launch(["train", *argv, *flags], nproc)
 
 
 @app.command("eval")
@@ -184,8 +183,8 @@ def evaluate(
         typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt."),
     ],
     split: Annotated[
-        Split, typer.Option(help="test: the held-back test set; val: the run's validation images.")
-    ] = Split.test,
+        SplitChoice, typer.Option(help="test: the held-back test set; val: the run's validation images.")
+    ] = SplitChoice.test,
     data_root: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--data-root", help="Where the dataset lives, if not where the run found it."),
@@ -280,38 +279,31 @@ def runs(
 
         if out is not None and out.suffix.lower() != ".png":
             raise ConfigError(f"--out {out}: give a file name ending in .png")
-        if sweep_.is_sweep(folder):
+        console = report.make_console()
+        sweep_folder = sweep_.is_sweep(folder)
+        if sweep_folder:
             table = sweep_.table(folder)
-            for problem in (p for row in table.rows if row.run for p in row.run.problems):
-                report.warning(problem)
-            if json_out:
-                typer.echo(json.dumps(table.to_json()))
-            else:
-                report.show_sweep(report.make_console(), table)
-            scored = [row for row in table.rows if row.value is not None]
-            points = [(row.trial.values, row.value) for row in scored]
-            best = next((i for i, row in enumerate(scored) if row.best), None)
-            keys, metric, what = table.keys, table.monitor, "trials"
+            problems, listing, scores = table.problems, table.to_json(), table.scores()
         else:
             found = run_folders.list_runs(folder)
             keys = run_folders.differing_keys(found)
-            for run in found:
-                for problem in run.problems:
-                    report.warning(problem)
-            if json_out:
-                typer.echo(json.dumps([run.to_json(keys) for run in found]))
-            else:
-                report.show_runs(report.make_console(), folder, found, keys)
-            scored = [run for run in found if run.best_val_acc is not None]
-            points = [(run.settings, run.best_val_acc) for run in scored]
-            best, metric, what = run_folders.best_run(scored), "val_acc", "runs"
+            problems, listing = [p for run in found for p in run.problems], [run.to_json(keys) for run in found]
+            scores = run_folders.scores(found, keys)
+        for problem in problems:
+            report.warning(problem)
+        if json_out:
+            typer.echo(json.dumps(listing))
+        elif sweep_folder:
+            report.show_sweep(console, table)
+        else:
+            report.show_runs(console, folder, found, keys)
         if out is not None:
             from mlptrain.plot import save_metric_plot
 
-            title = f"{folder}: the best {metric.replace('_', ' ')} of {len(points)} {what}"
-            save_metric_plot(out, points, keys, metric, title, best)
+            title = f"{folder}: the best {scores.metric.replace('_', ' ')} of {len(scores.points)} {scores.what}"
+            save_metric_plot(out, scores.points, scores.keys, scores.metric, title, scores.best)
             if not json_out:
-                report.saved(report.make_console(), "plot", out)
+                report.saved(console, "plot", out)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -167,7 +168,7 @@ class TrainReporter:
         best = result.best
         if self.console.is_terminal:
             if not self.quiet:
-                self.console.print(epochs_table(result))
+                self.console.print(epochs_table(result, self.console.width))
             self.console.print(
                 f"[bold green]best[/] epoch {best.epoch}: val acc {pct(best.val_acc)}, val loss {best.val_loss:.4f}"
                 f" (monitor {result.monitor})"
@@ -189,17 +190,24 @@ def interrupted(message: str, resume_command: str) -> None:
     console.print(Text("resume with: ", style="bold") + Text(resume_command), soft_wrap=True)
 
 
-def epochs_table(result: TrainResult) -> Table:
-    """Every column of metrics.csv, an epoch a row, the best epoch marked."""
-    table = Table(title=f"{result.run_dir}", title_justify="left", header_style="bold")
-    for name in COLUMNS:
-        table.add_column(LABELS[name], justify="right")
-    table.add_column("")
-    best_epoch = result.best_epoch
-    for s in result.history.epochs:
-        best = s.epoch == best_epoch
+def epochs_table(result: TrainResult, width: int | None = None) -> Table:
+    """Every column of metrics.csv, an epoch a row; the best epoch starred and in green. Where one-line headers would
+    not fit in `width` columns (an 80-column terminal), they take two lines, so that every number shows whole."""
+    rows, best_epoch = [], result.best_epoch
+    for s in result.history:
         cells = [metric_text(UNITS[name], value) for name, value in s.as_dict().items()]
-        table.add_row(*cells, "★ best" if best else "", style="bold green" if best else None)
+        cells[0] = f"★ {cells[0]}" if s.epoch == best_epoch else cells[0]
+        rows.append(cells)
+    labels = [LABELS[name] for name in COLUMNS]
+    needed = sum(max(len(label), *(len(row[i]) for row in rows)) + 2 for i, label in enumerate(labels))
+    if width is not None and needed > width:
+        labels = [label.replace(" ", "\n") for label in labels]
+    table = Table(title=f"{result.run_dir}", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    table.show_edge, table.padding = False, (0, 1, 0, 0)  # columns two spaces apart, no rules between them
+    for label in labels:
+        table.add_column(label, justify="right")
+    for s, cells in zip(result.history, rows, strict=True):
+        table.add_row(*cells, style="bold green" if s.epoch == best_epoch else None)
     return table
 
 

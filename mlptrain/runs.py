@@ -171,9 +171,22 @@ def list_runs(folder: Path) -> list[RunSummary]:
     return sorted(runs, key=lambda r: (r.started, _suffix(r.path)), reverse=True)
 
 
-def best_run(runs: list[RunSummary]) -> int | None:
-    """The position of the run with the best val_acc (the first of equals), or None."""
-    return best_index((run.best_val_acc for run in runs), "val_acc")
+@dataclass
+class Scores:
+    """Runs' (or a sweep's trials') best scores against their settings: what `mlptrain runs --out` draws."""
+
+    metric: str  # val_acc or val_loss
+    keys: list[str]  # the settings that differ
+    points: list[tuple[dict[str, Any], float]]  # (settings as dotted keys, best score), for those with a score
+    best: int | None  # the position in `points` of the best
+    what: str  # 'runs' or 'trials'
+
+
+def scores(runs: list[RunSummary], keys: list[str]) -> Scores:
+    """Each run's best val_acc against its settings, the best run (the first of equals) marked."""
+    scored = [run for run in runs if run.best_val_acc is not None]
+    best = best_index((run.best_val_acc for run in scored), "val_acc")
+    return Scores("val_acc", keys, [(run.settings, run.best_val_acc) for run in scored], best, "runs")
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:

@@ -19,7 +19,7 @@ from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_con
 from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
 from mlptrain.files import atomic_write_text, make_dirs, new_run_dir
 from mlptrain.metrics import ranked
-from mlptrain.runs import LAST_FILE, RunSummary, is_run, read_run
+from mlptrain.runs import LAST_FILE, RunSummary, Scores, is_run, read_run
 
 if TYPE_CHECKING:
     from mlptrain.interrupt import StopRequest
@@ -406,6 +406,17 @@ class SweepTable:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [row.to_json(self.monitor, self.keys) for row in self.rows]
+
+    def scores(self) -> Scores:
+        """Each trial's best score on the monitor against its swept values, the best finished trial marked."""
+        scored = [row for row in self.rows if row.value is not None]
+        best = next((i for i, row in enumerate(scored) if row.best), None)
+        return Scores(self.monitor, self.keys, [(row.trial.values, row.value) for row in scored], best, "trials")
+
+    @property
+    def problems(self) -> list[str]:
+        """What could not be read in the trials' run folders."""
+        return [problem for row in self.rows if row.run for problem in row.run.problems]
 
 
 def table(folder: Path) -> SweepTable:

@@ -16,12 +16,12 @@ import torch.distributed as dist
 import yaml
 from typer.testing import CliRunner
 
-from mlptrain import threads, trainer
+from mlptrain import trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config
 from mlptrain.data import Split, batches, shard_order, steps_per_epoch, trained_samples
-from mlptrain.distributed import World, check_world, launch
+from mlptrain.distributed import check_world, launch
 from mlptrain.errors import ConfigError, RunFailed
 
 pytestmark = pytest.mark.skipif(
@@ -90,17 +90,6 @@ def test_batch_size_must_divide_over_the_processes():
     with pytest.raises(ConfigError, match=r"train\.batch_size \(63\).*2 processes"):
         check_world(Config.from_dict({**TINY, "train": {"batch_size": 63}}), torch.device("cpu"), 2, 2)
     check_world(Config.from_dict(TINY), torch.device("cpu"), 2, 2)
-
-
-def test_processes_share_the_cores():
-    config = Config.from_dict({**TINY, "model": {"hidden": [2048, 2048]}, "train": {"batch_size": 4096}})
-    cores, before = threads.cpu_cores(), torch.get_num_threads()
-    try:
-        assert threads.configure_threads(config, torch.device("cpu"), World(0, 2, 0, 2)) == max(1, cores // 2)
-        fixed = Config.from_dict({**TINY, "threads": 3})
-        assert threads.configure_threads(fixed, torch.device("cpu"), World(0, 2, 0, 2)) == 3
-    finally:
-        torch.set_num_threads(before)
 
 
 # --- two real processes ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from mlptrain.config import Config, TrainConfig
 from mlptrain.data import EVAL_BATCH_SIZE, Split, TrainingData
 from mlptrain.engine import (
     EpochProgress,
+    FlatParameters,
     Hooks,
     TrainState,
     autocast,
@@ -163,3 +164,36 @@ def test_predict_logits_and_the_confusion_matrix(data):
     assert confusion.diagonal().sum() / 500 == score_logits(logits, data.val.y)[1]
     assert torch.equal(confusion.sum(1), torch.bincount(data.val.y, minlength=10))  # rows are the true labels
     assert confusion[data.val.y[0], predicted[0]] >= 1
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_flat_parameters_step_like_separate_ones(name):
+    torch.manual_seed(0)
+    a, b = MLP([10, 8, 3]), MLP([10, 8, 3])
+    b.load_state_dict(a.state_dict())
+    flat = FlatParameters(b)
+    cfg = TrainConfig(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.01)
+    opt_a, opt_b = build_optimizer(a.parameters(), cfg), build_optimizer([flat.param], cfg)
+    for step in range(5):
+        x, y = torch.randn(16, 10), torch.randint(0, 3, (16,))
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad(set_to_none=False)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(pa, pb), (name, step, key)
+    assert set(b.state_dict()) == set(a.state_dict())  # same keys: checkpoints do not change
+
+
+def test_flat_parameters_are_views_that_the_optimizer_moves():
+    model = MLP([4, 3, 2])
+    flat = FlatParameters(model)
+    for p in model.parameters():
+        assert p.untyped_storage().data_ptr() == flat.param.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() == flat.param.grad.untyped_storage().data_ptr()
+    before = model.layers[0].weight.detach().clone()
+    opt = torch.optim.SGD([flat.param], lr=0.1)
+    F.cross_entropy(model(torch.randn(5, 4)), torch.tensor([0, 1, 0, 1, 1])).backward()
+    assert flat.param.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(model.layers[0].weight, before)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
+from mlptrain.engine import FlatParameters
 from mlptrain.nn import ACTIVATIONS, MLP, Linear, LinearFunction, to_torch
 
 IN, OUT = 4, 5
@@ -394,3 +395,94 @@ def test_torch_twin_keeps_the_activation_dropout_and_missing_bias():
     assert twin[0].bias is None and twin[2].p == 0.5
     x = torch.randn(4, 20)
     torch.testing.assert_close(twin(x), ours(x))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_gradcheck(activation, bias):
+    from mlptrain.nn import MLPFunction
+
+    torch.manual_seed(0)
+    model = MLP([5, 4, 3, 2], activation, bias=bias).double()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    params = [t for layer in model.layers for t in (layer.weight, layer.bias)]
+
+    def f(x, *tensors):
+        it = iter(tensors)
+        return MLPFunction.apply(x, activation, 0.0, *[next(it) if p is not None else None for p in params])
+
+    assert torch.autograd.gradcheck(f, (x, *[p for p in params if p is not None]))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_equals_per_layer_bitwise(activation, dropout, bias):
+    model = MLP([20, 16, 8, 4], activation, dropout, bias)
+    x, y = torch.randn(12, 20), torch.randint(0, 4, (12,))
+
+    def loss_and_grads(fused: bool):
+        model.fused = fused
+        torch.manual_seed(7)  # the same dropout masks on both paths
+        loss = F.cross_entropy(model(x), y)
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(True), loss_and_grads(False)
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def test_fused_path_input_grad_only_when_asked():
+    model = MLP([6, 5, 3])
+    x = torch.randn(4, 6, requires_grad=True)
+    model(x).sum().backward()
+    model.fused = False
+    x2 = x.detach().clone().requires_grad_()
+    model(x2).sum().backward()
+    assert torch.allclose(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_backprop_by_hand_equals_autograd_bitwise(activation, dropout, bias):
+    model = MLP([20, 16, 8, 4], activation, dropout, bias)
+    x, y = torch.randn(12, 20), torch.randint(0, 4, (12,))
+    torch.manual_seed(7)  # the same dropout masks on both paths
+    loss = F.cross_entropy(model(x), y)
+    expected = torch.autograd.grad(loss, list(model.parameters()))
+    torch.manual_seed(7)
+    loss_by_hand, logits = model.backprop(x, y)
+    assert torch.equal(loss_by_hand, loss.detach())
+    assert not loss_by_hand.requires_grad and not logits.requires_grad
+    for p, g in zip(model.parameters(), expected, strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def test_backprop_overwrites_bound_gradients_in_place_and_skips_frozen_ones():
+    model = MLP([6, 5, 3])
+    flat = FlatParameters(model)
+    flat.param.grad.fill_(123.0)  # stale numbers: backprop overwrites, it does not accumulate
+    model.layers[1].bias.requires_grad_(False)
+    x, y = torch.randn(4, 6), torch.tensor([0, 2, 1, 0])
+    pointers = [p.grad.data_ptr() for p in model.parameters()]
+    model.backprop(x, y)
+    assert [p.grad.data_ptr() for p in model.parameters()] == pointers  # still views of flat.param.grad
+    assert torch.equal(model.layers[1].bias.grad, torch.full((3,), 123.0))  # frozen: left alone
+    twin = MLP([6, 5, 3])
+    twin.load_state_dict(model.state_dict())
+    F.cross_entropy(twin(x), y).backward()
+    for name in ("0.weight", "0.bias", "1.weight"):
+        layer, kind = name.split(".")
+        assert torch.equal(getattr(model.layers[int(layer)], kind).grad, getattr(twin.layers[int(layer)], kind).grad)
+
+
+def test_cross_entropy_with_grad_is_autograds(dtype=torch.float64):
+    from mlptrain.nn import cross_entropy_with_grad
+
+    logits = torch.randn(9, 10, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, 10, (9,))
+    loss = F.cross_entropy(logits, y)
+    (expected,) = torch.autograd.grad(loss, logits)
+    got_loss, got_grad = cross_entropy_with_grad(logits.detach(), y)
+    assert torch.equal(got_loss, loss.detach()) and torch.equal(got_grad, expected)

@@ -15,13 +15,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mlptrain import trainer
+from mlptrain import evaluate, trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config
 from mlptrain.errors import ConfigError, Interrupted, RunFailed
 from mlptrain.files import new_run_dir
 from mlptrain.interrupt import StopRequest
+from mlptrain.nn import MLP
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -270,3 +271,81 @@ def test_divergence_stops_the_run_and_keeps_the_finite_checkpoints(tmp_path, mon
         ckpt = load_checkpoint(run_dir / name)
         assert ckpt["epoch"] == 1
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+# --- the fast paths give the reference path's numbers: by hand, fused, precision, compile ---------------------------
+
+PATHS = {
+    "device": "cpu",
+    "data": {"dataset": "synthetic", "synthetic_size": 1200, "val_size": 200},
+    "model": {"hidden": [32, 16], "dropout": 0.2},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.1},
+}
+
+
+def paths_config(model=None, train=None, **top) -> Config:
+    return Config.from_dict(
+        {**PATHS, **top, "model": {**PATHS["model"], **(model or {})}, "train": {**PATHS["train"], **(train or {})}}
+    )
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if "second" not in k} for r in csv.DictReader(f)]  # not timings
+
+
+@pytest.mark.parametrize(
+    ("model", "precision", "by_hand"),
+    [({"fused": True}, "fp32", True), ({"fused": False}, "fp32", False), ({"fused": True}, "bf16", False)],
+)
+def test_training_takes_the_by_hand_step_only_on_the_fused_fp32_path(monkeypatch, tmp_path, model, precision, by_hand):
+    calls = []
+    original = MLP.backprop
+    monkeypatch.setattr(MLP, "backprop", lambda self, x, y: calls.append(len(x)) or original(self, x, y))
+    trainer.train(paths_config(model=model, train={"epochs": 1, "precision": precision}), run_dir=tmp_path / "run")
+    assert bool(calls) == by_hand
+    if by_hand:
+        assert sum(calls) == 1000  # every training sample, once
+
+
+def test_runs_on_either_path_are_identical(tmp_path):
+    trainer.train(paths_config(model={"fused": True}), run_dir=tmp_path / "fused")
+    trainer.train(paths_config(model={"fused": False}), run_dir=tmp_path / "layers")
+    assert rows(tmp_path / "fused") == rows(tmp_path / "layers")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_trains_and_eval_reproduces_val(tmp_path, precision):
+    config = paths_config(train={"precision": precision, "epochs": 3}, model={"dropout": 0.0})
+    result = trainer.train(config, run_dir=tmp_path / "r")
+    assert result.best.val_acc > 0.5
+    ckpt = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert (ckpt["scaler"] is not None) == (precision == "fp16")
+    again = evaluate.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
+    assert again.accuracy == result.best.val_acc
+    assert again.loss == result.best.val_loss  # scored in the same precision as validation was
+
+
+def test_compile_falls_back_to_eager_with_a_note(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    seen = []
+
+    class Watch(trainer.Callbacks):
+        def run_started(self, info):
+            seen.extend(info.notes)
+
+    trainer.train(paths_config(train={"compile": True}), run_dir=tmp_path / "c", callbacks=Watch())
+    trainer.train(paths_config(), run_dir=tmp_path / "e")
+    assert any("train.compile" in note and "no C++ compiler found" in note for note in seen)
+    assert rows(tmp_path / "c") == rows(tmp_path / "e")
+
+
+def test_compile_trains_like_eager(tmp_path):
+    trainer.train(paths_config(train={"compile": True}, model={"dropout": 0.0}), run_dir=tmp_path / "c")
+    trainer.train(paths_config(model={"dropout": 0.0}), run_dir=tmp_path / "e")
+    for compiled, eager in zip(rows(tmp_path / "c"), rows(tmp_path / "e"), strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert float(compiled[key]) == pytest.approx(float(eager[key]), rel=1e-3, abs=2e-3), key
