@@ -11,10 +11,20 @@ import zipfile
 import pytest
 import torch
 
-from mlptrain.checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint, write_checkpoint
+from mlptrain.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    model_from_checkpoint,
+    restore,
+    save_checkpoint,
+    write_checkpoint,
+)
 from mlptrain.config import Config
+from mlptrain.data import Split, TrainingData
+from mlptrain.engine import FlatParameters, TrainState, build_optimizer, build_scheduler, train_step
 from mlptrain.errors import CheckpointError
 from mlptrain.files import atomic_write
+from mlptrain.metrics import EpochStats, History
 from mlptrain.nn import build_model
 
 
@@ -143,3 +153,59 @@ def test_zip_that_is_not_torch(tmp_path):
         z.writestr("hello.txt", "hi")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+# --- restoring a run's state ---------------------------------------------------------------------------------
+
+
+def session_parts(epochs: int, steps: int = 10):
+    """(config, data, state) as the trainer builds them for a tiny run of `epochs` epochs of `steps` steps."""
+    config = Config.from_dict({"train": {"epochs": epochs, "scheduler": "onecycle", "momentum": 0.9}})
+    torch.manual_seed(0)
+    model = build_model(config.model, 20, 10)
+    optimizer = build_optimizer([FlatParameters(model).param], config.train)
+    scheduler = build_scheduler(optimizer, config.train, steps * epochs)
+    x, y = torch.randn(8, 20), torch.randint(0, 10, (8,))
+    data = TrainingData(Split(x, y), Split(x, y), mean=0.1, std=0.3)
+    return config, data, TrainState(model, optimizer, scheduler)
+
+
+def step(state: TrainState, data: TrainingData, times: int) -> None:
+    for _ in range(times):
+        train_step(state.model, state.optimizer, data.train.x, data.train.y)
+        state.scheduler.step()
+
+
+def test_save_then_restore_gives_back_every_piece_of_state(tmp_path):
+    config, data, state = session_parts(epochs=3)
+    step(state, data, 13)
+    state.epoch = 1
+    history = History("val_acc", [EpochStats(1, 0.5, 0.5, 0.5, 0.5, 0.01, 1.0, 0.1, 100.0)])
+    save_checkpoint([tmp_path / "last.pt", tmp_path / "best.pt"], config, data, state, history)
+    assert (tmp_path / "last.pt").read_bytes() == (tmp_path / "best.pt").read_bytes()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["best"] == {"epoch": 1, "monitor": "val_acc", "value": 0.5}
+
+    _, _, fresh = session_parts(epochs=3)
+    assert restore(ckpt, fresh) == history.epochs and fresh.epoch == 1
+    for a, b in zip(state.model.state_dict().values(), fresh.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert fresh.scheduler.state_dict() == state.scheduler.state_dict()
+    step(state, data, 2)
+    step(fresh, data, 2)  # optimizer momentum and schedule continue alike
+    assert torch.equal(state.model.layers[0].weight, fresh.model.layers[0].weight)
+
+
+def test_a_longer_schedule_continues_from_the_step_reached(tmp_path):
+    config, data, state = session_parts(epochs=2)
+    step(state, data, 13)
+    save_checkpoint([tmp_path / "last.pt"], config, data, state, History("val_acc"))
+    _, _, longer = session_parts(epochs=4)  # train.epochs extended from 2 to 4
+    restore(load_checkpoint(tmp_path / "last.pt"), longer)
+    _, _, reference = session_parts(epochs=4)
+    step(reference, data, 13)  # the longer schedule, followed from the start
+    assert longer.scheduler.last_epoch == 13
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(reference.optimizer.param_groups[0]["lr"])
+    assert longer.optimizer.param_groups[0]["momentum"] == pytest.approx(
+        reference.optimizer.param_groups[0]["momentum"]
+    )

@@ -1,0 +1,47 @@
+"""Stopping cleanly: a signal asks for a stop, a second Ctrl-C stops at once, the handlers are put back after."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from mlptrain.distributed import World
+from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_asks_for_a_stop_and_the_handlers_are_put_back(sig):
+    before = signal.getsignal(sig)
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        os.kill(os.getpid(), sig)
+        assert stop() and stop.signum == sig and stop.name == signal.Signals(sig).name
+    assert signal.getsignal(sig) is before
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    stop = StopRequest()
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_one_process_asks_its_own_request_after_every_batch():
+    stop = StopRequest()
+    should_stop = AgreedStop(stop, World())
+    assert not should_stop() and not should_stop.now()
+    stop.request(signal.SIGTERM)
+    assert should_stop() and should_stop.now()
+
+
+def test_several_processes_compare_notes_every_few_batches():
+    class Peers(World):
+        def agreed_signal(self, signum):  # another rank got SIGTERM
+            return signal.SIGTERM
+
+    stop = StopRequest()
+    should_stop = AgreedStop(stop, Peers(0, 2, 0, 2), every=3)
+    assert [should_stop() for _ in range(2)] == [False, False]  # no collective between the checks
+    assert should_stop() and stop.signum == signal.SIGTERM  # the third batch asks, and stops like the others
