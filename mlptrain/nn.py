@@ -55,8 +55,8 @@ class LinearFunction(torch.autograd.Function):
     """y = x Wᵀ + b, with the backward written out by hand.
 
     The classic forward(ctx, ...) form: apply() then costs about as much as torch's own linear. The "new
-    style" (a separate setup_context), which torch.func transforms need, costs ~60 µs more per call in
-    Python, which made a step of a small MLP 20% slower than torch.nn.Linear's; so no vmap/grad of torch.func.
+    style" (a separate setup_context), which torch.func transforms need, costs more per call in Python than
+    a small MLP's step can spare (README, Performance); so no vmap/grad of torch.func.
 
     Autocast: the forward's addmm/mm are on autocast's lower-precision list, so under autocast they run in
     its dtype (bf16/fp16) exactly as in torch.nn.Linear; the backward follows the incoming gradient's dtype.
@@ -264,7 +264,7 @@ class MLP(nn.Module):
         Sets every trainable parameter's .grad to the gradient of the mean cross-entropy, the very numbers that
         zeroing the gradients and calling F.cross_entropy(self(x), y).backward() gives (the same kernels, in
         the same order), writing in place where a .grad exists so FlatParameters' views stay bound. Skipping
-        the autograd graph saves a third of a small step's time on a CPU. Module and tensor hooks do not fire.
+        the autograd graph is what makes a small step fast on a CPU. Module and tensor hooks do not fire.
         """
         params = self._params()
         dropout = self.dropout_p if self.training else 0.0

@@ -137,7 +137,7 @@ def save_error_grid(
 ) -> None:
     """A grid of images (K, H, W) in [0, 255], each captioned with its true and predicted label and confidence.
 
-    One montage in one axes: a subplot per image would take a second or more to draw.
+    One montage in one axes: a subplot per image would take many times longer to draw.
     """
     import numpy as np
     from matplotlib.figure import Figure
