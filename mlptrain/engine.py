@@ -208,8 +208,8 @@ def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.
     """Whether training computes `model`'s gradients by hand (MLP.backprop) instead of through autograd.
 
     The fused MLP in fp32 does: the same numbers without building a graph, which is what makes a small step fast
-    on a CPU (README, Performance). Any other model (the per-layer path, a compiled or DistributedDataParallel-wrapped one) or precision
-    (autocast, loss scaling) goes through autograd.
+    on a CPU (README, Performance). Any other model (the per-layer path, a compiled or DistributedDataParallel-
+    wrapped one) or precision (autocast, loss scaling) goes through autograd.
     """
     return isinstance(model, MLP) and model.fused and precision == "fp32" and scaler is None
 
