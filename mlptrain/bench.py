@@ -28,7 +28,6 @@ from mlptrain.engine import (
     FlatParameters,
     Hooks,
     TrainState,
-    autograd_step,
     build_optimizer,
     grad_scaler,
     synchronize,
@@ -382,7 +381,7 @@ def bench_layer(device: torch.device, hidden: Sequence[int], batch_size: int, pl
     cfg = TrainConfig(lr=0.01, momentum=0.9)
     steps = {
         "ours_per_layer": _flat_step(ours_per_layer, cfg, batches),
-        "ours_fused": _flat_step(ours_fused, cfg, batches, step=autograd_step),
+        "ours_fused": _flat_step(ours_fused, cfg, batches, autograd=True),
         "ours_by_hand": _flat_step(ours_by_hand, cfg, batches),
         "torch_same_optimizer": _flat_step(torch_flat, cfg, batches),
         "torch_plain_sgd": plain_step(
@@ -647,14 +646,13 @@ def random_batches(in_features: int, batch_size: int, device: torch.device, coun
     ]
 
 
-def steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str = "fp32", step=train_step):
-    """One training step per call, cycling through `batches`, as `step` (engine.train_step: the trainer's own)
-    takes it."""
+def steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str = "fp32", autograd=False):
+    """One training step per call, cycling through `batches`, as engine.train_step (the trainer's own) takes it."""
     cycle = itertools.cycle(batches)
 
     def call() -> None:
         x, y = next(cycle)
-        step(model, optimizer, x, y, precision)
+        train_step(model, optimizer, x, y, precision, autograd=autograd)
 
     return call
 
@@ -672,9 +670,9 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> C
     return call
 
 
-def _flat_step(model: nn.Module, cfg: TrainConfig, batches, step=train_step) -> Callable[[], None]:
+def _flat_step(model: nn.Module, cfg: TrainConfig, batches, autograd: bool = False) -> Callable[[], None]:
     """A step the way the trainer takes it: the parameters flattened into one tensor, the fused optimizer."""
-    return steps(model, build_optimizer([FlatParameters(model).param], cfg), batches, step=step)
+    return steps(model, build_optimizer([FlatParameters(model).param], cfg), batches, autograd=autograd)
 
 
 def busy_cpu_seconds() -> float | None:

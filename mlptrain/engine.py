@@ -191,17 +191,25 @@ def train_step(
     y: torch.Tensor,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    autograd: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch x (B, in), y (B,): (loss, logits (B, classes)).
 
-    The gradients by hand where takes_step_by_hand says so (MLP.backprop overwrites them: nothing to zero), else
-    through autograd (see autograd_step).
+    The gradients by hand where takes_step_by_hand says so (MLP.backprop overwrites them: nothing to zero);
+    else, or with `autograd`, zero them, forward, backward through autograd, and step.
     """
-    if takes_step_by_hand(model, precision, scaler):
+    if not autograd and takes_step_by_hand(model, precision, scaler):
         loss, logits = model.backprop(x, y)
         optimizer.step()
         return loss, logits
-    return autograd_step(model, optimizer, x, y, precision, scaler)
+    zero_grad(optimizer)
+    loss, logits = backward(model, x, y, precision, scaler)
+    if scaler is None:
+        optimizer.step()
+    else:  # fp16: skip a step whose gradients overflowed, and adapt the scale
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, logits
 
 
 def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -212,25 +220,6 @@ def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.
     wrapped one) or precision (autocast, loss scaling) goes through autograd.
     """
     return isinstance(model, MLP) and model.fused and precision == "fp32" and scaler is None
-
-
-def autograd_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    precision: str = "fp32",
-    scaler: torch.amp.GradScaler | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the gradients, forward, backward, optimizer step: (loss, logits)."""
-    zero_grad(optimizer)
-    loss, logits = backward(model, x, y, precision, scaler)
-    if scaler is None:
-        optimizer.step()
-    else:  # fp16: skip a step whose gradients overflowed, and adapt the scale
-        scaler.step(optimizer)
-        scaler.update()
-    return loss, logits
 
 
 def backward(
