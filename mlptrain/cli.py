@@ -394,10 +394,10 @@ def bench(
                 raise ConfigError(f"--out {out}: give a markdown file name ending in .md (the plot goes beside it)")
             make_dirs(out.parent)  # refused now, not after minutes of measuring
         target = resolve_device(device)
-        from mlptrain import bench as bench_
+        from mlptrain.bench import suite
 
         with report.BenchProgress(report.make_console(stderr=True)) as progress:
-            result = bench_.run(target, quick=quick, on_stage=progress)
+            result = suite.run(target, quick=quick, on_stage=progress)
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:

@@ -23,7 +23,7 @@ from mlptrain import __version__
 from mlptrain.metrics import COLUMNS, LABELS, UNITS
 
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
-    from mlptrain.bench import BenchResult
+    from mlptrain.bench.suite import BenchResult
     from mlptrain.evaluate import EvalResult
     from mlptrain.metrics import EpochStats
     from mlptrain.predict import PredictResult
@@ -564,7 +564,7 @@ def bench_header(result: BenchResult) -> list[str]:
 
 
 def bench_tables(result: BenchResult) -> list[_BenchTable]:
-    from mlptrain.bench import LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH  # torch is loaded by now
+    from mlptrain.bench.cases import LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH  # torch is loaded by now
 
     tables = []
     rows = []
