@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from mlptrain import report
 from mlptrain.bench import harness, suite
 from mlptrain.bench.cases import useful_flops
+from mlptrain.bench.tables import bench_document
 from mlptrain.cli import app
 
 runner = CliRunner()
@@ -148,7 +149,7 @@ def test_out_writes_markdown_and_plot(quick_run):
 def test_tables_plain_and_rich(quick_run):
     _, result, _ = quick_run
     plain = io.StringIO()
-    report.show_bench(Console(file=plain, force_terminal=False, width=200), result)
+    report.show_document(Console(file=plain, force_terminal=False, width=200), bench_document(result))
     text = plain.getvalue()
     assert "\x1b[" not in text
     for title in ("Layer:", "Epoch:", "Roofline:", "Cost growth with batch size", "hidden [w, w/2]"):
@@ -156,7 +157,9 @@ def test_tables_plain_and_rich(quick_run):
     assert "tutorial" in text and "skipped under --quick" in text
 
     rich = io.StringIO()
-    report.show_bench(Console(file=rich, force_terminal=True, width=200, color_system="standard"), result)
+    report.show_document(
+        Console(file=rich, force_terminal=True, width=200, color_system="standard"), bench_document(result)
+    )
     assert "\x1b[1;32m" in rich.getvalue() or "\x1b[1;31m" in rich.getvalue()  # ratios coloured by their goal
 
 
