@@ -376,28 +376,32 @@ def bench(
 ) -> None:
     """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth."""
     with _errors():
-        from mlptrain import report
+        from mlptrain import plot, report
         from mlptrain.config import resolve_device
         from mlptrain.errors import ConfigError
-        from mlptrain.files import make_dirs
+        from mlptrain.files import atomic_write_text, make_dirs
 
         if out is not None:
             if out.suffix.lower() != ".md":
                 raise ConfigError(f"--out {out}: give a markdown file name ending in .md (the plot goes beside it)")
             make_dirs(out.parent)  # refused now, not after minutes of measuring
         target = resolve_device(device)
-        from mlptrain import bench as bench_
+        from mlptrain.bench import suite
+        from mlptrain.bench.tables import bench_document
 
         with report.BenchProgress(report.make_console(stderr=True)) as progress:
-            result = bench_.run(target, quick=quick, on_stage=progress)
+            result = suite.run(target, quick=quick, on_stage=progress)
+        document = bench_document(result)
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:
-            report.show_bench(report.make_console(), result)
+            report.show_document(report.make_console(), document)
         if out is not None:
-            md, png = report.write_bench_report(result, out)
+            png = out.with_suffix(".png")
+            plot.save_bench_plot(png, result)
+            atomic_write_text(out, report.markdown(document, figure=png.name))
             if not json_out:
-                report.make_console().print(f"wrote {md} and {png}")
+                report.make_console().print(f"wrote {out} and {png}")
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""Figures as image files: a run's training curves, runs' scores against their settings, and a grid of the test
-images a model got most wrong.
+"""Figures as image files: a run's training curves, runs' scores against their settings, a grid of the test
+images a model got most wrong, and the bench's cost growth.
 
 matplotlib draws them headless (the Agg canvas, no pyplot and no display), imported inside each function:
 it takes about a second to load and only these figures need it.
@@ -19,6 +19,7 @@ from mlptrain.metrics import UNITS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from mlptrain.bench.suite import BenchResult
     from mlptrain.metrics import History
     from mlptrain.runs import RunSummary
 
@@ -169,6 +170,33 @@ def save_error_grid(
     if count == 0:
         ax.text(0.5, 0.5, "no misclassified images", ha="center", fontsize=12, transform=ax.transAxes)
     fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def save_bench_plot(path: Path, result: BenchResult) -> None:
+    """Samples/s of the bench's training step against batch size and against width (log axes), at all threads
+    and at one."""
+    from matplotlib.figure import Figure
+
+    by_batch, by_width = result.growth.by_batch, result.growth.by_width
+    fig = Figure(figsize=(10, 4), dpi=110, layout="constrained")
+    panels = (
+        (by_batch, [r.batch_size for r in by_batch], "batch size", "MLP " + "-".join(map(str, by_batch[0].sizes))),
+        (by_width, [r.sizes[1] for r in by_width], "width w (hidden [w, w/2])", f"batch {by_width[0].batch_size}"),
+    )
+    all_threads = "1 thread" if result.threads == 1 else f"{result.threads} threads"
+    for ax, (rows, xs, xlabel, title) in zip(fig.subplots(1, 2), panels, strict=True):
+        ax.plot(xs, [r.samples_per_second for r in rows], "o-", label=all_threads)
+        ax.plot(xs, [r.samples_per_second_1_thread for r in rows], "s--", label="1 thread")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("samples/s (training step)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"mlptrain bench: {result.device} ({result.device_name}), torch {result.torch_version}")
     _save(fig, path)
 
 

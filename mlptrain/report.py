@@ -5,12 +5,9 @@ The only module that imports rich. Accuracies are fractions everywhere else; her
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +21,7 @@ from mlptrain import __version__
 from mlptrain.metrics import COLUMNS, LABELS, UNITS
 
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
-    from mlptrain.bench import BenchResult
+    from mlptrain.bench.tables import Cell, Document
     from mlptrain.evaluate import EvalResult
     from mlptrain.metrics import EpochStats
     from mlptrain.predict import PredictResult
@@ -493,7 +490,7 @@ def saved(console: Console, what: str, path: Path) -> None:
     console.print(f"{what}: {path}")
 
 
-# --- mlptrain bench ------------------------------------------------------------------------------------------------
+# --- mlptrain bench: its progress, and tables as data (bench/tables.py) with every goal already judged ---
 
 
 class BenchProgress:
@@ -519,323 +516,57 @@ class BenchProgress:
             self.console.print(f"bench: {stage}", markup=False)
 
 
-@dataclass
-class _BenchTable:
-    """One section of the bench report, ready for rich, plain text or markdown.
-
-    A cell is its text, or (text, ok) where ok says whether a goal was met (None: no goal applies).
-    """
-
-    title: str
-    columns: list[str]
-    rows: list[list[str | tuple[str, bool | None]]]
-    notes: list[str] = field(default_factory=list)
-
-
-def _meets(value: float, goal: float) -> bool:
-    """Judged as shown, to two decimals: a ratio printed as 0.97 meets a goal of 0.97."""
-    return round(value, 2) >= goal
-
-
-def _threads(n: int) -> str:
-    return "1 thread" if n == 1 else f"{n} threads"
-
-
-def _arch(sizes: list[int]) -> str:
-    return "-".join(map(str, sizes))
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.2f}"
-
-
-def _times(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}×"
-
-
-def bench_header(result: BenchResult) -> list[str]:
-    """The lines above the tables: what ran where, and whether the machine was busy."""
-    how = "--quick" if result.quick else "full run"
-    lines = [
-        f"mlptrain bench on {result.device} ({result.device_name}), torch {result.torch_version}, "
-        f"{_threads(result.threads)}; {how}, median of {result.plan.repeats} repeats "
-        f"({result.plan.epoch_repeats} for epochs); took {result.seconds:.0f} s",
-    ]
-    if result.other_cores is not None:
-        cores = os.cpu_count() or 1
-        busy = result.other_cores >= 0.25
-        lines.append(
-            f"other processes used {result.other_cores:.2f} of the {cores} cores on average meanwhile"
-            + ("; runs at all threads suffer most from such competition" if busy else "")
-        )
-    return lines
-
-
-def bench_tables(result: BenchResult) -> list[_BenchTable]:
-    from mlptrain.bench import LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH  # torch is loaded by now
-
-    tables = []
-    rows = []
-    for case in result.layer:
-        s, r = case.step_seconds, case.ratios
-        for path, key, ratio, plain in (
-            ("per-layer", "ours_per_layer", r["per_layer"], r["per_layer_vs_plain_sgd"]),
-            ("fused", "ours_fused", r["fused"], r["fused_vs_plain_sgd"]),
-            ("by hand", "ours_by_hand", r["by_hand"], r["by_hand_vs_plain_sgd"]),
-        ):
-            rows.append(
-                [
-                    _arch(case.sizes),
-                    str(case.batch_size),
-                    str(case.threads),
-                    path,
-                    _ms(s[key]),
-                    _ms(s["torch_same_optimizer"]),
-                    (f"{ratio:.2f}", _meets(ratio, LAYER_GOAL)),
-                    _ms(s["torch_plain_sgd"]),
-                    (f"{plain:.2f}", _meets(plain, LAYER_GOAL)),
-                ]
-            )
-    tables.append(
-        _BenchTable(
-            title="Layer: one training step (forward, backward, SGD step), mlptrain.nn.Linear vs torch.nn.Linear",
-            columns=[
-                "model",
-                "batch",
-                "threads",
-                "ours",
-                "ours ms",
-                "torch ms, same opt.",
-                "ratio",
-                "torch ms, optim.SGD",
-                "ratio",
-            ],
-            rows=rows,
-            notes=[
-                "Same weights and batches. ratio = torch's time / ours (above 1: ours is faster); "
-                f"goal ≥ {LAYER_GOAL}. 'same opt.': torch.nn.Linear layers with our flat parameters and fused "
-                "SGD, so the ratio isolates the layer; 'optim.SGD': torch.optim.SGD over model.parameters(), as a "
-                "plain script steps. per-layer: MLP(fused=False), one mlptrain.nn.Linear autograd node per layer; "
-                "fused: MLP(fused=True) through autograd, one node for the whole network; by hand: the same "
-                "maths without autograd (MLP.backprop), the step mlptrain train takes.",
-            ],
-        )
-    )
-
-    epoch = result.epoch
-    if epoch is not None:
-        ours = epoch.loop("ours")
-        rows = []
-        for loop in epoch.loops:
-            relative = loop.seconds_per_epoch / ours.seconds_per_epoch if loop.available and ours.available else None
-            rows.append(
-                [
-                    loop.name,
-                    str(loop.threads),
-                    loop.precision,
-                    "-" if loop.seconds_per_epoch is None else f"{loop.seconds_per_epoch:.2f}",
-                    "-" if loop.us_per_sample is None else f"{loop.us_per_sample:.1f}",
-                    _times(relative),
-                    loop.description + (f"; {loop.note}" if loop.note else ""),
-                ]
-            )
-        sp = epoch.speedups
-        said = [
-            f"{phrase} {sp[key]:.2f}×"
-            for key, phrase in (
-                ("ours_vs_tutorial", "ours over the tutorial's loop"),
-                ("ours_vs_plain", "ours over the plain loop"),
-                ("one_thread_vs_all", f"1 thread over {ours.threads}"),
-                ("bf16_vs_fp32", "bf16 over fp32"),
-                ("fp16_vs_fp32", "fp16 over fp32"),
-                ("compiled_vs_eager", "compiled over eager"),
-            )
-            if sp[key] is not None
-        ]
-        scaled = f", scaled from {epoch.samples:,}" if epoch.samples != epoch.scaled_to else ""
-        tables.append(
-            _BenchTable(
-                title=f"Epoch: MLP {_arch(epoch.sizes)}, batch {epoch.batch_size}, SGD lr 0.01, "
-                f"seconds per {epoch.scaled_to:,} samples{scaled}",
-                columns=["loop", "threads", "precision", "s/epoch", "µs/sample", "time ÷ ours", "what"],
-                rows=rows,
-                notes=["Speed-ups (above 1: the first is faster): " + "; ".join(said) + "."] if said else [],
-            )
-        )
-
-    roof = result.roofline
-    if roof is not None:
-        rows = [
-            [
-                row.precision,
-                str(row.batch_size),
-                _ms(row.step_seconds),
-                f"{row.flops_per_second / 1e9:.1f}",
-                (
-                    f"{row.fraction:.2f}",
-                    _meets(row.fraction, ROOFLINE_GOAL) if row.batch_size >= ROOFLINE_GOAL_BATCH else None,
-                ),
-            ]
-            for row in roof.rows
-        ]
-        peaks = ", ".join(f"{p} {flops / 1e9:.0f} GFLOP/s" for p, flops in roof.peaks.items())
-        tables.append(
-            _BenchTable(
-                title=f"Roofline: our training step of MLP {_arch(roof.sizes)} against the device's matmul peak",
-                columns=["precision", "batch", "step ms", "useful GFLOP/s", "fraction of peak"],
-                rows=rows,
-                notes=[
-                    f"Peak: a {roof.matmul_size}×{roof.matmul_size} matmul, {peaks}. Useful FLOPs: the forward, "
-                    "weight-gradient and input-gradient matmuls (none for the first layer's input). "
-                    f"Goal ≥ {ROOFLINE_GOAL} at batch ≥ {ROOFLINE_GOAL_BATCH}.",
-                ],
-            )
-        )
-
-    growth = result.growth
-    if growth is not None:
-        n = result.threads
-
-        def growth_rows(rows_in: list, first: Callable) -> list[list[str]]:
-            return [
-                [
-                    *first(row),
-                    _arch(row.sizes),
-                    f"{row.samples_per_second:,.0f}",
-                    f"{row.samples_per_second_1_thread:,.0f}",
-                    f"{row.flops_per_second / 1e9:.1f}",
-                ]
-                for row in rows_in
-            ]
-
-        columns = ["model", f"samples/s ({_threads(n)})", "samples/s (1 thread)", "GFLOP/s"]
-        tables.append(
-            _BenchTable(
-                title="Cost growth with batch size: samples/s of our training step",
-                columns=["batch", *columns],
-                rows=growth_rows(growth.by_batch, lambda row: [str(row.batch_size)]),
-            )
-        )
-        tables.append(
-            _BenchTable(
-                title="Cost growth with width: samples/s of our training step, hidden [w, w/2]",
-                columns=["width", "batch", *columns],
-                rows=growth_rows(growth.by_width, lambda row: [str(row.sizes[1]), str(row.batch_size)]),
-            )
-        )
-        tables[-1].notes.append(
-            "GFLOP/s: useful matmul FLOPs at all threads. On a shared machine one thread can beat several at small "
-            "sizes: several threads wait for each other at every operation."
-        )
-    return tables
-
-
-def show_bench(console: Console, result: BenchResult) -> None:
-    """The bench report: rich tables with goals in green or red on a terminal, aligned plain text otherwise."""
-    for line in bench_header(result):
+def show_document(console: Console, document: Document) -> None:
+    """The document's lines and tables: rich tables with goal cells in green or red on a terminal, otherwise
+    aligned plain text with ✓ or ✗ after a goal's number. (The title and command head the markdown only.)"""
+    for line in document.lines:
         console.print(line, markup=False)
-    for table in bench_tables(result):
+    for table in document.tables:
         console.print()
         if console.is_terminal:
-            rich_table = Table(title=Text(table.title), title_justify="left", header_style="bold")
+            grid = Table(title=Text(table.title), title_justify="left", header_style="bold")
             for name in table.columns:
-                rich_table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right")
+                grid.add_column(name, justify="left" if name in table.left else "right")
             for row in table.rows:
-                rich_table.add_row(*(_rich_cell(cell) for cell in row))
-            console.print(rich_table)
+                grid.add_row(*(_rich_cell(cell) for cell in row))
+            console.print(grid)
             for note in table.notes:
                 console.print(Text(note, style="dim"))
         else:
             console.print(table.title, markup=False)
-            for line in _aligned([table.columns, *([_plain_cell(cell) for cell in row] for row in table.rows)]):
+            rows = [[_plain_cell(cell) for cell in row] for row in table.rows]
+            # Every column flush left, so a goal's ✓ or ✗ trails its number in line with the others.
+            for line in plain_table(table.columns, rows, left=len(table.columns)).splitlines():
                 console.print("  " + line, markup=False)
             for note in table.notes:
                 console.print(note, markup=False)
 
 
-_TEXT_COLUMNS = {"model", "ours", "loop", "precision", "what"}
-
-
-def _rich_cell(cell) -> Text | str:
+def _rich_cell(cell: Cell) -> Text | str:
     if isinstance(cell, str):
         return cell
     ok = cell[1]
     return Text(_plain_cell(cell), style="" if ok is None else "bold green" if ok else "bold red")
 
 
-def _plain_cell(cell) -> str:
+def _plain_cell(cell: Cell) -> str:
     if isinstance(cell, str):
         return cell
     text, ok = cell
     return text if ok is None else f"{text} {'✓' if ok else '✗'}"
 
 
-def _aligned(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-
-
-def bench_markdown(result: BenchResult, plot_name: str | None = None) -> str:
-    """The bench report as markdown: header, one table per section (✓/✗ against goals), the plot if any."""
-    command = f"mlptrain bench --device {result.device}" + (" --quick" if result.quick else "")
-    lines = ["# mlptrain bench", "", f"`{command}`", ""]
-    lines += [f"{line}  " for line in bench_header(result)]
-    for table in bench_tables(result):
+def markdown(document: Document, figure: str | None = None) -> str:
+    """The document as markdown: title, command, lines, a table per section (✓/✗ after goals), `figure` if given."""
+    lines = [f"# {document.title}", "", f"`{document.command}`", ""]
+    lines += [f"{line}  " for line in document.lines]  # two trailing spaces: a line break
+    for table in document.tables:
         lines += ["", f"## {table.title}", ""]
         lines.append("| " + " | ".join(table.columns) + " |")
         lines.append("| " + " | ".join("---" for _ in table.columns) + " |")
         for row in table.rows:
             lines.append("| " + " | ".join(_plain_cell(cell) for cell in row) + " |")
         lines += ["", *table.notes]
-    if plot_name:
-        lines += ["", f"![samples/s against batch size and width]({plot_name})"]
+    if figure:
+        lines += ["", f"![{document.figure}]({figure})"]
     return "\n".join(lines) + "\n"
-
-
-def write_bench_report(result: BenchResult, path: Path) -> tuple[Path, Path]:
-    """Write the markdown report to `path` and the growth plot beside it (same name, .png); both atomically."""
-    from mlptrain.files import atomic_write, atomic_write_text
-
-    png = path.with_suffix(".png")
-    image = bench_plot(result)
-    atomic_write(png, lambda f: f.write(image))
-    atomic_write_text(path, bench_markdown(result, png.name))
-    return path, png
-
-
-def bench_plot(result: BenchResult) -> bytes:
-    """PNG: samples/s against batch size and against width (log axes), at all threads and at one."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed, and none is touched
-    from matplotlib.figure import Figure
-
-    growth = result.growth
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    left, right = figure.subplots(1, 2)
-    by_batch, by_width = growth.by_batch, growth.by_width
-    panels = (
-        (left, by_batch, [r.batch_size for r in by_batch], "batch size", "MLP " + _arch(by_batch[0].sizes)),
-        (
-            right,
-            by_width,
-            [r.sizes[1] for r in by_width],
-            "width w (hidden [w, w/2])",
-            f"batch {by_width[0].batch_size}",
-        ),
-    )
-    for ax, rows, xs, xlabel, title in panels:
-        ax.plot(xs, [r.samples_per_second for r in rows], "o-", label=_threads(result.threads))
-        ax.plot(xs, [r.samples_per_second_1_thread for r in rows], "s--", label="1 thread")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("samples/s (training step)")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    figure.suptitle(f"mlptrain bench: {result.device} ({result.device_name}), torch {result.torch_version}")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()

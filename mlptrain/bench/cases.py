@@ -1,26 +1,23 @@
-"""`mlptrain bench`: how fast training runs on a device, measured in one process. Returns numbers, never prints.
+"""What `mlptrain bench` measures: our layer against torch.nn.Linear, whole epochs, roofline, cost growth.
 
-Every timing is device-synchronised, follows warm-up, and is the median of several repeats that interleave the
-things compared, so a burst of load from elsewhere on a shared machine lands on all of them alike.
+Each case builds its models and batches, times them with the harness and returns its numbers; nothing prints.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import math
-import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlptrain.bench.harness import Plan, median_seconds, thread_counts
 from mlptrain.config import TrainConfig
 from mlptrain.data import IN_FEATURES, NUM_CLASSES, Split, normalize, write_idx
 from mlptrain.engine import (
@@ -43,50 +40,7 @@ ROOFLINE_HIDDEN = (512, 256)
 EPOCH_HIDDEN, EPOCH_BATCH, EPOCH_LR = (128, 64), 64, 0.01  # the tutorial's model, batch and plain SGD
 EPOCH_SCALE_TO = 60_000  # epoch times are reported for MNIST's 60,000 training images
 GROWTH_HIDDEN, GROWTH_WIDTH_BATCH = (128, 64), 256
-SETTLE_SECONDS = 0.1  # of work at a new thread count before timing resumes
 WARMUP_BATCHES = 20  # an epoch loop's warm-up: this many batches, plus the short last batch the epoch ends on
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much work a bench run does; QUICK and FULL below are what `--quick` and the default run."""
-
-    repeats: int  # timed rounds per measurement; the median is reported
-    min_seconds: float  # one timed round of training steps lasts at least this long
-    epoch_samples: int  # samples in each measured epoch (times are scaled to 60,000)
-    epoch_repeats: int
-    layer_cases: tuple[tuple[tuple[int, ...], int], ...]  # (hidden sizes, batch size)
-    roofline_batches: tuple[int, ...]
-    growth_batches: tuple[int, ...]
-    growth_widths: tuple[int, ...]  # hidden [w, w // 2]
-    compile: bool  # torch.compile takes tens of seconds on a CPU, more than --quick can spend
-    cpu_bf16_roofline: bool  # GPUs always get a bf16 roofline; CPUs only in a full run
-
-
-FULL = Plan(
-    repeats=11,
-    min_seconds=0.1,
-    epoch_samples=60_000,
-    epoch_repeats=3,
-    layer_cases=(((128, 64), 64), ((512, 256), 512)),
-    roofline_batches=(64, 128, 256, 512, 1024, 2048, 4096),
-    growth_batches=(64, 128, 256, 512, 1024, 2048, 4096),
-    growth_widths=(128, 256, 512, 1024, 2048),
-    compile=True,
-    cpu_bf16_roofline=True,
-)
-QUICK = Plan(
-    repeats=5,
-    min_seconds=0.02,
-    epoch_samples=3_000,
-    epoch_repeats=3,
-    layer_cases=(((128, 64), 64), ((512, 256), 512)),
-    roofline_batches=(64, 512, 4096),
-    growth_batches=(64, 256, 1024, 4096),
-    growth_widths=(128, 512, 2048),
-    compile=False,
-    cpu_bf16_roofline=False,
-)
 
 
 # --- results ---------------------------------------------------------------------------------------------------
@@ -223,145 +177,6 @@ class GrowthResult:
         return asdict(self)
 
 
-@dataclass
-class BenchResult:
-    device: str
-    device_name: str
-    torch_version: str
-    threads: int
-    quick: bool
-    plan: Plan
-    layer: list[LayerResult] = field(default_factory=list)
-    epoch: EpochResult | None = None
-    roofline: RooflineResult | None = None
-    growth: GrowthResult | None = None
-    seconds: float = 0.0  # the whole bench, wall clock
-    # How many cores' worth of CPU other processes used, on average, while the bench ran (the machine's busy time
-    # from /proc/stat, steal included, minus this process's); None off Linux. On a shared machine this is what
-    # makes timings at all threads slow and noisy. (torch.compile's worker processes count as others.)
-    other_cores: float | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "device": self.device,
-            "device_name": self.device_name,
-            "torch_version": self.torch_version,
-            "threads": self.threads,
-            "quick": self.quick,
-            "seconds": self.seconds,
-            "cpu_count": os.cpu_count(),
-            "other_cores": self.other_cores,
-            "plan": asdict(self.plan),
-            "layer": [case.to_json() for case in self.layer],
-            "epoch": self.epoch.to_json() if self.epoch else None,
-            "roofline": self.roofline.to_json() if self.roofline else None,
-            "growth": self.growth.to_json() if self.growth else None,
-        }
-
-
-# --- the bench -------------------------------------------------------------------------------------------------
-
-
-def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], None] | None = None) -> BenchResult:
-    """Run every section on `device` and return the numbers. Thread count and RNG state are restored after."""
-    plan = QUICK if quick else FULL
-    stage = on_stage or (lambda _: None)
-    threads = torch.get_num_threads()
-    result = BenchResult(
-        device=str(device),
-        device_name=device_name(device),
-        torch_version=torch.__version__,
-        threads=threads,
-        quick=quick,
-        plan=plan,
-    )
-    t0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), time.process_time()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            for hidden, batch_size in plan.layer_cases:
-                stage(f"layer: MLP {mlp_sizes(hidden)} at batch {batch_size}")
-                result.layer += bench_layer(device, hidden, batch_size, plan)
-            stage(f"epoch: {plan.epoch_samples:,} samples, ours / plain / tutorial")
-            result.epoch = bench_epoch(device, plan, stage)
-            stage("roofline")
-            result.roofline = bench_roofline(device, plan)
-            stage("cost growth")
-            result.growth = bench_growth(device, plan)
-    finally:
-        torch.set_num_threads(threads)
-    result.seconds = time.perf_counter() - t0
-    busy1 = busy_cpu_seconds()
-    if busy0 is not None and busy1 is not None:
-        others = (busy1 - busy0) - (time.process_time() - own0)
-        result.other_cores = max(others, 0.0) / result.seconds
-    return result
-
-
-def median_seconds(
-    calls: dict[Hashable, Callable[[], object]],
-    device: torch.device,
-    repeats: int,
-    warmup: int = 1,
-    min_seconds: float = 0.0,
-    threads: dict[Hashable, int] | None = None,
-) -> dict[Hashable, float]:
-    """Seconds per call of each of `calls`: the median of `repeats` timed rounds, after `warmup` untimed calls.
-
-    The rounds interleave the candidates (a b c a b c ...). With min_seconds, a round makes as many calls as
-    fill that time, so timer and sync overhead stay small against it. `threads` runs a candidate at its own
-    torch thread count (set outside the timed region); the count in force before is restored.
-    """
-    threads = threads or {}
-    before = torch.get_num_threads()
-    # Candidates of one thread count run together, the groups in turn forwards and backwards (ABBA), so a round
-    # switches the count once; after each switch, SETTLE_SECONDS of untimed work. Without it the candidate
-    # after a switch to more threads ran up to 2x slow on this project's VM.
-    counts = list(dict.fromkeys(threads.get(name, before) for name in calls))
-    groups = [[name for name in calls if threads.get(name, before) == n] for n in counts]
-
-    def run_in_turn(round_: int):
-        for group in groups if round_ % 2 == 0 else groups[::-1]:
-            n = threads.get(group[0], before)
-            if torch.get_num_threads() != n:
-                torch.set_num_threads(n)
-                settle(SETTLE_SECONDS)
-            yield from ((name, calls[name]) for name in group)
-
-    try:
-        for _ in range(warmup):
-            for _name, fn in run_in_turn(0):
-                fn()
-        numbers = dict.fromkeys(calls, 1)
-        if min_seconds > 0:
-            for name, fn in run_in_turn(0):
-                numbers[name] = max(1, math.ceil(min_seconds / max(_time(fn, 1, device), 1e-9)))
-        samples: dict[Hashable, list[float]] = {name: [] for name in calls}
-        for round_ in range(repeats):
-            for name, fn in run_in_turn(round_):
-                samples[name].append(_time(fn, numbers[name], device))
-    finally:
-        torch.set_num_threads(before)
-    return {name: statistics.median(times) for name, times in samples.items()}
-
-
-def settle(seconds: float) -> None:
-    """Keep every thread busy for a while: after a thread-count change, the first steps otherwise run slow."""
-    a = torch.ones(256, 256)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, a)
-
-
-def _time(fn: Callable[[], object], number: int, device: torch.device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / number
-
-
 # --- 1. layer --------------------------------------------------------------------------------------------------
 
 
@@ -393,12 +208,6 @@ def bench_layer(device: torch.device, hidden: Sequence[int], batch_size: int, pl
     threads = {key: key[1] for key in calls}
     seconds = median_seconds(calls, device, plan.repeats, warmup=3, min_seconds=plan.min_seconds, threads=threads)
     return [LayerResult(sizes, batch_size, n, {name: seconds[name, n] for name in steps}) for n in counts]
-
-
-def thread_counts() -> list[int]:
-    """The thread count in force and, if that is more, one."""
-    n = torch.get_num_threads()
-    return [n, 1] if n > 1 else [n]
 
 
 def _check_same_logits(models: list[nn.Module], x: torch.Tensor) -> None:
@@ -673,27 +482,3 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> C
 def _flat_step(model: nn.Module, cfg: TrainConfig, batches, autograd: bool = False) -> Callable[[], None]:
     """A step the way the trainer takes it: the parameters flattened into one tensor, the fused optimizer."""
     return steps(model, build_optimizer([FlatParameters(model).param], cfg), batches, autograd=autograd)
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (all cores, steal included); None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    busy = sum(ticks[0:3]) + sum(ticks[5:8])
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as f:
-                model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-        except OSError:
-            model = ""
-        return f"{model or 'CPU'}, {os.cpu_count()} cores"
-    return device.type

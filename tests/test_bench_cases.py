@@ -16,7 +16,10 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mlptrain import bench, report
+from mlptrain import report
+from mlptrain.bench import harness, suite
+from mlptrain.bench.cases import useful_flops
+from mlptrain.bench.tables import bench_document
 from mlptrain.cli import app
 
 runner = CliRunner()
@@ -28,7 +31,7 @@ def quick_run(tmp_path_factory):
     """(CLI result, BenchResult, --out path) of one `bench --quick --json --out` with the work cut down."""
     out = tmp_path_factory.mktemp("bench") / "reports" / "bench.md"  # its folder does not exist yet
     captured = {}
-    real_run = bench.run
+    real_run = suite.run
 
     def run(*args, **kwargs):
         captured["result"] = real_run(*args, **kwargs)
@@ -38,12 +41,12 @@ def quick_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # The same sizes as --quick (the tests check them), a fraction of its repeats and samples.
         mp.setattr(
-            bench,
+            harness,
             "QUICK",
-            dataclasses.replace(bench.QUICK, repeats=1, min_seconds=0.001, epoch_samples=300, epoch_repeats=1),
+            dataclasses.replace(harness.QUICK, repeats=1, min_seconds=0.001, epoch_samples=300, epoch_repeats=1),
         )
-        mp.setattr(bench, "WARMUP_BATCHES", 1)
-        mp.setattr(bench, "run", run)
+        mp.setattr("mlptrain.bench.cases.WARMUP_BATCHES", 1)
+        mp.setattr(suite, "run", run)
         result = runner.invoke(app, ["bench", "--quick", "--json", "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert torch.get_num_threads() == threads  # the 1-thread measurements restore the count
@@ -77,7 +80,7 @@ def test_json_is_one_object_of_finite_positive_numbers(quick_run):
 
 def test_json_has_every_section_with_the_promised_sizes(quick_run):
     out = json.loads(quick_run[0].stdout)
-    plan = bench.QUICK
+    plan = harness.QUICK
     threads = [out["threads"], 1] if out["threads"] > 1 else [out["threads"]]
 
     cases = [(case["sizes"][1:-1], case["batch_size"], case["threads"]) for case in out["layer"]]
@@ -118,7 +121,7 @@ def test_json_has_every_section_with_the_promised_sizes(quick_run):
     assert {row["precision"] for row in roof["rows"]} == set(roof["peaks"]) == {"fp32"}
     for row in roof["rows"]:
         assert 0 < row["fraction"] < 1.5
-        assert row["useful_flops"] == bench.useful_flops(roof["sizes"], row["batch_size"])
+        assert row["useful_flops"] == useful_flops(roof["sizes"], row["batch_size"])
 
     growth = out["growth"]
     assert [row["batch_size"] for row in growth["by_batch"]] == list(plan.growth_batches)
@@ -146,7 +149,7 @@ def test_out_writes_markdown_and_plot(quick_run):
 def test_tables_plain_and_rich(quick_run):
     _, result, _ = quick_run
     plain = io.StringIO()
-    report.show_bench(Console(file=plain, force_terminal=False, width=200), result)
+    report.show_document(Console(file=plain, force_terminal=False, width=200), bench_document(result))
     text = plain.getvalue()
     assert "\x1b[" not in text
     for title in ("Layer:", "Epoch:", "Roofline:", "Cost growth with batch size", "hidden [w, w/2]"):
@@ -154,7 +157,9 @@ def test_tables_plain_and_rich(quick_run):
     assert "tutorial" in text and "skipped under --quick" in text
 
     rich = io.StringIO()
-    report.show_bench(Console(file=rich, force_terminal=True, width=200, color_system="standard"), result)
+    report.show_document(
+        Console(file=rich, force_terminal=True, width=200, color_system="standard"), bench_document(result)
+    )
     assert "\x1b[1;32m" in rich.getvalue() or "\x1b[1;31m" in rich.getvalue()  # ratios coloured by their goal
 
 
@@ -174,43 +179,8 @@ def test_out_must_name_a_markdown_file(tmp_path):
     assert "bench:" not in result.stderr  # refused before measuring anything
 
 
-def test_plans_cover_the_issue_sizes():
-    assert bench.FULL.growth_batches == (64, 128, 256, 512, 1024, 2048, 4096)
-    assert bench.FULL.growth_widths == (128, 256, 512, 1024, 2048)
-    assert bench.FULL.roofline_batches == (64, 128, 256, 512, 1024, 2048, 4096)
-    for quick, full in (
-        (bench.QUICK.growth_batches, bench.FULL.growth_batches),
-        (bench.QUICK.growth_widths, bench.FULL.growth_widths),
-        (bench.QUICK.roofline_batches, bench.FULL.roofline_batches),
-    ):
-        assert set(quick) <= set(full) and (quick[0], quick[-1]) == (full[0], full[-1])
-    assert bench.FULL.compile and not bench.QUICK.compile
-
-
 def test_useful_flops_counts_forward_weight_and_input_gradients():
     # forward 2·(784·512 + 512·256 + 256·10), the same for weight gradients, input gradients without layer 1
     per_sample = 2 * 535_040 + 2 * 535_040 + 2 * 133_632
-    assert bench.useful_flops([784, 512, 256, 10], 1) == per_sample
-    assert bench.useful_flops([784, 512, 256, 10], 512) == 512 * per_sample
-
-
-def test_median_seconds_interleaves_by_thread_count_and_restores_it():
-    calls = []
-    seen_threads = {}
-
-    def make(name):
-        def fn():
-            calls.append(name)
-            seen_threads[name] = torch.get_num_threads()
-
-        return fn
-
-    before = torch.get_num_threads()
-    seconds = bench.median_seconds(
-        {"a": make("a"), "b": make("b")}, torch.device("cpu"), repeats=3, warmup=1, threads={"a": 2, "b": 1}
-    )
-    # the thread-count groups in turn, forwards then backwards (ABBA)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up a b; rounds a b, b a, a b
-    assert seen_threads == {"a": 2, "b": 1}
-    assert torch.get_num_threads() == before
-    assert set(seconds) == {"a", "b"} and all(s > 0 for s in seconds.values())
+    assert useful_flops([784, 512, 256, 10], 1) == per_sample
+    assert useful_flops([784, 512, 256, 10], 512) == 512 * per_sample

@@ -1,0 +1,95 @@
+"""The whole bench: every case in turn on one device, under one plan, and the BenchResult that holds them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from mlptrain.bench.cases import (
+    EpochResult,
+    GrowthResult,
+    LayerResult,
+    RooflineResult,
+    bench_epoch,
+    bench_growth,
+    bench_layer,
+    bench_roofline,
+    mlp_sizes,
+)
+from mlptrain.bench.harness import Plan, busy_cpu_seconds, device_name, plan
+
+
+@dataclass
+class BenchResult:
+    device: str
+    device_name: str
+    torch_version: str
+    threads: int
+    quick: bool
+    plan: Plan
+    layer: list[LayerResult] = field(default_factory=list)
+    epoch: EpochResult | None = None
+    roofline: RooflineResult | None = None
+    growth: GrowthResult | None = None
+    seconds: float = 0.0  # the whole bench, wall clock
+    # How many cores' worth of CPU other processes used, on average, while the bench ran (the machine's busy time
+    # from /proc/stat, steal included, minus this process's); None off Linux. On a shared machine this is what
+    # makes timings at all threads slow and noisy. (torch.compile's worker processes count as others.)
+    other_cores: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "device": self.device,
+            "device_name": self.device_name,
+            "torch_version": self.torch_version,
+            "threads": self.threads,
+            "quick": self.quick,
+            "seconds": self.seconds,
+            "cpu_count": os.cpu_count(),
+            "other_cores": self.other_cores,
+            "plan": asdict(self.plan),
+            "layer": [case.to_json() for case in self.layer],
+            "epoch": self.epoch.to_json() if self.epoch else None,
+            "roofline": self.roofline.to_json() if self.roofline else None,
+            "growth": self.growth.to_json() if self.growth else None,
+        }
+
+
+def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], None] | None = None) -> BenchResult:
+    """Run every section on `device` and return the numbers. Thread count and RNG state are restored after."""
+    work = plan(quick)
+    stage = on_stage or (lambda _: None)
+    threads = torch.get_num_threads()
+    result = BenchResult(
+        device=str(device),
+        device_name=device_name(device),
+        torch_version=torch.__version__,
+        threads=threads,
+        quick=quick,
+        plan=work,
+    )
+    t0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), time.process_time()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for hidden, batch_size in work.layer_cases:
+                stage(f"layer: MLP {mlp_sizes(hidden)} at batch {batch_size}")
+                result.layer += bench_layer(device, hidden, batch_size, work)
+            stage(f"epoch: {work.epoch_samples:,} samples, ours / plain / tutorial")
+            result.epoch = bench_epoch(device, work, stage)
+            stage("roofline")
+            result.roofline = bench_roofline(device, work)
+            stage("cost growth")
+            result.growth = bench_growth(device, work)
+    finally:
+        torch.set_num_threads(threads)
+    result.seconds = time.perf_counter() - t0
+    busy1 = busy_cpu_seconds()
+    if busy0 is not None and busy1 is not None:
+        others = (busy1 - busy0) - (time.process_time() - own0)
+        result.other_cores = max(others, 0.0) / result.seconds
+    return result
