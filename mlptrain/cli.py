@@ -133,7 +133,7 @@ def train(
 ) -> None:
     """Train an MLP as CONFIG describes, or resume a run; keep the best checkpoint (on validation) and the last."""
     with _errors():
-        from mlptrain import report, trainer
+        from mlptrain import live, report, trainer
         from mlptrain.config import load_config
         from mlptrain.errors import ConfigError
 
@@ -146,7 +146,7 @@ def train(
             flags = [flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", json_out)) if on]
             raise typer.Exit(_launch(nproc, cfg, config, resume, set_ or [], run_dir, flags))
         rank = _rank()
-        with _live(report.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)) as reporter:
+        with _live(live.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)) as reporter:
             if cfg is not None:
                 result = trainer.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
@@ -333,7 +333,7 @@ def sweep(
 ) -> None:
     """Train one run per combination of values (grid) or per random draw; resumable; then the trials, best first."""
     with _errors():
-        from mlptrain import report
+        from mlptrain import live, report
         from mlptrain import sweep as sweep_
         from mlptrain.errors import ConfigError
 
@@ -347,7 +347,7 @@ def sweep(
             job = sweep_.create(sweep_file, folder=dir_, trials=trials)
         else:
             job = sweep_.load(resume, trials=trials)
-        with _live(report.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
+        with _live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             sweep_.run(job, callbacks=reporter)
         table = sweep_.table(job.folder)
         if json_out:
@@ -376,7 +376,7 @@ def bench(
 ) -> None:
     """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth."""
     with _errors():
-        from mlptrain import plot, report
+        from mlptrain import live, plot, report
         from mlptrain.config import resolve_device
         from mlptrain.errors import ConfigError
         from mlptrain.files import atomic_write_text, make_dirs
@@ -389,7 +389,7 @@ def bench(
         from mlptrain.bench import suite
         from mlptrain.bench.tables import bench_document
 
-        with report.BenchProgress(report.make_console(stderr=True)) as progress:
+        with live.BenchProgress(report.make_console(stderr=True)) as progress:
             result = suite.run(target, quick=quick, on_stage=progress)
         document = bench_document(result)
         if json_out:

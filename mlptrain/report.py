@@ -1,33 +1,31 @@
-"""Everything a person sees: rich tables and progress bars on a terminal, plain lines when piped or in CI.
+"""What a person reads once a command has its answer: rich tables on a terminal, plain aligned lines when piped or
+in CI, and the one-line errors and warnings. live.py is the other half: what shows while a command runs.
 
-The only module that imports rich. Accuracies are fractions everywhere else; here they become percentages.
+With live.py, the only module that imports rich. Accuracies are fractions everywhere else; here they become
+percentages. It renders, and decides nothing: which epoch is best, which goal was met, comes with the data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from mlptrain import __version__
 from mlptrain.metrics import COLUMNS, LABELS, UNITS
 
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
     from mlptrain.bench.tables import Cell, Document
     from mlptrain.evaluate import EvalResult
-    from mlptrain.metrics import EpochStats
     from mlptrain.predict import PredictResult
     from mlptrain.runs import RunSummary
-    from mlptrain.sweep import Sweep, SweepTable, Trial
-    from mlptrain.trainer import RunInfo, TrainResult
+    from mlptrain.sweep import SweepTable
+    from mlptrain.trainer import TrainResult
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -48,136 +46,6 @@ def error(message: str) -> None:
     """One line on stderr: 'mlptrain: error: ...' (red on a terminal)."""
     console = make_console(stderr=True)
     console.print(Text("mlptrain: error: ", style="bold red") + Text(message), soft_wrap=True)
-
-
-class TrainReporter:
-    """Shows a run as it trains: header, a progress bar per epoch, a line per epoch, the final table.
-
-    Implements trainer.Callbacks by its method names.
-    """
-
-    header = True  # the lines about the run (device, model, data) before its first epoch
-
-    def __init__(self, console: Console, quiet: bool = False):
-        self.console = console
-        self.quiet = quiet
-        self.live = console.is_terminal and not quiet
-        self.progress: Progress | None = None
-        self.task = None
-        self.epochs = 0
-        self._last_refresh = 0.0
-
-    # --- runner.Callbacks --------------------------------------------------------------------------------------
-
-    def run_started(self, info: RunInfo) -> None:
-        self.epochs = info.config.train.epochs
-        if self.quiet:
-            return
-        t = info.config.train
-        arch = "→".join(map(str, info.sizes)) if self.live else "-".join(map(str, info.sizes))
-        threads = f"{info.threads} thread" + ("s" if info.threads != 1 else "")
-        device = f"{info.device} ({threads})" if info.device == "cpu" else info.device
-        lines = [
-            ("run", str(info.run_dir)),
-            ("device", device),
-            ("model", f"MLP {arch} · {info.config.model.activation} · {info.parameters:,} parameters"),
-            ("data", f"{info.dataset} · {info.train_samples:,} train · {info.val_samples:,} val"),
-            ("training", f"{t.epochs} epochs · batch {t.batch_size} · {t.optimizer} lr {t.lr:g} · {t.scheduler}"),
-        ]
-        if info.resumed_at is not None:
-            lines.insert(1, ("resumed", f"at {info.resumed_at}"))
-        lines += [("note", note) for note in info.notes]
-        if self.live:
-            if self.header:
-                self.console.print(f"[bold]mlptrain {__version__}[/]")
-                for key, value in lines:
-                    self.console.print(f"  [dim]{key:<9}[/]{value}")
-            self.progress = Progress(
-                TextColumn("[bold blue]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("batches"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.progress.start()
-        elif self.header:
-            for key, value in lines:
-                self.console.print(f"{key}: {value}")
-
-    def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        if self.progress is None:
-            return
-        description = f"epoch {epoch}/{epochs}"
-        if self.task is None:
-            self.task = self.progress.add_task(description, total=steps, completed=done)
-        else:
-            self.progress.reset(self.task, total=steps, completed=done, description=description)
-
-    def batch_done(self, step: int) -> None:
-        # Called every batch; redraw at most ~20 times a second so the bar costs nothing measurable.
-        if self.progress is None:
-            return
-        now = time.perf_counter()
-        if now - self._last_refresh >= 0.05:
-            self._last_refresh = now
-            self.progress.update(self.task, completed=step)
-
-    def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
-        if self.quiet:
-            return
-        width = len(str(self.epochs))
-        if self.live:
-            mark = " [bold green]★ best[/]" if is_best else ""
-            self.console.print(
-                f"epoch {stats.epoch:>{width}}/{self.epochs}  "
-                f"train loss {stats.train_loss:.4f} acc {pct(stats.train_acc):>7}  [dim]│[/]  "
-                f"val loss {stats.val_loss:.4f} acc {pct(stats.val_acc):>7}  [dim]│[/]  "
-                f"lr {stats.lr:.4g}  {stats.train_seconds:.2f}s  {stats.samples_per_second:,.0f} samples/s{mark}"
-            )
-        else:
-            self.console.print(
-                f"epoch {stats.epoch}/{self.epochs} train_loss={stats.train_loss:.4f} "
-                f"train_acc={pct(stats.train_acc)} val_loss={stats.val_loss:.4f} val_acc={pct(stats.val_acc)} "
-                f"lr={stats.lr:.4g} time={stats.train_seconds:.2f}s samples/s={stats.samples_per_second:.0f}"
-                + (" best" if is_best else "")
-            )
-
-    # --- the end ----------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def summary(self, result: TrainResult) -> None:
-        self.close()
-        if result.already_finished:
-            self.console.print(
-                f"{result.run_dir} already finished {len(result.history)} epochs: nothing to do "
-                f"(extend it with: mlptrain train --resume {result.run_dir} --set train.epochs=N)"
-            )
-            return
-        if result.stopped_early:
-            stalled = result.history.epochs[-1].epoch - result.best_epoch
-            self.console.print(f"stopped early: no {result.monitor} improvement for {stalled} epochs (train.patience)")
-        best = result.best
-        if self.console.is_terminal:
-            if not self.quiet:
-                self.console.print(epochs_table(result, self.console.width))
-            self.console.print(
-                f"[bold green]best[/] epoch {best.epoch}: val acc {pct(best.val_acc)}, val loss {best.val_loss:.4f}"
-                f" (monitor {result.monitor})"
-            )
-            self.console.print(f"  [dim]checkpoints[/] {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
-            self.console.print(f"  [dim]metrics[/]     {result.run_dir / 'metrics.csv'}")
-            self.console.print(f"  [dim]evaluate[/]    mlptrain eval {result.run_dir / 'best.pt'}")
-        else:
-            self.console.print(
-                f"best epoch {best.epoch}: val_acc={pct(best.val_acc)} val_loss={best.val_loss:.4f} "
-                f"-> {result.run_dir / 'best.pt'}"
-            )
 
 
 def interrupted(message: str, resume_command: str) -> None:
@@ -406,36 +274,6 @@ def _setting(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-class SweepReporter(TrainReporter):
-    """Shows a sweep as it runs: a line as each trial starts (or fails), and its epochs as `train` shows them.
-
-    Implements sweep.SweepCallbacks, and trainer.Callbacks for each trial's run.
-    """
-
-    header = False
-
-    def sweep_started(self, sweep: Sweep, todo: int) -> None:
-        if not self.quiet:
-            keys = ", ".join(sweep.spec.params)
-            self.console.print(
-                f"sweep {sweep.folder}: {len(sweep.trials)} trials ({sweep.spec.method} over {keys}), {todo} to run",
-                markup=False,
-            )
-
-    def trial_started(self, trial: Trial, total: int, resuming: bool) -> SweepReporter:
-        self.close()
-        self.task = None  # the bar of the next trial's run is a new one
-        if not self.quiet:
-            how = " (resuming from its last.pt)" if resuming else ""
-            self.console.print(f"trial {trial.index}/{total} {trial.dir}{how}", markup=False)
-        return self
-
-    def trial_done(self, trial: Trial, total: int) -> None:
-        self.close()
-        if trial.state == "failed" and not self.quiet:
-            self.console.print(f"trial {trial.index}/{total} failed: {trial.reason}", markup=False)
-
-
 def show_sweep(console: Console, table: SweepTable) -> None:
     """A sweep's trials, best first on the monitored metric, with the swept keys that vary and the best marked."""
     metric = table.monitor.replace("_", " ")
@@ -490,30 +328,7 @@ def saved(console: Console, what: str, path: Path) -> None:
     console.print(f"{what}: {path}")
 
 
-# --- mlptrain bench: its progress, and tables as data (bench/tables.py) with every goal already judged ---
-
-
-class BenchProgress:
-    """Says which part of the bench is running: a spinner on a terminal, a line per stage on stderr otherwise."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.status = console.status("bench") if console.is_terminal else None
-
-    def __enter__(self) -> BenchProgress:
-        if self.status is not None:
-            self.status.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.status is not None:
-            self.status.stop()
-
-    def __call__(self, stage: str) -> None:
-        if self.status is not None:
-            self.status.update(Text(f"bench: {stage}"))
-        else:
-            self.console.print(f"bench: {stage}", markup=False)
+# --- mlptrain bench: tables as data (bench/tables.py) with every goal already judged -------------------------
 
 
 def show_document(console: Console, document: Document) -> None:
