@@ -10,11 +10,14 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from mlptrain import __version__
+
+if TYPE_CHECKING:
+    from mlptrain.config import Config
 
 app = typer.Typer(
     add_completion=False,
@@ -158,7 +161,13 @@ def train(
 
 
 def _launch(
-    nproc: int, cfg, config: Path | None, resume: Path | None, overrides: list[str], run_dir: Path | None, flags
+    nproc: int,
+    cfg: Config | None,
+    config: Path | None,
+    resume: Path | None,
+    overrides: list[str],
+    run_dir: Path | None,
+    flags: list[str],
 ) -> int:
     """`mlptrain train ...` in `nproc` processes through torchrun, once the config passed the checks a worker would
     make (so bad input is refused here, before any worker starts); returns the exit code to leave with."""

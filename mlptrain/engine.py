@@ -1,4 +1,5 @@
-"""The training and evaluation loops: tensors in, numbers out. Nothing here prints or touches files.
+"""One training step, the epoch loop around it, and evaluation: tensors in, numbers out. Nothing here prints or
+touches files.
 
 Metrics are summed on the device and read back once per epoch (the only host syncs), so the GPU never
 waits for Python between batches.

@@ -1,4 +1,4 @@
-"""The package's shape: small modules with one job, and each third-party library owned by the one module that uses it."""
+"""The package's shape: small modules with one job, and each third-party library owned by the module that uses it."""
 
 from __future__ import annotations
 
