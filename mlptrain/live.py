@@ -37,7 +37,7 @@ class TrainReporter:
         self.epochs = 0
         self._last_refresh = 0.0
 
-    # --- runner.Callbacks --------------------------------------------------------------------------------------
+    # --- trainer.Callbacks -------------------------------------------------------------------------------------
 
     def run_started(self, info: RunInfo) -> None:
         self.epochs = info.config.train.epochs
