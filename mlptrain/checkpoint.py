@@ -9,6 +9,7 @@ stopped, and the versions that wrote it.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import zipfile
@@ -23,7 +24,7 @@ from mlptrain.config import Config
 from mlptrain.data import NUM_CLASSES, TrainingData
 from mlptrain.engine import EpochProgress, TrainState
 from mlptrain.errors import CheckpointError, ConfigError
-from mlptrain.files import atomic_write
+from mlptrain.files import atomic_write, held_signals
 from mlptrain.metrics import EpochStats, History
 from mlptrain.nn import MLP, build_model
 from mlptrain.rng import rng_state, set_rng_state
@@ -66,7 +67,24 @@ def write_checkpoint(path: Path, fields: dict[str, Any]) -> None:
         "versions": {"mlptrain": __version__, "torch": str(torch.__version__)},  # TorchVersion is not plain data
         **fields,
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    with held_signals():  # a second Ctrl-C waits until the file is whole
+        buffer = io.BytesIO()  # whole before it reaches the disk: a full disk is then an OSError (WriteFailed)
+        torch.save(payload, buffer)
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """Atomically make `target` a copy of checkpoint `source` (resume rebuilding a best.pt from last.pt)."""
+    data = Path(source).read_bytes()
+    atomic_write(target, lambda f: f.write(data))
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch that the checkpoint at `path` holds; None if it is missing or unreadable."""
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except (CheckpointError, TypeError, ValueError):
+        return None
 
 
 def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, history: History) -> dict[str, Any]:

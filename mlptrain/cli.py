@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mlptrain import __version__
+from mlptrain.interrupt import exit_on_sigterm, signal_exit
 
 if TYPE_CHECKING:
     from mlptrain.config import Config
@@ -74,10 +75,11 @@ def _errors():
         if rank == 0:
             report.error(str(e))
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        code, line = signal_exit(e)
         if rank == 0:
-            report.error("interrupted")
-        raise typer.Exit(130) from None
+            report.error(line)
+        raise typer.Exit(code) from None
     except Exception as e:
         if os.environ.get("MLPTRAIN_DEBUG"):
             raise
@@ -422,6 +424,7 @@ def main() -> None:
     taking the GIL then aborts the process ("terminate called without an active exception", seen in about one
     resumed --nproc 2 run in ten here). Every file the run writes is fsynced before this point.
     """
+    exit_on_sigterm()
     code = _run()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
@@ -443,6 +446,7 @@ def _run() -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         report.error(e.format_message() + hint)
         return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        report.error("interrupted")
-        return 130
+    except (typer.Abort, KeyboardInterrupt) as e:
+        code, line = signal_exit(e) if isinstance(e, KeyboardInterrupt) else (130, "interrupted")
+        report.error(line)
+        return code

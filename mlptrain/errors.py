@@ -32,3 +32,13 @@ class Interrupted(MlptrainError):
         super().__init__(message)
         self.resume_command = resume_command
         self.exit_code = 128 + signum
+
+
+class WriteFailed(MlptrainError):
+    """A file could not be written (a full disk, say); the file named keeps its previous contents."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path

@@ -30,6 +30,32 @@ class StopRequest:
         return signal.Signals(self.signum).name
 
 
+class SignalStop(KeyboardInterrupt):
+    """SIGTERM where there is no place to save (starting up, or after training): the command stops at once, as a
+    Ctrl-C does there, and exits 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_on_sigterm() -> None:
+    """From the start of a command: SIGTERM raises SignalStop (Python's default would kill it without a word).
+    Training swaps in stop_on_signals while it runs, and puts this back after."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_stop)
+
+
+def _raise_stop(signum, frame):
+    raise SignalStop(signum)
+
+
+def signal_exit(e: KeyboardInterrupt) -> tuple[int, str]:
+    """(exit code, one line) for a command stopped at once by a signal."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    return 128 + signum, "interrupted" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: stopped"
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest):
     """While training, SIGINT/SIGTERM ask for a clean stop; a second Ctrl-C stops at once."""

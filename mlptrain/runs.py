@@ -7,8 +7,11 @@ that record is where a listing finds a run's test accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from mlptrain.errors import ConfigError, DataError
-from mlptrain.files import make_dirs, new_run_dir
+from mlptrain.errors import ConfigError, DataError, RunFailed
+from mlptrain.files import LOCK_FILE, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import MONITORS, History, best_index, read_metrics
 
 # What a run folder holds.
@@ -91,19 +94,47 @@ class RunSummary:
         }
 
 
-def prepare_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bool) -> Path:
-    """The run's folder, created now (before any data is loaded, so a bad place fails fast): `run_dir`, or a new
-    `output_dir/<name>-<timestamp>`. A folder that holds a run is refused unless `force`."""
+@contextlib.contextmanager
+def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bool) -> Iterator[Path]:
+    """The folder of a new run, held by this process (files.folder_lock) while the block runs: `run_dir`, or a
+    new `output_dir/<name>-<timestamp>`, created now (before any data is loaded, so a bad place fails fast).
+
+    A folder that holds a run is refused unless `force`. If the block stops or fails (other than by a diverged
+    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed, and in a folder that existed the
+    run's own files are.
+    """
     if run_dir is None:
-        return new_run_dir(output_dir, name)
-    run_dir = Path(run_dir)
-    if (run_dir / LAST_FILE).exists() and not force:
-        raise ConfigError(
-            f"{run_dir} already holds a run ({LAST_FILE}); continue it with --resume {run_dir}, "
-            "overwrite it with --force, or pick another --run-dir"
-        )
-    make_dirs(run_dir)
-    return run_dir
+        folder, created = new_run_dir(output_dir, name), True
+    else:
+        folder = Path(run_dir)
+        created = make_dirs(folder)
+    try:
+        with folder_lock(folder):
+            if (folder / LAST_FILE).exists() and not force:
+                raise ConfigError(
+                    f"{folder} already holds a run ({LAST_FILE}); continue it with --resume {folder}, "
+                    "overwrite it with --force, or pick another --run-dir"
+                )
+            try:
+                yield folder
+            except RunFailed:
+                raise  # a run whose loss diverged keeps its folder: its metrics.csv says when
+            except BaseException:
+                if not (folder / LAST_FILE).exists():  # nothing to resume: leave nothing behind
+                    _remove_run(folder, created)
+                raise
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # created for a run that never got going (e.g. the folder was in use)
+        raise
+
+
+def _remove_run(folder: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in (CONFIG_FILE, METRICS_FILE, BEST_FILE, CURVES_FILE, LOCK_FILE):
+        (folder / name).unlink(missing_ok=True)
 
 
 def clear_run(run_dir: Path) -> None:

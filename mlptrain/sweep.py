@@ -11,13 +11,14 @@ import json
 import math
 import random
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_config, read_yaml, with_values
 from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
-from mlptrain.files import atomic_write_text, make_dirs, new_run_dir
+from mlptrain.files import atomic_write_text, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import ranked
 from mlptrain.runs import LAST_FILE, RunSummary, Scores, is_run, read_run
 
@@ -235,17 +236,22 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None) ->
     path = Path(path)
     sweep = plan(path, trials)
     if folder is None:
-        sweep.folder = new_run_dir(Path(sweep.base["output"]["dir"]), path.stem)
+        sweep.folder, made = new_run_dir(Path(sweep.base["output"]["dir"]), path.stem), True
     else:
-        folder = Path(folder)
-        if (folder / MANIFEST).exists():
-            raise ConfigError(
-                f"{folder} already holds a sweep; continue it with --resume {folder}, or pick another --dir"
-            )
-        make_dirs(folder)
-        sweep.folder = folder
-    atomic_write_text(sweep.folder / "sweep.yaml", path.read_text(encoding="utf-8"))  # for the record
-    sweep.save()
+        sweep.folder = Path(folder)
+        made = make_dirs(sweep.folder)
+    try:
+        with folder_lock(sweep.folder):
+            if (sweep.folder / MANIFEST).exists():
+                raise ConfigError(
+                    f"{folder} already holds a sweep; continue it with --resume {folder}, or pick another --dir"
+                )
+            atomic_write_text(sweep.folder / "sweep.yaml", path.read_text(encoding="utf-8"))  # for the record
+            sweep.save()
+    except BaseException:
+        if made:  # nothing of the sweep could be written: leave no folder behind
+            shutil.rmtree(sweep.folder, ignore_errors=True)
+        raise
     return sweep
 
 
@@ -266,7 +272,7 @@ def load(folder: Path, trials: int | None = None) -> Sweep:
             raise ConfigError(f"{manifest}: format version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
         spec = parse_spec(raw["spec"], str(manifest))
         sweep = Sweep(folder, spec, Config.from_dict(raw["base_config"], str(manifest)).to_dict())
-        sweep.trials = [Trial(**t) for t in raw["trials"]]
+        sweep.trials = [_trial(t, folder, manifest) for t in raw["trials"]]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{manifest}: unreadable ({type(e).__name__}: {e})") from None
     if trials is not None:
@@ -276,8 +282,28 @@ def load(folder: Path, trials: int | None = None) -> Sweep:
             raise ConfigError(f"--trials {trials}: {folder} already has {len(sweep.trials)} trials; it can only grow")
         spec.trials = trials
         sweep.add_trials(spec.expand()[len(sweep.trials) :], f"--trials {trials}")
-        sweep.save()
+        with folder_lock(folder):
+            sweep.save()
     return sweep
+
+
+def _trial(raw: dict[str, Any], folder: Path, manifest: Path) -> Trial:
+    """A trial from the manifest, whose run folder must be a folder of the sweep's own: a manifest edited to
+    point elsewhere (`../another-run`) would have the sweep write over whatever is there."""
+    trial = Trial(**raw)
+    name = trial.dir
+    inside = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+    if not inside or not (folder / name).resolve().parent == folder.resolve():
+        raise ConfigError(
+            f"{manifest}: trial {trial.index}'s folder {_quoted(name)} is not a folder inside {folder}; "
+            "refusing to write outside the sweep"
+        )
+    return trial
+
+
+def _quoted(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class SweepCallbacks:
@@ -305,8 +331,8 @@ def run(sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest
     cb = callbacks or SweepCallbacks()
     stop = stop or StopRequest()
     total = len(sweep.trials)
-    cb.sweep_started(sweep, sum(t.state not in FINISHED for t in sweep.trials))
-    with stop_on_signals(stop):
+    with folder_lock(sweep.folder), stop_on_signals(stop):
+        cb.sweep_started(sweep, sum(t.state not in FINISHED for t in sweep.trials))
         for trial in sweep.trials:
             if trial.state in FINISHED:
                 continue

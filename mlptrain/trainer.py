@@ -6,7 +6,6 @@ the caller through a Callbacks object.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import yaml
 
 from mlptrain import distributed
-from mlptrain.checkpoint import load_checkpoint, restore, save_checkpoint
+from mlptrain.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
 from mlptrain.config import Config, parse_override, resolve_device, with_values
 from mlptrain.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
 from mlptrain.distributed import World
@@ -30,14 +29,14 @@ from mlptrain.engine import (
     fit,
     grad_scaler,
 )
-from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed
-from mlptrain.files import atomic_write_text
+from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
+from mlptrain.files import atomic_write_text, folder_lock, held_signals
 from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
 from mlptrain.metrics import EpochStats, History, write_metrics
 from mlptrain.nn import build_model
 from mlptrain.plot import plot_run
 from mlptrain.rng import seed_everything
-from mlptrain.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, clear_run, prepare_run_dir, read_run
+from mlptrain.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
 from mlptrain.threads import configure_threads
 
 
@@ -148,17 +147,12 @@ def train(
 
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
     """
-    with _processes(config) as processes:
-        world = processes.world
-        fresh = run_dir is None or not Path(run_dir).exists()
-        output = Path(config.output.dir)
-        run_dir = distributed.run_on_main(world, lambda: prepare_run_dir(run_dir, output, config.name, force))
-        try:
-            data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
-        except BaseException:
-            if fresh and world.is_main:  # nothing was trained: leave no empty run folder behind
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+    with _processes(config) as processes, contextlib.ExitStack() as claim:
+        world, output = processes.world, Path(config.output.dir)
+        run_dir = distributed.run_on_main(
+            world, lambda: claim.enter_context(claimed_run_dir(run_dir, output, config.name, force))
+        )
+        data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
         if world.is_main:
             clear_run(run_dir)  # --force over an old run: none of it stays
             atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -175,16 +169,42 @@ def resume(
     `already_finished` set. Under torchrun every process reads the checkpoint (on several machines, the run
     folder must be at the same path on each) and they continue together.
     """
-    ckpt, config, run_dir = load_for_resume(path, overrides)
-    with _processes(config) as processes:
-        device = processes.device
-        data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
-        session = _new_session(config, run_dir, processes, data, ckpt)
-        if session.state.progress is None and _finished(session):
-            return TrainResult(run_dir, session.history, already_finished=True)
-        if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
-            atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-        return _run(session, callbacks or Callbacks(), stop or StopRequest())
+    path = Path(path)
+    with _resume_lock(path):
+        ckpt, config, run_dir = load_for_resume(path, overrides)
+        with _processes(config) as processes:
+            device = processes.device
+            data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
+            session = _new_session(config, run_dir, processes, data, ckpt)
+            if processes.world.is_main:
+                session.notes += _repair(session, ckpt)
+            if session.state.progress is None and _finished(session):
+                return TrainResult(run_dir, session.history, already_finished=True)
+            if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
+                atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def _resume_lock(path: Path) -> contextlib.AbstractContextManager:
+    """The run folder's lock, held by rank 0 from before its last.pt is read until the run ends."""
+    if not World.from_env().is_main or not path.exists():
+        return contextlib.nullcontext()  # a path that is not there: load_for_resume says so
+    return folder_lock(path if path.is_dir() else path.parent)
+
+
+def _repair(session: _Session, ckpt: dict) -> list[str]:
+    """Bring the run folder back in line with its last.pt after a crash between two of an epoch's writes
+    (_record writes last.pt, then best.pt, then metrics.csv): metrics.csv holds exactly the checkpoint's epochs,
+    and best.pt the best of them. Returns notes on what could not be repaired."""
+    run_dir, history = session.run_dir, session.history
+    write_metrics(run_dir / METRICS_FILE, history.epochs)
+    best = history.best_epoch
+    if not best or checkpoint_epoch(run_dir / BEST_FILE) == best:
+        return []
+    if best == ckpt["epoch"] and ckpt["progress"] is None:  # last.pt is that epoch's checkpoint
+        copy_checkpoint(run_dir / LAST_FILE, run_dir / BEST_FILE)
+        return []
+    return [f"{BEST_FILE} does not hold the best epoch ({best}) and cannot be rebuilt; a better epoch will rewrite it"]
 
 
 def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict, Config, Path]:
@@ -298,12 +318,16 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
 
 
 def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
-    """A finished epoch into the run folder: its metrics.csv row, then last.pt, and best.pt if it is the best."""
+    """A finished epoch into the run folder: last.pt, best.pt if it is the best, then its metrics.csv row.
+
+    In that order, a crash between two writes leaves metrics.csv and best.pt agreeing on the best epoch, and a
+    last.pt from which resume repairs the rest (_repair). Signals wait until all three are written.
+    """
     history, run_dir, main = session.history, session.run_dir, session.processes.world.is_main
     history.epochs.append(stats)
-    if main:
-        write_metrics(run_dir / METRICS_FILE, history.epochs)
     if stats.diverged:
+        if main:  # the row says why the run ended; a diverged epoch is never the best, and has no checkpoint
+            write_metrics(run_dir / METRICS_FILE, history.epochs)
         cb.epoch_done(stats, False)
         raise RunFailed(
             f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower train.lr "
@@ -312,8 +336,26 @@ def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
     improved = history.best_epoch == stats.epoch
     if main:
         paths = [run_dir / LAST_FILE] + ([run_dir / BEST_FILE] if improved else [])
-        save_checkpoint(paths, session.config, session.data, session.state, history)
+        with held_signals(), _resumable(session, stats.epoch):
+            save_checkpoint(paths, session.config, session.data, session.state, history)
+            write_metrics(run_dir / METRICS_FILE, history.epochs)
     cb.epoch_done(stats, improved)
+
+
+@contextlib.contextmanager
+def _resumable(session: _Session, epoch: int) -> Iterator[None]:
+    """A write that fails (a full disk) while saving `epoch` ends the run with a line that says which file, and
+    where a --resume would carry on from."""
+    try:
+        yield
+    except WriteFailed as e:
+        saved = epoch if e.path != session.run_dir / LAST_FILE else epoch - 1
+        if saved or (session.run_dir / LAST_FILE).exists():
+            where = f"the end of epoch {saved}" if saved else "the place it was stopped"
+            tail = f"; `mlptrain train --resume {session.run_dir}` carries on from {where} once it can write"
+        else:
+            tail = "; nothing was saved"
+        raise WriteFailed(f"{e}{tail}", e.path) from None
 
 
 def _save_stop(session: _Session, progress) -> None:
@@ -321,7 +363,8 @@ def _save_stop(session: _Session, progress) -> None:
     world = session.processes.world
     progress.loss_sum, progress.correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
     if world.is_main:
-        save_checkpoint([session.run_dir / LAST_FILE], session.config, session.data, session.state, session.history)
+        with _resumable(session, session.state.epoch):
+            save_checkpoint([session.run_dir / LAST_FILE], session.config, session.data, session.state, session.history)
 
 
 def _info(session: _Session) -> RunInfo:
