@@ -228,8 +228,9 @@ def _acquire(folder: Path) -> int:
             except BlockingIOError:
                 raise ConfigError(_in_use(folder, fd)) from None
             if _same_file(fd, path):  # not removed (and made anew) by the holder we waited on
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                with contextlib.suppress(OSError):  # only for the message another writer gets (a full disk...)
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                 return fd
         except BaseException:
             os.close(fd)

@@ -100,8 +100,8 @@ def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bo
     new `output_dir/<name>-<timestamp>`, created now (before any data is loaded, so a bad place fails fast).
 
     A folder that holds a run is refused unless `force`. If the block stops or fails (other than by a diverged
-    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed, and in a folder that existed the
-    run's own files are.
+    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed,
+    and from a folder that existed the run's own files are.
     """
     if run_dir is None:
         folder, created = new_run_dir(output_dir, name), True
