@@ -182,8 +182,8 @@ _held: dict[tuple[int, int], int] = {}  # (device, inode) of each folder this pr
 def folder_lock(folder: Path) -> Iterator[None]:
     """Be the one process writing into `folder` while the block runs; another one gets a ConfigError naming the
     folder and the holder's PID. The lock is the OS's (flock): it dies with its process, so a kill -9 never leaves
-    a folder stuck. Taking it also removes the temp files that dead writers left behind. Re-entrant within a
-    process (a sweep holds its folder while each trial holds its own)."""
+    a folder stuck; the lock file goes when the block ends. Taking the lock also removes the temp files that dead
+    writers left behind. Re-entrant within a process (a sweep holds its folder while each trial holds its own)."""
     folder = Path(folder)
     key = _folder_key(folder)
     if key in _held:
@@ -200,6 +200,9 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         del _held[key]
+        if _same_file(fd, folder / LOCK_FILE):  # still ours: leave the folder as tidy as it was
+            with contextlib.suppress(OSError):
+                os.unlink(folder / LOCK_FILE)
         os.close(fd)
 
 
