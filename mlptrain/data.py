@@ -10,9 +10,11 @@ import gzip
 import math
 import os
 import shutil
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -240,14 +242,15 @@ def _unpack_gzipped(folder: Path) -> None:
         target, packed = folder / name, folder / f"{name}.gz"
         if target.is_file() or not packed.is_file():
             continue
-        tmp = target.with_name(f".{name}.tmp")
-        try:
-            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(tmp, target)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"{packed}: cannot be unpacked ({e})") from None
+        atomic_write(target, lambda dst, packed=packed: _gunzip(packed, dst))
+
+
+def _gunzip(packed: Path, dst: BinaryIO) -> None:
+    try:
+        with gzip.open(packed, "rb") as src:
+            shutil.copyfileobj(src, dst)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a broken .gz; a failed write is atomic_write's to say
+        raise DataError(f"{packed}: cannot be unpacked ({e})") from None
 
 
 def _mirror(cfg: DataConfig) -> str:

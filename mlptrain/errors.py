@@ -39,6 +39,6 @@ class WriteFailed(MlptrainError):
 
     exit_code = 1
 
-    def __init__(self, message: str, path=None):
+    def __init__(self, message: str, path=None, reason: str = ""):
         super().__init__(message)
-        self.path = path
+        self.path, self.reason = path, reason or message

@@ -15,7 +15,7 @@ from mlptrain.checkpoint import load_model
 from mlptrain.config import Config, resolve_device
 from mlptrain.data import Split, class_names, load_eval_split
 from mlptrain.engine import confusion_matrix, predict_logits, score_logits
-from mlptrain.errors import DataError
+from mlptrain.errors import DataError, WriteFailed
 from mlptrain.files import atomic_write_text
 from mlptrain.plot import save_error_grid
 from mlptrain.runs import eval_record_path
@@ -118,8 +118,8 @@ def _record(result: EvalResult) -> None:
     try:
         atomic_write_text(target, json.dumps(result.to_json(), indent=1) + "\n")
         result.record = target
-    except OSError as e:
-        result.record_problem = f"cannot record the result in {target}: {e.strerror or e}"
+    except WriteFailed as e:
+        result.record_problem = f"cannot record the result in {target}: {e.reason}"
 
 
 def save_mistakes(

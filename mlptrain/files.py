@@ -57,8 +57,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def _write_failed(path: Path, e: OSError) -> WriteFailed:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return WriteFailed(f"no space left on the device while writing {path}", path)
-    return WriteFailed(f"cannot write {path}: {e.strerror or e}", path)
+        return WriteFailed(f"no space left on the device while writing {path}", path, "no space left on the device")
+    return WriteFailed(f"cannot write {path}: {e.strerror or e}", path, str(e.strerror or e))
 
 
 def _umask() -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlptrain.errors import ConfigError, DataError
+from mlptrain.errors import ConfigError, DataError, WriteFailed
 from mlptrain.files import atomic_write
 from mlptrain.metrics import UNITS
 
@@ -212,5 +212,7 @@ def _save(fig: Figure, path: Path) -> None:
         raise ConfigError(f"{path}: cannot write a .{fmt} image; use one of {known}")
     try:
         atomic_write(path, lambda f: fig.savefig(f, format=fmt))
-    except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    except WriteFailed as e:
+        if e.reason.startswith("no space"):
+            raise  # a failure (exit 1), not a bad path
+        raise ConfigError(str(e)) from None
