@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mlptrain.config import DataConfig
-from mlptrain.errors import DataError
+from mlptrain.errors import DataError, DataMissing
 from mlptrain.files import atomic_write, make_dirs
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -167,7 +167,7 @@ def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch
         why = _download(cfg)
         missing = [name for name in IDX_FILES if not (folder / name).is_file()]
     if missing:
-        raise DataError(
+        raise DataMissing(
             f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
             + (f" (download failed: {why})" if why else " (data.download is false)")
             + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from mlptrain.bench.suite import BenchResult
     from mlptrain.metrics import History
-    from mlptrain.runs import RunSummary
+    from mlptrain.runs import RunSummary, Scores
 
 TRAIN_COLOR, VAL_COLOR, BEST_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
 
@@ -78,6 +78,12 @@ def save_curves(path: Path, history: History, title: str) -> None:
     _save(fig, path)
 
 
+def save_scores_plot(path: Path, scores: Scores, folder: str) -> None:
+    """`mlptrain runs --out`: each run's (or trial's) best score against the settings that differ, best starred."""
+    what = f"the best {scores.metric.replace('_', ' ')} of {len(scores.points)} {scores.what}"
+    save_metric_plot(path, scores.points, scores.keys, scores.metric, f"{folder}: {what}", scores.best)
+
+
 def save_metric_plot(
     path: Path,
     points: Sequence[tuple[dict[str, Any], float]],
@@ -86,10 +92,12 @@ def save_metric_plot(
     title: str,
     best: int | None = None,
 ) -> None:
-    """A panel per key: each run's best `metric` (val_acc or val_loss) against its value of that key.
+    """A panel per group of keys that vary together: each run's best `metric` against its value of them.
 
-    `points` are (a run's settings as dotted keys, its metric); `points[best]` is starred. Numbers sit on a
-    numeric axis (logarithmic where they span 20× or more, as learning rates do), anything else on categories.
+    `points` are (a run's settings as dotted keys, its metric); `points[best]` is starred. Keys whose values split
+    the runs the same way share a panel (three runs that differ in eight keys make one panel, not eight of the
+    same three points). A lone numeric key gets a numeric axis (logarithmic where it spans 20× or more, as
+    learning rates do); anything else one slot per distinct value, labelled without quotes.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
@@ -99,31 +107,60 @@ def save_metric_plot(
         raise DataError(f"{title}: nothing to draw: {why}")
     fraction = UNITS[metric] == "fraction"
     scale = 100 if fraction else 1
-    fig = Figure(figsize=(min(4.2 * len(keys), 16), 3.8), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys, strict=True):
-        xs = [settings.get(key) for settings, _ in points]
-        ys = [value * scale for _, value in points]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-            if min(xs) > 0 and max(xs) >= 20 * min(xs):
-                ax.set_xscale("log")
-        else:  # lists (model.hidden), strings, booleans: one slot per distinct value, in order of first sight
-            labels = list(dict.fromkeys(json.dumps(x) for x in xs))
-            xs = [labels.index(json.dumps(x)) for x in xs]
-            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
+    groups = _key_groups(points, keys)
+    fig = Figure(figsize=(min(4.6 * len(groups), 16), 4.2), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
+    ys = [value * scale for _, value in points]
+    for ax, group in zip(axes, groups, strict=True):
+        xs = _place(ax, [[settings.get(key) for key in group] for settings, _ in points], group)
         ax.scatter(xs, ys, color=TRAIN_COLOR, alpha=0.8, zorder=2)
         if best is not None:
-            ax.plot([xs[best]], [ys[best]], marker="*", ms=16, color=BEST_COLOR, linestyle="", zorder=3, label="best")
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"best {metric.replace('_', ' ')}")
+            ax.plot([xs[best]], [ys[best]], marker="*", ms=18, color=BEST_COLOR, linestyle="", zorder=3, label="best")
+            ax.annotate(f"best {ys[best]:.2f}{'%' if fraction else ''}", (xs[best], ys[best]), xytext=(8, 6),
+                        textcoords="offset points", fontsize=9, color=BEST_COLOR)  # fmt: skip
+        ax.set_xlabel(" / ".join(group) if len(group) <= 3 else f"{' / '.join(group[:3])} / +{len(group) - 3} more")
         ax.grid(alpha=0.3)
-        if fraction:
-            ax.yaxis.set_major_formatter(PercentFormatter())
-    if best is not None:
-        axes[0].legend(loc="best")
+        ax.margins(y=0.15)
+    axes[0].set_ylabel(f"best {metric.replace('_', ' ')}")
+    if fraction:
+        axes[0].yaxis.set_major_formatter(PercentFormatter())
+    axes[0].legend(loc="best", fontsize=9)
     fig.suptitle(title, fontsize=11)
     _save(fig, path)
+
+
+def _key_groups(points: Sequence[tuple[dict[str, Any], float]], keys: Sequence[str]) -> list[list[str]]:
+    """The keys, grouped by how their values split the runs (keys that vary together share a group), in order."""
+    groups: dict[tuple, list[str]] = {}
+    for key in keys:
+        values = [json.dumps(settings.get(key), sort_keys=True) for settings, _ in points]
+        first_seen = [values.index(v) for v in values]  # the partition, whatever the values are
+        groups.setdefault(tuple(first_seen), []).append(key)
+    return list(groups.values())
+
+
+def _place(ax, values: list[list[Any]], group: list[str]) -> list[float]:
+    """The x of each run on `ax` for its values of the `group`'s keys; sets the axis's scale or its tick labels."""
+    if len(group) == 1 and all(isinstance(v[0], (int, float)) and not isinstance(v[0], bool) for v in values):
+        xs = [v[0] for v in values]
+        if min(xs) > 0 and max(xs) >= 20 * min(xs):
+            ax.set_xscale("log")
+        return xs
+    labels = list(dict.fromkeys("\n".join(_value_text(x) for x in v) for v in values))
+    xs = [labels.index("\n".join(_value_text(x) for x in v)) for v in values]
+    long = len(labels) > 4 or max(len(line) for label in labels for line in label.split("\n")) > 12
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    return xs
+
+
+def _value_text(value: Any) -> str:
+    """A setting as a person writes it: relu, 0.05, [256, 128], true (no JSON quotes)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return "-" if value is None else str(value)
 
 
 def save_error_grid(

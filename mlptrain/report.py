@@ -22,8 +22,10 @@ from mlptrain.metrics import COLUMNS, LABELS, UNITS
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
     from mlptrain.bench.tables import Cell, Document
     from mlptrain.evaluate import EvalResult
+    from mlptrain.keys import KeyDoc
+    from mlptrain.plan import RunPlan
     from mlptrain.predict import PredictResult
-    from mlptrain.runs import RunSummary
+    from mlptrain.runs import Listing, RunSummary
     from mlptrain.sweep import SweepTable
     from mlptrain.trainer import TrainResult
 
@@ -95,6 +97,12 @@ def warning(message: str) -> None:
     """One line on stderr for something that went wrong but did not stop the command."""
     console = make_console(stderr=True)
     console.print(Text("mlptrain: warning: ", style="bold yellow") + Text(message), soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """One line on stderr about something skipped on purpose: not a problem, but the user should know."""
+    console = make_console(stderr=True)
+    console.print(Text("mlptrain: note: ", style="dim") + Text(message), soft_wrap=True)
 
 
 def show_eval(console: Console, result: EvalResult) -> None:
@@ -226,6 +234,14 @@ def _ordinal(n: int) -> str:
     return f"{n}{'st' if n == 1 else 'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
 
 
+def show_listing(console: Console, listing: Listing) -> None:
+    """`mlptrain runs`: a sweep's trials, or the runs in a folder."""
+    if listing.sweep is not None:
+        show_sweep(console, listing.sweep)
+    else:
+        show_runs(console, listing.folder, listing.runs, listing.keys)
+
+
 def show_runs(console: Console, folder: Path, runs: list[RunSummary], keys: list[str]) -> None:
     """The runs, newest first, with the config keys that differ between them."""
     if not runs:
@@ -326,6 +342,38 @@ def duration(seconds: float) -> str:
 
 def saved(console: Console, what: str, path: Path) -> None:
     console.print(f"{what}: {path}")
+
+
+def show_keys(console: Console, docs: list[KeyDoc]) -> None:
+    """`mlptrain config --keys`: every config key with its type, default and meaning."""
+    from mlptrain.keys import yaml_value
+
+    rows = [[d.key, d.type, yaml_value(d.default), d.meaning] for d in docs]
+    if not console.is_terminal:
+        console.print(plain_table(["key", "type", "default", "meaning"], rows, left=4), markup=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    for name in ("key", "type", "default", "meaning"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def show_plan(console: Console, plan: RunPlan) -> None:
+    """`mlptrain train --dry-run`: what the run would use, and that it stopped before training."""
+    sizes = "-".join(str(n) for n in [plan.layers[0][0], *(out for _, out in plan.layers)])
+    lines = [
+        f"config:     {plan.config.name}, seed {plan.config.seed}: valid",
+        f"device:     {plan.device}",
+        f"data:       {plan.data}",
+        f"model:      MLP {sizes} ({plan.config.model.activation}), {len(plan.layers)} Linear layers",
+        f"parameters: {plan.parameters:,} ({plan.memory_bytes / 2**20:.1f} MiB with gradients and optimizer state)",
+        f"run folder: {plan.run_dir}",
+        "dry run: nothing trained, downloaded or written",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
 
 
 # --- mlptrain bench: tables as data (bench/tables.py) with every goal already judged -------------------------

@@ -12,13 +12,16 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mlptrain.errors import ConfigError, DataError
 from mlptrain.files import make_dirs, new_run_dir
 from mlptrain.metrics import MONITORS, History, best_index, read_metrics
+
+if TYPE_CHECKING:
+    from mlptrain.sweep import SweepTable
 
 # What a run folder holds.
 CONFIG_FILE = "config.yaml"  # the resolved config the run trains (train.epochs grows when a run is extended)
@@ -187,6 +190,37 @@ def scores(runs: list[RunSummary], keys: list[str]) -> Scores:
     scored = [run for run in runs if run.best_val_acc is not None]
     best = best_index((run.best_val_acc for run in scored), "val_acc")
     return Scores("val_acc", keys, [(run.settings, run.best_val_acc) for run in scored], best, "runs")
+
+
+@dataclass
+class Listing:
+    """What `mlptrain runs DIR` shows: the runs in a folder, newest first, or a sweep's trials, best first."""
+
+    folder: Path
+    runs: list[RunSummary]
+    keys: list[str]  # the settings that differ
+    sweep: SweepTable | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        return self.sweep.problems if self.sweep else [p for run in self.runs for p in run.problems]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.sweep.to_json() if self.sweep else [run.to_json(self.keys) for run in self.runs]
+
+    def scores(self) -> Scores:
+        return self.sweep.scores() if self.sweep else scores(self.runs, self.keys)
+
+
+def listing(folder: Path) -> Listing:
+    """The runs in `folder` (or `folder` itself if it is one), or the trials if it is a sweep's folder."""
+    from mlptrain import sweep
+
+    if sweep.is_sweep(folder):
+        table = sweep.table(folder)
+        return Listing(Path(folder), [], table.keys, table)
+    found = list_runs(folder)
+    return Listing(Path(folder), found, differing_keys(found))
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from mlptrain import distributed
 from mlptrain.checkpoint import load_checkpoint, restore, save_checkpoint
-from mlptrain.config import Config, parse_override, resolve_device, with_values
+from mlptrain.config import Config, dump_yaml, parse_override, resolve_device, with_values
 from mlptrain.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
 from mlptrain.distributed import World
 from mlptrain.engine import (
@@ -148,6 +147,7 @@ def train(
 
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
     """
+    config = config.resolved()  # relative folders mean where the run starts; config.yaml records them absolute
     with _processes(config) as processes:
         world = processes.world
         fresh = run_dir is None or not Path(run_dir).exists()
@@ -161,7 +161,7 @@ def train(
             raise
         if world.is_main:
             clear_run(run_dir)  # --force over an old run: none of it stays
-            atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
         session = _new_session(config, run_dir, processes, data)
         return _run(session, callbacks or Callbacks(), stop or StopRequest())
 
@@ -183,7 +183,7 @@ def resume(
         if session.state.progress is None and _finished(session):
             return TrainResult(run_dir, session.history, already_finished=True)
         if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
-            atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
         return _run(session, callbacks or Callbacks(), stop or StopRequest())
 
 
