@@ -6,6 +6,7 @@ a per-epoch device permutation, so the hot loop touches no Python per sample and
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -263,10 +264,15 @@ def _download(cfg: DataConfig) -> str:
 
     from torchvision import datasets
 
+    folder = raw_folder(cfg)
+    made = [p for p in (folder, folder.parent, Path(cfg.root)) if not p.exists()]  # deepest first
     try:
         getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(cfg.root, train=True, download=True)
         return ""
     except (RuntimeError, URLError, OSError) as e:
+        for empty in made:  # a failed download leaves no empty data/MNIST/raw/ behind
+            with contextlib.suppress(OSError):
+                empty.rmdir()
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line for line in lines if line.startswith("<urlopen error")), lines[-1] if lines else "")
         return reason.removeprefix("<urlopen error ").removesuffix(">") or type(e).__name__

@@ -8,6 +8,7 @@ it takes about a second to load and only these figures need it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,29 +41,39 @@ def plot_run(run: RunSummary, out: Path | None = None) -> Path:
 
 
 def save_curves(path: Path, history: History, title: str) -> None:
-    """Loss and accuracy per epoch, train and validation, with the best epoch (on the history's monitor) marked."""
+    """Loss (log axis), accuracy and learning rate per epoch, train and validation, the best epoch (on the
+    history's monitor) marked. The accuracy axis fits the validation curve, where the choice is made: epoch 1's
+    low train accuracy would otherwise squash the plateau that matters into a line."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     rows, best_epoch = [s.as_dict() for s in history.epochs], history.best_epoch
     epochs = [int(r["epoch"]) for r in rows]
     marker = "o" if len(rows) <= 30 else None  # dots help read a short run; on a long one they are clutter
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4), dpi=100, layout="constrained")
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     for ax, key, label, scale in ((loss_ax, "loss", "loss (cross-entropy)", 1), (acc_ax, "acc", "accuracy", 100)):
-        ax.plot(
-            epochs, [r[f"train_{key}"] * scale for r in rows], color=TRAIN_COLOR, marker=marker, ms=3, label="train"
-        )
-        ax.plot(epochs, [r[f"val_{key}"] * scale for r in rows], color=VAL_COLOR, marker=marker, ms=3, label="val")
-        ax.set_xlabel("epoch")
+        for split, color in (("train", TRAIN_COLOR), ("val", VAL_COLOR)):
+            values = [r[f"{split}_{key}"] * scale for r in rows]
+            ax.plot(epochs, values, color=color, marker=marker, ms=3, label=split)
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
         if best_epoch:
             best = rows[epochs.index(best_epoch)]
-            ax.axvline(best_epoch, color=BEST_COLOR, linestyle=":", linewidth=1.5)
             ax.plot([best_epoch], [best[f"val_{key}"] * scale], marker="*", ms=14, color=BEST_COLOR, zorder=3)
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0 if len(rows) < 2 else None))
+    losses = [r[k] for r in rows for k in ("train_loss", "val_loss")]
+    if all(math.isfinite(v) and v > 0 for v in losses):
+        loss_ax.set_yscale("log")
+    acc_ax.set_ylim(*_fit([100 * r["val_acc"] for r in rows], ceiling=100))
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    lr_ax.plot(epochs, [r["lr"] for r in rows], color="#7f7f7f", marker=marker, ms=3)
+    lr_ax.set_ylabel("learning rate (at the epoch's last step)")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in (loss_ax, acc_ax, lr_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both" if ax is loss_ax else "major")
+        if best_epoch:
+            ax.axvline(best_epoch, color=BEST_COLOR, linestyle=":", linewidth=1.5)
     if best_epoch:
         best = rows[epochs.index(best_epoch)]
         acc_ax.plot([], [], marker="*", ms=10, color=BEST_COLOR, linestyle=":", label=f"best (epoch {best_epoch})")
@@ -76,6 +87,14 @@ def save_curves(path: Path, history: History, title: str) -> None:
     loss_ax.legend(loc="upper right")
     acc_ax.legend(loc="lower right")
     _save(fig, path)
+
+
+def _fit(values: Sequence[float], ceiling: float) -> tuple[float, float]:
+    """Axis limits around `values` with a margin, never above `ceiling`: a 92–94% plateau fills the panel."""
+    finite = [v for v in values if math.isfinite(v)] or [0.0, ceiling]
+    low, high = min(finite), max(finite)
+    margin = max((high - low) * 0.15, 0.5)
+    return max(low - margin, 0.0), min(high + margin, ceiling)
 
 
 def save_scores_plot(path: Path, scores: Scores, folder: str) -> None:
@@ -146,8 +165,10 @@ def _place(ax, values: list[list[Any]], group: list[str]) -> list[float]:
         if min(xs) > 0 and max(xs) >= 20 * min(xs):
             ax.set_xscale("log")
         return xs
-    labels = list(dict.fromkeys("\n".join(_value_text(x) for x in v) for v in values))
-    xs = [labels.index("\n".join(_value_text(x) for x in v)) for v in values]
+    # The group's keys split the runs alike, so the first three values (as in the axis label) tell the slots apart.
+    texts = ["\n".join(_value_text(x) for x in v[:3]) for v in values]
+    labels = list(dict.fromkeys(texts))
+    xs = [labels.index(text) for text in texts]
     long = len(labels) > 4 or max(len(line) for label in labels for line in label.split("\n")) > 12
     ax.set_xticks(range(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")
     ax.set_xlim(-0.5, len(labels) - 0.5)

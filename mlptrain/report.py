@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mlptrain.metrics import COLUMNS, LABELS, UNITS
+from mlptrain.metrics import COLUMNS, LABELS, UNITS, metric_text
 
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
     from mlptrain.bench.tables import Cell, Document
@@ -30,11 +30,18 @@ if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print 
     from mlptrain.trainer import TrainResult
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich would exit 1 here, silently; the reader left, which the CLI ends as a shell would (streams.py)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(stderr: bool = False) -> Console:
     """A console that is rich on a terminal and plain otherwise (pipes, files, CI=true)."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        return Console(stderr=stderr, highlight=False, force_terminal=False, no_color=True, soft_wrap=True)
-    console = Console(stderr=stderr, highlight=False)
+        return _Console(stderr=stderr, highlight=False, force_terminal=False, no_color=True, soft_wrap=True)
+    console = _Console(stderr=stderr, highlight=False)
     # Piped lines are for grep and logs: never wrap them at an imagined 80 columns.
     console.soft_wrap = not console.is_terminal
     return console
@@ -76,21 +83,6 @@ def epochs_table(result: TrainResult, width: int | None = None) -> Table:
     for s, cells in zip(result.history, rows, strict=True):
         table.add_row(*cells, style="bold green" if s.epoch == best_epoch else None)
     return table
-
-
-def metric_text(unit: str, value: float) -> str:
-    """A metrics.csv value as a person reads it, by its unit (metrics.UNITS)."""
-    if unit == "fraction":
-        return pct(value)
-    if unit == "loss":
-        return f"{value:.4f}"
-    if unit == "rate":
-        return f"{value:.4g}"
-    if unit == "seconds":
-        return f"{value:.2f}s"
-    if unit == "throughput":
-        return f"{value:,.0f}"
-    return str(value)
 
 
 def warning(message: str) -> None:

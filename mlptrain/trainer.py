@@ -32,7 +32,7 @@ from mlptrain.engine import (
 from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from mlptrain.files import atomic_write_text
 from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
-from mlptrain.metrics import EpochStats, History, write_metrics
+from mlptrain.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
 from mlptrain.nn import build_model
 from mlptrain.plot import plot_run
 from mlptrain.rng import seed_everything
@@ -152,12 +152,16 @@ def train(
         world = processes.world
         fresh = run_dir is None or not Path(run_dir).exists()
         output = Path(config.output.dir)
+        made_output = run_dir is None and not output.exists()
         run_dir = distributed.run_on_main(world, lambda: prepare_run_dir(run_dir, output, config.name, force))
         try:
             data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
         except BaseException:
             if fresh and world.is_main:  # nothing was trained: leave no empty run folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):  # nor an output folder made for it alone
+                    if made_output:
+                        output.rmdir()
             raise
         if world.is_main:
             clear_run(run_dir)  # --force over an old run: none of it stays
@@ -357,7 +361,8 @@ def _stopped(session: _Session, stop: StopRequest) -> Interrupted:
         else f"after epoch {state.epoch}"
     )
     best = (
-        f"; best so far: epoch {history.best_epoch} ({history.monitor} {history.best_value:.4f}) in {BEST_FILE}"
+        f"; best so far: epoch {history.best_epoch} ({LABELS[history.monitor]} "
+        f"{metric_text(UNITS[history.monitor], history.best_value)}) in {BEST_FILE}"
         if history.best_epoch
         else ""
     )
