@@ -234,7 +234,7 @@ def evaluate(
         from mlptrain import report
         from mlptrain.evaluate import evaluate_checkpoint
 
-        with exits.hint("give --data-root DIR where the dataset's folder is"):
+        with exits.hint("or give --data-root DIR, the folder that holds MNIST/ or FashionMNIST/"):
             result = evaluate_checkpoint(
                 checkpoint, split=split.value, data_root=data_root, device=device, errors_image=errors
             )
@@ -257,7 +257,7 @@ def plot(
         typer.Option("--out", metavar="FILE.png", help="Where to save the figure (default RUN_DIR/curves.png)."),
     ] = None,
 ) -> None:
-    """Draw a run's loss and accuracy per epoch, train and validation, with the best epoch marked."""
+    """Draw a run's loss, accuracy and learning rate per epoch, train and validation, with the best epoch marked."""
     with exits.errors():
         from mlptrain import report
         from mlptrain.plot import plot_run
