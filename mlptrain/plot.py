@@ -45,7 +45,7 @@ def save_curves(path: Path, history: History, title: str) -> None:
     history's monitor) marked. The accuracy axis fits the validation curve, where the choice is made: epoch 1's
     low train accuracy would otherwise squash the plateau that matters into a line."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
     rows, best_epoch = [s.as_dict() for s in history.epochs], history.best_epoch
     epochs = [int(r["epoch"]) for r in rows]
@@ -63,6 +63,12 @@ def save_curves(path: Path, history: History, title: str) -> None:
     losses = [r[k] for r in rows for k in ("train_loss", "val_loss")]
     if all(math.isfinite(v) and v > 0 for v in losses):
         loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.4, not 4×10⁻¹
+        # Label some ticks between the powers of ten too: 2, 3, 4, 6 × 10ⁿ within a decade or so, 2 and 5 × 10ⁿ
+        # over a few; past that the powers alone.
+        decades = math.log10(max(losses) / min(losses))
+        shown = (2, 3, 4, 6) if decades < 1.5 else (2, 5) if decades < 3 else ()
+        loss_ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _mantissa_label(v, shown)))
     acc_ax.set_ylim(*_fit([100 * r["val_acc"] for r in rows], ceiling=100))
     acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     lr_ax.plot(epochs, [r["lr"] for r in rows], color="#7f7f7f", marker=marker, ms=3)
@@ -87,6 +93,12 @@ def save_curves(path: Path, history: History, title: str) -> None:
     loss_ax.legend(loc="upper right")
     acc_ax.legend(loc="lower right")
     _save(fig, path)
+
+
+def _mantissa_label(value: float, shown: Sequence[int]) -> str:
+    """`value` written plainly if it is one of `shown` × 10ⁿ, else nothing."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if mantissa in shown else ""
 
 
 def _fit(values: Sequence[float], ceiling: float) -> tuple[float, float]:
