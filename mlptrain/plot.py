@@ -139,7 +139,7 @@ def save_metric_plot(
     fraction = UNITS[metric] == "fraction"
     scale = 100 if fraction else 1
     groups = _key_groups(points, keys)
-    fig = Figure(figsize=(min(4.6 * len(groups), 16), 4.2), dpi=100, layout="constrained")
+    fig = Figure(figsize=(min(max(4.6 * len(groups), 6), 16), 4.2), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
     ys = [value * scale for _, value in points]
     for ax, group in zip(axes, groups, strict=True):
@@ -147,8 +147,8 @@ def save_metric_plot(
         ax.scatter(xs, ys, color=TRAIN_COLOR, alpha=0.8, zorder=2)
         if best is not None:
             ax.plot([xs[best]], [ys[best]], marker="*", ms=18, color=BEST_COLOR, linestyle="", zorder=3, label="best")
-            ax.annotate(f"best {ys[best]:.2f}{'%' if fraction else ''}", (xs[best], ys[best]), xytext=(8, 6),
-                        textcoords="offset points", fontsize=9, color=BEST_COLOR)  # fmt: skip
+            ax.annotate(f"best {ys[best]:.2f}{'%' if fraction else ''}", (xs[best], ys[best]), xytext=(0, 11),
+                        textcoords="offset points", ha="center", fontsize=9, color=BEST_COLOR)  # fmt: skip
         ax.set_xlabel(" / ".join(group) if len(group) <= 3 else f"{' / '.join(group[:3])} / +{len(group) - 3} more")
         ax.grid(alpha=0.3)
         ax.margins(y=0.15)
