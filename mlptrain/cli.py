@@ -1,11 +1,10 @@
 """The `mlptrain` command: parse, call one library function, render. The only module that imports typer.
 
-torch is imported inside the commands, so `--help` and `--version` answer at once.
+torch is imported inside the commands, so `--help`, `--version`, `config` and shell completion answer at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -14,19 +13,92 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from mlptrain import __version__
+from mlptrain import __version__, completion, exits, streams
 from mlptrain.interrupt import exit_on_sigterm, signal_exit
 
 if TYPE_CHECKING:
     from mlptrain.config import Config
 
+
+class _PlainHelp:
+    """Help as Click writes it: `CONFIG`, `[DIR]`, `IMAGE...` in the usage line, and no type beside a flag
+    (`<bool>`) or an argument (`<path>`): options that take a value say what in their metavar."""
+
+    def get_params(self, ctx) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperArgument) or getattr(param, "is_flag", False):
+                param.display_type_rich = _no_type
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+def _no_type(ctx) -> None:
+    return None
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return TyperGroup.collect_usage_pieces(self, ctx)
+
+
+def _command(name: str | None = None, *examples: str):
+    """app.command with Click-style help, and `examples` (command lines) closing it."""
+    return app.command(name, cls=_Command, epilog=_examples(*examples))
+
+
+def _examples(*lines: str) -> str:
+    return "\n\n".join(["Examples:" if len(lines) > 1 else "Example:", *(f"  {line}" for line in lines)])
+
+
 app = typer.Typer(
-    add_completion=False,
+    cls=_Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Train and evaluate multi-layer perceptrons on MNIST-style digits.",
+    epilog=_examples("mlptrain train configs/smoke.yaml", "mlptrain eval runs/<run>/best.pt"),
 )
+
+
+# Parameters several commands take, alike.
+Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
+Overrides = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer reads the annotation at runtime
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config key (repeatable), e.g. train.lr=0.1.",
+        autocompletion=completion.settings,
+    ),
+]
+ConfigFile = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Argument(
+        metavar="CONFIG", help="YAML config file, e.g. configs/mnist.yaml.", autocompletion=completion.yaml_files
+    ),
+]
+Checkpoint = Annotated[
+    Path,
+    typer.Argument(
+        metavar="CHECKPOINT",
+        help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt.",
+        autocompletion=completion.checkpoints,
+    ),
+]
 
 
 class SplitChoice(str, Enum):
@@ -51,82 +123,24 @@ def _root(
     """Train and evaluate multi-layer perceptrons on MNIST-style digits."""
 
 
-def _rank() -> int:
-    """This process's rank when torchrun started it (0 otherwise): only rank 0 prints."""
-    return int(os.environ.get("RANK", "0"))
-
-
-@contextlib.contextmanager
-def _errors():
-    """Map library errors to one line and an exit code: 2 bad input, 1 failed run, 130 Ctrl-C.
-
-    Under torchrun the other ranks stay quiet about what rank 0 says too (a bad config, a Ctrl-C); an
-    unexpected failure of their own is printed with their rank.
-    """
-    from mlptrain import report
-    from mlptrain.errors import MlptrainError
-
-    rank = _rank()
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except MlptrainError as e:
-        if rank == 0:
-            report.error(str(e))
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt as e:
-        code, line = signal_exit(e)
-        if rank == 0:
-            report.error(line)
-        raise typer.Exit(code) from None
-    except Exception as e:
-        if os.environ.get("MLPTRAIN_DEBUG"):
-            raise
-        where = f"rank {rank}: " if rank else ""
-        report.error(f"{where}the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
-        raise typer.Exit(1) from None
-
-
-@contextlib.contextmanager
-def _live(reporter):
-    """Around training: the reporter's progress bar is closed whatever happens, and a run stopped by a signal
-    prints where it stopped and the command that carries on, and exits 128 + the signal's number."""
-    from mlptrain import report
-    from mlptrain.errors import Interrupted
-
-    try:
-        yield reporter
-    except Interrupted as e:
-        reporter.close()
-        if _rank() == 0:  # under torchrun, one message for all the ranks
-            report.interrupted(str(e), e.resume_command)
-        raise typer.Exit(e.exit_code) from None
-    finally:
-        reporter.close()
-
-
-@app.command()
+@_command(None, "mlptrain train configs/mnist.yaml --set train.lr=0.1", "mlptrain train --resume runs/<run>")
 def train(
-    config: Annotated[
-        Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
-        typer.Argument(metavar="[CONFIG]", help="YAML config file, e.g. configs/mnist.yaml (not with --resume)."),
-    ] = None,
-    set_: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--set", metavar="KEY=VALUE", help="Override a config key (repeatable), e.g. train.lr=0.1."),
-    ] = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     resume: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--resume",
             metavar="RUN",
             help="Continue the run in folder RUN (or of checkpoint RUN) exactly where it stopped.",
+            autocompletion=completion.checkpoints,
         ),
     ] = None,
     run_dir: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--run-dir", help="Write the run exactly here instead of <output.dir>/<name>-<timestamp>."),
+        typer.Option(
+            "--run-dir", metavar="DIR", help="Write the run exactly here instead of <output.dir>/<name>-<timestamp>."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Let --run-dir overwrite a folder that holds a run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
@@ -136,10 +150,14 @@ def train(
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, metavar="N", help="Train in N processes on this machine (data-parallel).")
     ] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the config, data files and device, show the model, and stop.")
+    ] = False,
 ) -> None:
     """Train an MLP as CONFIG describes, or resume a run; keep the best checkpoint (on validation) and the last."""
-    with _errors():
-        from mlptrain import live, report, trainer
+    with exits.errors():
+        streams.announce(f"loading {config or resume}", quiet=quiet or json_out)
+        from mlptrain import distributed, live, report, trainer
         from mlptrain.config import load_config
         from mlptrain.errors import ConfigError
 
@@ -148,11 +166,14 @@ def train(
         if resume is not None and (run_dir is not None or force):
             raise ConfigError("--resume continues a run in its own folder; --run-dir and --force do not apply")
         cfg = load_config(config, set_ or []) if config is not None else None
+        if dry_run:
+            return _dry_run(cfg, resume, set_ or [])
         if nproc > 1:
             flags = [flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", json_out)) if on]
-            raise typer.Exit(_launch(nproc, cfg, config, resume, set_ or [], run_dir, flags))
-        rank = _rank()
-        with _live(live.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)) as reporter:
+            raise SystemExit(distributed.launch_train(nproc, cfg, config, resume, set_ or [], run_dir, flags))
+        rank = streams.rank()
+        reporter = live.TrainReporter(report.make_console(), quiet=quiet or json_out or rank > 0)
+        with exits.hint(exits.TRAIN_DATA_HINT), exits.live(reporter):
             if cfg is not None:
                 result = trainer.train(cfg, run_dir=run_dir, force=force, callbacks=reporter)
             else:
@@ -163,45 +184,45 @@ def train(
             reporter.summary(result)
 
 
-def _launch(
-    nproc: int,
-    cfg: Config | None,
-    config: Path | None,
-    resume: Path | None,
-    overrides: list[str],
-    run_dir: Path | None,
-    flags: list[str],
-) -> int:
-    """`mlptrain train ...` in `nproc` processes through torchrun, once the config passed the checks a worker would
-    make (so bad input is refused here, before any worker starts); returns the exit code to leave with."""
-    from mlptrain import distributed, trainer
-    from mlptrain.config import resolve_device
-    from mlptrain.errors import ConfigError
+def _dry_run(cfg: Config | None, resume: Path | None, overrides: list[str]) -> None:
+    """`train --dry-run`: what the run would use (device, data files, model), checked; nothing trained or written."""
+    from mlptrain import report, trainer
+    from mlptrain.plan import plan_run
 
-    if distributed.World.from_env().distributed:
-        raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
-    checked = cfg if cfg is not None else trainer.load_for_resume(resume, overrides)[1]
-    distributed.check_world(checked, resolve_device(checked.device), nproc, nproc)
-    argv = [str(config)] if config is not None else ["--resume", str(resume)]
-    argv += [f"--set={item}" for item in overrides]
-    argv += ["--run-dir", str(run_dir)] if run_dir is not None else []
-    return distributed.launch(["train", *argv, *flags], nproc)
+    cfg = cfg if cfg is not None else trainer.load_for_resume(resume, overrides)[1]
+    with exits.hint(exits.TRAIN_DATA_HINT):
+        report.show_plan(report.make_console(), plan_run(cfg.resolved()))
 
 
-@app.command("eval")
+@_command("config", "mlptrain config configs/mnist.yaml --set train.lr=0.1", "mlptrain config --keys")
+def config_(
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    keys: Annotated[bool, typer.Option("--keys", help="List every key: its type, default and meaning.")] = False,
+) -> None:
+    """Print the resolved config as YAML (file + overrides + defaults): what `train` would write to config.yaml."""
+    with exits.errors():
+        from mlptrain import keys as keys_
+        from mlptrain import report
+        from mlptrain.config import dump_yaml, load_config
+
+        if keys:
+            return report.show_keys(report.make_console(), keys_.key_docs())
+        typer.echo(dump_yaml(load_config(config, set_ or []).resolved()), nl=False)
+
+
+@_command("eval", "mlptrain eval runs/<run>/best.pt --errors errors.png")
 def evaluate(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt."),
-    ],
+    checkpoint: Checkpoint,
     split: Annotated[
-        SplitChoice, typer.Option(help="test: the held-back test set; val: the run's validation images.")
+        SplitChoice,
+        typer.Option(metavar="test|val", help="test: the held-back test set; val: the run's validation images."),
     ] = SplitChoice.test,
     data_root: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--data-root", help="Where the dataset lives, if not where the run found it."),
+        typer.Option("--data-root", metavar="DIR", help="Where the dataset lives, if not where the run found it."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
     errors: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--errors", metavar="FILE.png", help="Save a grid of the most confidently wrong images here."),
@@ -209,13 +230,15 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Rebuild the model from CHECKPOINT alone and score it: accuracy, per class, and the confusion matrix."""
-    with _errors():
+    with exits.errors():
+        streams.announce(f"loading {checkpoint}", quiet=json_out)
         from mlptrain import report
         from mlptrain.evaluate import evaluate_checkpoint
 
-        result = evaluate_checkpoint(
-            checkpoint, split=split.value, data_root=data_root, device=device, errors_image=errors
-        )
+        with exits.hint("or give --data-root DIR, the folder that holds MNIST/ or FashionMNIST/"):
+            result = evaluate_checkpoint(
+                checkpoint, split=split.value, data_root=data_root, device=device, errors_image=errors
+            )
         if result.record_problem:
             report.warning(result.record_problem)
         if json_out:
@@ -224,16 +247,19 @@ def evaluate(
             report.show_eval(report.make_console(), result)
 
 
-@app.command()
+@_command(None, "mlptrain plot runs/<run> --out curves.svg")
 def plot(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder, e.g. runs/<run>.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(metavar="RUN_DIR", help="A run folder, e.g. runs/<run>.", autocompletion=completion.checkpoints),
+    ],
     out: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--out", metavar="FILE.png", help="Where to save the figure (default RUN_DIR/curves.png)."),
     ] = None,
 ) -> None:
-    """Draw a run's loss and accuracy per epoch, train and validation, with the best epoch marked."""
-    with _errors():
+    """Draw a run's loss, accuracy and learning rate per epoch, train and validation, with the best epoch marked."""
+    with exits.errors():
         from mlptrain import report
         from mlptrain.plot import plot_run
         from mlptrain.runs import read_run
@@ -244,24 +270,46 @@ def plot(
         report.saved(report.make_console(), "curves", plot_run(run, out))
 
 
-@app.command()
+@_command(None, "mlptrain predict runs/<run>/best.pt digits/ --csv labels.csv")
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by `mlptrain train`.")],
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="PNG or JPEG files, of any size.")],
+    checkpoint: Checkpoint,
+    images: Annotated[
+        list[Path],
+        typer.Argument(metavar="IMAGE", help="PNG or JPEG files of any size, or folders of them."),
+    ],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also classify the images in the folders' sub-folders.")
+    ] = False,
+    csv: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--csv", metavar="FILE", help="Also write file,label,confidence there, a row per image."),
+    ] = None,
     top: Annotated[int, typer.Option("--top", min=1, metavar="K", help="Show the K most probable classes.")] = 3,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON list, an object per classified file.")
     ] = False,
 ) -> None:
-    """Classify image files as MNIST would see them: grayscale, light ink on black, centred in 28×28."""
-    with _errors():
-        from mlptrain import report
-        from mlptrain.predict import predict_files
+    """Classify image files as MNIST would see them: grayscale, light ink on black, centred in 28×28.
 
-        result = predict_files(checkpoint, images, device=device, top=top)
+    A folder gives its image files, sorted; other files in it are skipped with a note.
+    """
+    with exits.errors():
+        streams.announce(f"loading {checkpoint}", quiet=json_out)
+        from mlptrain import predict as predict_
+        from mlptrain import report
+        from mlptrain.errors import DataError
+
+        files, notes = predict_.image_files(images, recursive=recursive)
+        for note in notes:
+            report.note(note)
+        if not files:
+            raise DataError("no image files to classify")
+        result = predict_.predict_files(checkpoint, files, device=device, top=top)
         for _, message in result.failures:
             report.error(message)
+        if csv is not None:
+            predict_.write_csv(csv, result.predictions)
         if json_out:
             typer.echo(json.dumps([p.to_json() for p in result.predictions]))
         else:
@@ -270,9 +318,9 @@ def predict(
         raise typer.Exit(2)
 
 
-@app.command("runs")
+@_command("runs", "mlptrain runs runs/ --out runs.png")
 def runs(
-    folder: Annotated[Path, typer.Argument(metavar="[DIR]", help="The folder of runs (default: runs).")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="The folder of runs.")] = Path("runs"),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON list, an object per run.")] = False,
     out: Annotated[
         Optional[Path],  # noqa: UP045
@@ -283,46 +331,37 @@ def runs(
 
     A sweep folder lists its trials instead, best first on the monitored metric.
     """
-    with _errors():
+    with exits.errors():
         from mlptrain import report
         from mlptrain import runs as run_folders
-        from mlptrain import sweep as sweep_
         from mlptrain.errors import ConfigError
 
         if out is not None and out.suffix.lower() != ".png":
             raise ConfigError(f"--out {out}: give a file name ending in .png")
-        console = report.make_console()
-        sweep_folder = sweep_.is_sweep(folder)
-        if sweep_folder:
-            table = sweep_.table(folder)
-            problems, listing, scores = table.problems, table.to_json(), table.scores()
-        else:
-            found = run_folders.list_runs(folder)
-            keys = run_folders.differing_keys(found)
-            problems, listing = [p for run in found for p in run.problems], [run.to_json(keys) for run in found]
-            scores = run_folders.scores(found, keys)
-        for problem in problems:
+        found = run_folders.listing(folder)
+        for problem in found.problems:
             report.warning(problem)
         if json_out:
-            typer.echo(json.dumps(listing))
-        elif sweep_folder:
-            report.show_sweep(console, table)
+            typer.echo(json.dumps(found.to_json()))
         else:
-            report.show_runs(console, folder, found, keys)
+            report.show_listing(report.make_console(), found)
         if out is not None:
-            from mlptrain.plot import save_metric_plot
+            from mlptrain.plot import save_scores_plot
 
-            title = f"{folder}: the best {scores.metric.replace('_', ' ')} of {len(scores.points)} {scores.what}"
-            save_metric_plot(out, scores.points, scores.keys, scores.metric, title, scores.best)
+            save_scores_plot(out, found.scores(), str(folder))
             if not json_out:
-                report.saved(console, "plot", out)
+                report.saved(report.make_console(), "plot", out)
 
 
-@app.command()
+@_command(None, "mlptrain sweep configs/sweep.yaml", "mlptrain sweep --resume runs/<sweep>")
 def sweep(
     sweep_file: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Argument(metavar="[SWEEP]", help="A sweep file, e.g. configs/sweep.yaml (not with --resume)."),
+        typer.Argument(
+            metavar="SWEEP",
+            help="A sweep file, e.g. configs/sweep.yaml (not with --resume).",
+            autocompletion=completion.yaml_files,
+        ),
     ] = None,
     dir_: Annotated[
         Optional[Path],  # noqa: UP045
@@ -344,22 +383,12 @@ def sweep(
     ] = False,
 ) -> None:
     """Train one run per combination of values (grid) or per random draw; resumable; then the trials, best first."""
-    with _errors():
+    with exits.errors():
         from mlptrain import live, report
         from mlptrain import sweep as sweep_
-        from mlptrain.errors import ConfigError
 
-        if (sweep_file is None) == (resume is None):
-            raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
-        if resume is not None and dir_ is not None:
-            raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
-        if trials is not None and trials < 1:
-            raise ConfigError(f"--trials {trials}: must be at least 1")
-        if sweep_file is not None:
-            job = sweep_.create(sweep_file, folder=dir_, trials=trials)
-        else:
-            job = sweep_.load(resume, trials=trials)
-        with _live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
+        job = sweep_.start(sweep_file, resume, folder=dir_, trials=trials)
+        with exits.live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             sweep_.run(job, callbacks=reporter)
         table = sweep_.table(job.folder)
         if json_out:
@@ -369,12 +398,12 @@ def sweep(
         failed = sum(t.state == "failed" for t in job.trials)
         if failed:
             report.error(f"{failed} of {len(job.trials)} trials failed; the others ran (see the table)")
-            raise typer.Exit(1)
+            raise SystemExit(1)
 
 
-@app.command()
+@_command(None, "mlptrain bench --quick --out bench.md")
 def bench(
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer sizes, repeats and samples: under a minute on a CPU.")
     ] = False,
@@ -387,7 +416,7 @@ def bench(
     ] = None,
 ) -> None:
     """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth."""
-    with _errors():
+    with exits.errors():
         from mlptrain import live, plot, report
         from mlptrain.config import resolve_device
         from mlptrain.errors import ConfigError
@@ -426,6 +455,10 @@ def main() -> None:
     """
     exit_on_sigterm()
     code = _run()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = streams.reader_left()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -450,3 +483,7 @@ def _run() -> int:
         code, line = signal_exit(e) if isinstance(e, KeyboardInterrupt) else (130, "interrupted")
         report.error(line)
         return code
+    except BrokenPipeError:
+        return streams.reader_left()
+    except SystemExit as e:  # how exits.errors() ends a command
+        return e.code if isinstance(e.code, int) else 1

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -122,6 +123,17 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved(self, cwd: Path | None = None) -> Config:
+        """A copy whose relative data.root and output.dir are made absolute against `cwd` (default: the current
+        folder): a run records where it found its data, so eval and resume find it from anywhere."""
+
+        def absolute(folder: str) -> str:
+            return os.path.normpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(folder)))
+
+        data = dataclasses.replace(self.data, root=absolute(self.data.root))
+        output = dataclasses.replace(self.output, dir=absolute(self.output.dir))
+        return dataclasses.replace(self, data=data, output=output)
+
     @classmethod
     def from_dict(cls, raw: Any, source: str = "config") -> Config:
         """Build and validate a Config from plain data (a parsed YAML file or a checkpoint's copy)."""
@@ -133,10 +145,10 @@ class Config:
         return config
 
 
-def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config file, apply `key=value` overrides, and validate the result."""
-    path = Path(path)
-    raw = read_yaml(path)
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config file (None, an empty file: all defaults), apply `key=value` overrides, and validate."""
+    path = Path(path) if path is not None else None
+    raw = read_yaml(path, empty={}) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {kind_of(raw)}")
     set_keys: dict[str, str] = {}
@@ -375,8 +387,14 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def read_yaml(path: Path, what: str = "config file", example: str = "configs/mnist.yaml") -> Any:
-    """A YAML file's content, refusing duplicate keys; every problem is a one-line ConfigError naming the file."""
+def dump_yaml(config: Config) -> str:
+    """The config as a run's config.yaml holds it: every key, in the schema's order."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def read_yaml(path: Path, what: str = "config file", example: str = "configs/mnist.yaml", empty: Any = None) -> Any:
+    """A YAML file's content, refusing duplicate keys; every problem is a one-line ConfigError naming the file.
+    A file with no content (or only comments) is refused, unless `empty` says what it stands for."""
     if not path.exists():
         raise ConfigError(f"{what} not found: {path}")
     if path.is_dir():
@@ -391,6 +409,8 @@ def read_yaml(path: Path, what: str = "config file", example: str = "configs/mni
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    if raw is None and empty is not None:
+        return empty
     if raw is None:
         raise ConfigError(f"{path}: the file is empty; see {example} for an example")
     return raw

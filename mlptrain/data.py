@@ -6,6 +6,7 @@ a per-epoch device permutation, so the hot loop touches no Python per sample and
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -19,7 +20,7 @@ from typing import BinaryIO
 import torch
 
 from mlptrain.config import DataConfig
-from mlptrain.errors import DataError
+from mlptrain.errors import DataError, DataMissing
 from mlptrain.files import atomic_write, make_dirs
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -169,7 +170,7 @@ def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch
         why = _download(cfg)
         missing = [name for name in IDX_FILES if not (folder / name).is_file()]
     if missing:
-        raise DataError(
+        raise DataMissing(
             f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
             + (f" (download failed: {why})" if why else " (data.download is false)")
             + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"
@@ -266,10 +267,15 @@ def _download(cfg: DataConfig) -> str:
 
     from torchvision import datasets
 
+    folder = raw_folder(cfg)
+    made = [p for p in (folder, folder.parent, Path(cfg.root)) if not p.exists()]  # deepest first
     try:
         getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(cfg.root, train=True, download=True)
         return ""
     except (RuntimeError, URLError, OSError) as e:
+        for empty in made:  # a failed download leaves no empty data/MNIST/raw/ behind
+            with contextlib.suppress(OSError):
+                empty.rmdir()
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line for line in lines if line.startswith("<urlopen error")), lines[-1] if lines else "")
         return reason.removeprefix("<urlopen error ").removesuffix(">") or type(e).__name__

@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -176,6 +177,30 @@ def launch(argv: list[str], nproc: int) -> int:
         return failure.exitcode
     finally:
         logging.disable(logging.NOTSET)
+
+
+def launch_train(
+    nproc: int,
+    cfg: Config | None,
+    config: Path | None,
+    resume: Path | None,
+    overrides: list[str],
+    run_dir: Path | None,
+    flags: list[str],
+) -> int:
+    """`mlptrain train ...` in `nproc` processes through torchrun, once the config passed the checks a worker would
+    make (so bad input is refused here, before any worker starts); returns the exit code to leave with."""
+    from mlptrain import trainer
+    from mlptrain.config import resolve_device
+
+    if World.from_env().distributed:
+        raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
+    checked = cfg if cfg is not None else trainer.load_for_resume(resume, overrides)[1]
+    check_world(checked, resolve_device(checked.device), nproc, nproc)
+    argv = [str(config)] if config is not None else ["--resume", str(resume)]
+    argv += [f"--set={item}" for item in overrides]
+    argv += ["--run-dir", str(run_dir)] if run_dir is not None else []
+    return launch(["train", *argv, *flags], nproc)
 
 
 def run_on_main(world: World, fn: Callable[[], T]) -> T:

@@ -15,6 +15,10 @@ class DataError(MlptrainError):
     """A dataset is missing, unreadable or inconsistent with the config."""
 
 
+class DataMissing(DataError):
+    """A dataset's files are not where the config says, and could not be downloaded."""
+
+
 class CheckpointError(MlptrainError):
     """A checkpoint is missing, unreadable, not ours, or inconsistent."""
 

@@ -54,6 +54,21 @@ MONITORS = ("val_acc", "val_loss")  # what train.monitor may name
 _HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
 
 
+def metric_text(unit: str, value: float) -> str:
+    """A metrics.csv value as a person reads it, by its unit (UNITS): fractions as percentages."""
+    if unit == "fraction":
+        return f"{100 * value:.2f}%"
+    if unit == "loss":
+        return f"{value:.4f}"
+    if unit == "rate":
+        return f"{value:.4g}"
+    if unit == "seconds":
+        return f"{value:.2f}s"
+    if unit == "throughput":
+        return f"{value:,.0f}"
+    return str(value)
+
+
 def is_better(monitor: str, value: float, best: float | None) -> bool:
     """Whether `value` of `monitor` beats `best` (None: nothing to beat yet).
 

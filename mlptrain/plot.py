@@ -8,6 +8,7 @@ it takes about a second to load and only these figures need it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from mlptrain.bench.suite import BenchResult
     from mlptrain.metrics import History
-    from mlptrain.runs import RunSummary
+    from mlptrain.runs import RunSummary, Scores
 
 TRAIN_COLOR, VAL_COLOR, BEST_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
 
@@ -40,29 +41,45 @@ def plot_run(run: RunSummary, out: Path | None = None) -> Path:
 
 
 def save_curves(path: Path, history: History, title: str) -> None:
-    """Loss and accuracy per epoch, train and validation, with the best epoch (on the history's monitor) marked."""
+    """Loss (log axis), accuracy and learning rate per epoch, train and validation, the best epoch (on the
+    history's monitor) marked. The accuracy axis fits the validation curve, where the choice is made: epoch 1's
+    low train accuracy would otherwise squash the plateau that matters into a line."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
     rows, best_epoch = [s.as_dict() for s in history.epochs], history.best_epoch
     epochs = [int(r["epoch"]) for r in rows]
     marker = "o" if len(rows) <= 30 else None  # dots help read a short run; on a long one they are clutter
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4), dpi=100, layout="constrained")
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     for ax, key, label, scale in ((loss_ax, "loss", "loss (cross-entropy)", 1), (acc_ax, "acc", "accuracy", 100)):
-        ax.plot(
-            epochs, [r[f"train_{key}"] * scale for r in rows], color=TRAIN_COLOR, marker=marker, ms=3, label="train"
-        )
-        ax.plot(epochs, [r[f"val_{key}"] * scale for r in rows], color=VAL_COLOR, marker=marker, ms=3, label="val")
-        ax.set_xlabel("epoch")
+        for split, color in (("train", TRAIN_COLOR), ("val", VAL_COLOR)):
+            values = [r[f"{split}_{key}"] * scale for r in rows]
+            ax.plot(epochs, values, color=color, marker=marker, ms=3, label=split)
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
         if best_epoch:
             best = rows[epochs.index(best_epoch)]
-            ax.axvline(best_epoch, color=BEST_COLOR, linestyle=":", linewidth=1.5)
             ax.plot([best_epoch], [best[f"val_{key}"] * scale], marker="*", ms=14, color=BEST_COLOR, zorder=3)
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0 if len(rows) < 2 else None))
+    losses = [r[k] for r in rows for k in ("train_loss", "val_loss")]
+    if all(math.isfinite(v) and v > 0 for v in losses):
+        loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.4, not 4×10⁻¹
+        # Label some ticks between the powers of ten too: 2, 3, 4, 6 × 10ⁿ within a decade or so, 2 and 5 × 10ⁿ
+        # over a few; past that the powers alone.
+        decades = math.log10(max(losses) / min(losses))
+        shown = (2, 3, 4, 6) if decades < 1.5 else (2, 5) if decades < 3 else ()
+        loss_ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _mantissa_label(v, shown)))
+    acc_ax.set_ylim(*_fit([100 * r["val_acc"] for r in rows], ceiling=100))
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    lr_ax.plot(epochs, [r["lr"] for r in rows], color="#7f7f7f", marker=marker, ms=3)
+    lr_ax.set_ylabel("learning rate (at the epoch's last step)")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in (loss_ax, acc_ax, lr_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both" if ax is loss_ax else "major")
+        if best_epoch:
+            ax.axvline(best_epoch, color=BEST_COLOR, linestyle=":", linewidth=1.5)
     if best_epoch:
         best = rows[epochs.index(best_epoch)]
         acc_ax.plot([], [], marker="*", ms=10, color=BEST_COLOR, linestyle=":", label=f"best (epoch {best_epoch})")
@@ -78,6 +95,26 @@ def save_curves(path: Path, history: History, title: str) -> None:
     _save(fig, path)
 
 
+def _mantissa_label(value: float, shown: Sequence[int]) -> str:
+    """`value` written plainly if it is one of `shown` × 10ⁿ, else nothing."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if mantissa in shown else ""
+
+
+def _fit(values: Sequence[float], ceiling: float) -> tuple[float, float]:
+    """Axis limits around `values` with a margin, never above `ceiling`: a 92–94% plateau fills the panel."""
+    finite = [v for v in values if math.isfinite(v)] or [0.0, ceiling]
+    low, high = min(finite), max(finite)
+    margin = max((high - low) * 0.15, 0.5)
+    return max(low - margin, 0.0), min(high + margin, ceiling)
+
+
+def save_scores_plot(path: Path, scores: Scores, folder: str) -> None:
+    """`mlptrain runs --out`: each run's (or trial's) best score against the settings that differ, best starred."""
+    what = f"the best {scores.metric.replace('_', ' ')} of {len(scores.points)} {scores.what}"
+    save_metric_plot(path, scores.points, scores.keys, scores.metric, f"{folder}: {what}", scores.best)
+
+
 def save_metric_plot(
     path: Path,
     points: Sequence[tuple[dict[str, Any], float]],
@@ -86,10 +123,12 @@ def save_metric_plot(
     title: str,
     best: int | None = None,
 ) -> None:
-    """A panel per key: each run's best `metric` (val_acc or val_loss) against its value of that key.
+    """A panel per group of keys that vary together: each run's best `metric` against its value of them.
 
-    `points` are (a run's settings as dotted keys, its metric); `points[best]` is starred. Numbers sit on a
-    numeric axis (logarithmic where they span 20× or more, as learning rates do), anything else on categories.
+    `points` are (a run's settings as dotted keys, its metric); `points[best]` is starred. Keys whose values split
+    the runs the same way share a panel (three runs that differ in eight keys make one panel, not eight of the
+    same three points). A lone numeric key gets a numeric axis (logarithmic where it spans 20× or more, as
+    learning rates do); anything else one slot per distinct value, labelled without quotes.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
@@ -99,31 +138,62 @@ def save_metric_plot(
         raise DataError(f"{title}: nothing to draw: {why}")
     fraction = UNITS[metric] == "fraction"
     scale = 100 if fraction else 1
-    fig = Figure(figsize=(min(4.2 * len(keys), 16), 3.8), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys, strict=True):
-        xs = [settings.get(key) for settings, _ in points]
-        ys = [value * scale for _, value in points]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-            if min(xs) > 0 and max(xs) >= 20 * min(xs):
-                ax.set_xscale("log")
-        else:  # lists (model.hidden), strings, booleans: one slot per distinct value, in order of first sight
-            labels = list(dict.fromkeys(json.dumps(x) for x in xs))
-            xs = [labels.index(json.dumps(x)) for x in xs]
-            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
+    groups = _key_groups(points, keys)
+    fig = Figure(figsize=(min(max(4.6 * len(groups), 6), 16), 4.2), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
+    ys = [value * scale for _, value in points]
+    for ax, group in zip(axes, groups, strict=True):
+        xs = _place(ax, [[settings.get(key) for key in group] for settings, _ in points], group)
         ax.scatter(xs, ys, color=TRAIN_COLOR, alpha=0.8, zorder=2)
         if best is not None:
-            ax.plot([xs[best]], [ys[best]], marker="*", ms=16, color=BEST_COLOR, linestyle="", zorder=3, label="best")
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"best {metric.replace('_', ' ')}")
+            ax.plot([xs[best]], [ys[best]], marker="*", ms=18, color=BEST_COLOR, linestyle="", zorder=3, label="best")
+            ax.annotate(f"best {ys[best]:.2f}{'%' if fraction else ''}", (xs[best], ys[best]), xytext=(0, 11),
+                        textcoords="offset points", ha="center", fontsize=9, color=BEST_COLOR)  # fmt: skip
+        ax.set_xlabel(" / ".join(group) if len(group) <= 3 else f"{' / '.join(group[:3])} / +{len(group) - 3} more")
         ax.grid(alpha=0.3)
-        if fraction:
-            ax.yaxis.set_major_formatter(PercentFormatter())
-    if best is not None:
-        axes[0].legend(loc="best")
+        ax.margins(y=0.15)
+    axes[0].set_ylabel(f"best {metric.replace('_', ' ')}")
+    if fraction:
+        axes[0].yaxis.set_major_formatter(PercentFormatter())
+    axes[0].legend(loc="best", fontsize=9)
     fig.suptitle(title, fontsize=11)
     _save(fig, path)
+
+
+def _key_groups(points: Sequence[tuple[dict[str, Any], float]], keys: Sequence[str]) -> list[list[str]]:
+    """The keys, grouped by how their values split the runs (keys that vary together share a group), in order."""
+    groups: dict[tuple, list[str]] = {}
+    for key in keys:
+        values = [json.dumps(settings.get(key), sort_keys=True) for settings, _ in points]
+        first_seen = [values.index(v) for v in values]  # the partition, whatever the values are
+        groups.setdefault(tuple(first_seen), []).append(key)
+    return list(groups.values())
+
+
+def _place(ax, values: list[list[Any]], group: list[str]) -> list[float]:
+    """The x of each run on `ax` for its values of the `group`'s keys; sets the axis's scale or its tick labels."""
+    if len(group) == 1 and all(isinstance(v[0], (int, float)) and not isinstance(v[0], bool) for v in values):
+        xs = [v[0] for v in values]
+        if min(xs) > 0 and max(xs) >= 20 * min(xs):
+            ax.set_xscale("log")
+        return xs
+    # The group's keys split the runs alike, so the first three values (as in the axis label) tell the slots apart.
+    texts = ["\n".join(_value_text(x) for x in v[:3]) for v in values]
+    labels = list(dict.fromkeys(texts))
+    xs = [labels.index(text) for text in texts]
+    long = len(labels) > 4 or max(len(line) for label in labels for line in label.split("\n")) > 12
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    return xs
+
+
+def _value_text(value: Any) -> str:
+    """A setting as a person writes it: relu, 0.05, [256, 128], true (no JSON quotes)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return "-" if value is None else str(value)
 
 
 def save_error_grid(

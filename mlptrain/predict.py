@@ -199,3 +199,42 @@ def centre_of_mass(image: torch.Tensor) -> tuple[float, float]:
     ys, xs = torch.arange(image.shape[0], dtype=image.dtype), torch.arange(image.shape[1], dtype=image.dtype)
     mass = image.sum()
     return float((image.sum(1) * ys).sum() / mass), float((image.sum(0) * xs).sum() / mass)
+
+
+def image_files(paths: Sequence[Path], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """(the files to classify, notes on what was skipped): a file is taken as given; a folder gives its image
+    files (by suffix, sorted; with `recursive`, those of its sub-folders too), and each other file is noted."""
+    from PIL import Image
+
+    suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
+    files, notes = [], []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        inside = sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if not p.is_dir())
+        visible = [p for p in inside if not p.name.startswith(".")]
+        images = [p for p in visible if p.suffix.lower() in suffixes]
+        files += images
+        notes += [f"{p}: skipped, not an image file" for p in visible if p not in images]
+        if not images:
+            notes.append(f"{path}: no image files in it" + ("" if recursive else " (--recursive looks in sub-folders)"))
+    return files, notes
+
+
+def write_csv(path: Path, predictions: Sequence[Prediction]) -> None:
+    """`file,label,confidence`, a row per classified file in order (label: the class index, as in --json)."""
+    import csv
+    import io
+
+    from mlptrain.files import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "label", "confidence"])
+    for p in predictions:
+        writer.writerow([str(p.file), p.label, repr(p.confidence)])
+    try:
+        atomic_write_text(Path(path), buf.getvalue())
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from None

@@ -17,22 +17,31 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mlptrain.metrics import COLUMNS, LABELS, UNITS
+from mlptrain.metrics import COLUMNS, LABELS, UNITS, metric_text
 
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
     from mlptrain.bench.tables import Cell, Document
     from mlptrain.evaluate import EvalResult
+    from mlptrain.keys import KeyDoc
+    from mlptrain.plan import RunPlan
     from mlptrain.predict import PredictResult
-    from mlptrain.runs import RunSummary
+    from mlptrain.runs import Listing, RunSummary
     from mlptrain.sweep import SweepTable
     from mlptrain.trainer import TrainResult
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich would exit 1 here, silently; the reader left, which the CLI ends as a shell would (streams.py)."""
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def make_console(stderr: bool = False) -> Console:
     """A console that is rich on a terminal and plain otherwise (pipes, files, CI=true)."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        return Console(stderr=stderr, highlight=False, force_terminal=False, no_color=True, soft_wrap=True)
-    console = Console(stderr=stderr, highlight=False)
+        return _Console(stderr=stderr, highlight=False, force_terminal=False, no_color=True, soft_wrap=True)
+    console = _Console(stderr=stderr, highlight=False)
     # Piped lines are for grep and logs: never wrap them at an imagined 80 columns.
     console.soft_wrap = not console.is_terminal
     return console
@@ -76,25 +85,16 @@ def epochs_table(result: TrainResult, width: int | None = None) -> Table:
     return table
 
 
-def metric_text(unit: str, value: float) -> str:
-    """A metrics.csv value as a person reads it, by its unit (metrics.UNITS)."""
-    if unit == "fraction":
-        return pct(value)
-    if unit == "loss":
-        return f"{value:.4f}"
-    if unit == "rate":
-        return f"{value:.4g}"
-    if unit == "seconds":
-        return f"{value:.2f}s"
-    if unit == "throughput":
-        return f"{value:,.0f}"
-    return str(value)
-
-
 def warning(message: str) -> None:
     """One line on stderr for something that went wrong but did not stop the command."""
     console = make_console(stderr=True)
     console.print(Text("mlptrain: warning: ", style="bold yellow") + Text(message), soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """One line on stderr about something skipped on purpose: not a problem, but the user should know."""
+    console = make_console(stderr=True)
+    console.print(Text("mlptrain: note: ", style="dim") + Text(message), soft_wrap=True)
 
 
 def show_eval(console: Console, result: EvalResult) -> None:
@@ -226,6 +226,14 @@ def _ordinal(n: int) -> str:
     return f"{n}{'st' if n == 1 else 'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
 
 
+def show_listing(console: Console, listing: Listing) -> None:
+    """`mlptrain runs`: a sweep's trials, or the runs in a folder."""
+    if listing.sweep is not None:
+        show_sweep(console, listing.sweep)
+    else:
+        show_runs(console, listing.folder, listing.runs, listing.keys)
+
+
 def show_runs(console: Console, folder: Path, runs: list[RunSummary], keys: list[str]) -> None:
     """The runs, newest first, with the config keys that differ between them."""
     if not runs:
@@ -326,6 +334,38 @@ def duration(seconds: float) -> str:
 
 def saved(console: Console, what: str, path: Path) -> None:
     console.print(f"{what}: {path}")
+
+
+def show_keys(console: Console, docs: list[KeyDoc]) -> None:
+    """`mlptrain config --keys`: every config key with its type, default and meaning."""
+    from mlptrain.keys import yaml_value
+
+    rows = [[d.key, d.type, yaml_value(d.default), d.meaning] for d in docs]
+    if not console.is_terminal:
+        console.print(plain_table(["key", "type", "default", "meaning"], rows, left=4), markup=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    for name in ("key", "type", "default", "meaning"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def show_plan(console: Console, plan: RunPlan) -> None:
+    """`mlptrain train --dry-run`: what the run would use, and that it stopped before training."""
+    sizes = "-".join(str(n) for n in [plan.layers[0][0], *(out for _, out in plan.layers)])
+    lines = [
+        f"config:     {plan.config.name}, seed {plan.config.seed}: valid",
+        f"device:     {plan.device}",
+        f"data:       {plan.data}",
+        f"model:      MLP {sizes} ({plan.config.model.activation}), {len(plan.layers)} Linear layers",
+        f"parameters: {plan.parameters:,} ({plan.memory_bytes / 2**20:.1f} MiB with gradients and optimizer state)",
+        f"run folder: {plan.run_dir}",
+        "dry run: nothing trained, downloaded or written",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
 
 
 # --- mlptrain bench: tables as data (bench/tables.py) with every goal already judged -------------------------

@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mlptrain.errors import ConfigError, DataError, RunFailed
 from mlptrain.files import LOCK_FILE, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import MONITORS, History, best_index, read_metrics
+
+if TYPE_CHECKING:
+    from mlptrain.sweep import SweepTable
 
 # What a run folder holds.
 CONFIG_FILE = "config.yaml"  # the resolved config the run trains (train.epochs grows when a run is extended)
@@ -100,12 +103,14 @@ def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bo
     new `output_dir/<name>-<timestamp>`, created now (before any data is loaded, so a bad place fails fast).
 
     A folder that holds a run is refused unless `force`. If the block stops or fails (other than by a diverged
-    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed,
-    and from a folder that existed the run's own files are.
+    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed
+    (and the output folder, if it was made for this run alone), and from a folder that existed the run's own files.
     """
     if run_dir is None:
+        made_output = not Path(output_dir).exists()
         folder, created = new_run_dir(output_dir, name), True
     else:
+        made_output = False
         folder = Path(run_dir)
         created = make_dirs(folder)
     try:
@@ -124,8 +129,9 @@ def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bo
                     _remove_run(folder, created)
                 raise
     except BaseException:
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # created for a run that never got going (e.g. the folder was in use)
+        for made in [folder] * created + [Path(output_dir)] * made_output:  # made for this run alone, and empty
+            with contextlib.suppress(OSError):
+                made.rmdir()
         raise
 
 
@@ -218,6 +224,37 @@ def scores(runs: list[RunSummary], keys: list[str]) -> Scores:
     scored = [run for run in runs if run.best_val_acc is not None]
     best = best_index((run.best_val_acc for run in scored), "val_acc")
     return Scores("val_acc", keys, [(run.settings, run.best_val_acc) for run in scored], best, "runs")
+
+
+@dataclass
+class Listing:
+    """What `mlptrain runs DIR` shows: the runs in a folder, newest first, or a sweep's trials, best first."""
+
+    folder: Path
+    runs: list[RunSummary]
+    keys: list[str]  # the settings that differ
+    sweep: SweepTable | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        return self.sweep.problems if self.sweep else [p for run in self.runs for p in run.problems]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.sweep.to_json() if self.sweep else [run.to_json(self.keys) for run in self.runs]
+
+    def scores(self) -> Scores:
+        return self.sweep.scores() if self.sweep else scores(self.runs, self.keys)
+
+
+def listing(folder: Path) -> Listing:
+    """The runs in `folder` (or `folder` itself if it is one), or the trials if it is a sweep's folder."""
+    from mlptrain import sweep
+
+    if sweep.is_sweep(folder):
+        table = sweep.table(folder)
+        return Listing(Path(folder), [], table.keys, table)
+    found = list_runs(folder)
+    return Listing(Path(folder), found, differing_keys(found))
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:

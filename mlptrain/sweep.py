@@ -255,6 +255,17 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None) ->
     return sweep
 
 
+def start(path: Path | None, resume: Path | None, folder: Path | None = None, trials: int | None = None) -> Sweep:
+    """`mlptrain sweep`: a new sweep of the file `path`, or the one in folder `resume` to carry on (one of them)."""
+    if (path is None) == (resume is None):
+        raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
+    if resume is not None and folder is not None:
+        raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials {trials}: must be at least 1")
+    return create(path, folder=folder, trials=trials) if path is not None else load(resume, trials=trials)
+
+
 def is_sweep(folder: Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 

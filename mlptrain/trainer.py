@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from mlptrain import distributed
 from mlptrain.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
-from mlptrain.config import Config, parse_override, resolve_device, with_values
+from mlptrain.config import Config, dump_yaml, parse_override, resolve_device, with_values
 from mlptrain.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
 from mlptrain.distributed import World
 from mlptrain.engine import (
@@ -32,7 +31,7 @@ from mlptrain.engine import (
 from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
 from mlptrain.files import atomic_write_text, folder_lock, held_signals
 from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
-from mlptrain.metrics import EpochStats, History, write_metrics
+from mlptrain.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
 from mlptrain.nn import build_model
 from mlptrain.plot import plot_run
 from mlptrain.rng import seed_everything
@@ -147,6 +146,7 @@ def train(
 
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
     """
+    config = config.resolved()  # relative folders mean where the run starts; config.yaml records them absolute
     with _processes(config) as processes, contextlib.ExitStack() as claim:
         world, output = processes.world, Path(config.output.dir)
         run_dir = distributed.run_on_main(
@@ -155,7 +155,7 @@ def train(
         data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
         if world.is_main:
             clear_run(run_dir)  # --force over an old run: none of it stays
-            atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
         session = _new_session(config, run_dir, processes, data)
         return _run(session, callbacks or Callbacks(), stop or StopRequest())
 
@@ -181,7 +181,7 @@ def resume(
             if session.state.progress is None and _finished(session):
                 return TrainResult(run_dir, session.history, already_finished=True)
             if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
-                atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+                atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
             return _run(session, callbacks or Callbacks(), stop or StopRequest())
 
 
@@ -300,7 +300,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
     epochs = config.train.epochs
     hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), cb.batch_done, should_stop)
     result = TrainResult(session.run_dir, session.history)
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop):
         try:
             for stats in fit(session.state, session.data, config, hooks, world):
                 _record(session, stats, cb)
@@ -315,6 +315,19 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
     if world.is_main:
         plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
     return result
+
+
+@contextlib.contextmanager
+def _peer_gone_is_a_stop(session: _Session, stop: StopRequest) -> Iterator[None]:
+    """On a rank other than 0 that got the signal too, a collective that fails because another process has
+    already stopped and closed its connection (gloo: "Connection closed by peer") is the same stop, not a failure:
+    rank 0 saved the place and says so. On rank 0, or without a signal, such an error is a failure as ever."""
+    try:
+        yield
+    except RuntimeError:
+        if session.processes.world.is_main or not session.processes.world.distributed or not stop():
+            raise
+        raise _stopped(session, stop) from None
 
 
 def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
@@ -400,7 +413,8 @@ def _stopped(session: _Session, stop: StopRequest) -> Interrupted:
         else f"after epoch {state.epoch}"
     )
     best = (
-        f"; best so far: epoch {history.best_epoch} ({history.monitor} {history.best_value:.4f}) in {BEST_FILE}"
+        f"; best so far: epoch {history.best_epoch} ({LABELS[history.monitor]} "
+        f"{metric_text(UNITS[history.monitor], history.best_value)}) in {BEST_FILE}"
         if history.best_epoch
         else ""
     )

@@ -81,7 +81,6 @@ CASES = [
     # configs
     ("config-missing", lambda t, c, m: ["train", str(t / "nope.yaml")], ["config file not found", "nope.yaml"]),
     ("config-folder", lambda t, c, m: ["train", str(t)], ["is a folder"]),
-    ("config-empty", lambda t, c, m: ["train", config_file(t, "")], ["empty"]),
     ("config-list", lambda t, c, m: ["train", config_file(t, "- 1\n- 2\n")], ["mapping", "list"]),
     ("config-not-utf8", lambda t, c, m: ["train", config_file(t, b"name: \xff\xfe\n")], ["UTF-8"]),
     ("config-bad-yaml", lambda t, c, m: ["train", config_file(t, "train: {lr: [}\n")], ["not valid YAML", "line 1"]),

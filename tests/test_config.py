@@ -195,8 +195,6 @@ BAD_CONFIGS = [
     ("tiny-synthetic", "data:\n  synthetic_size: 5\n", ["data.synthetic_size", "at least 6"]),
     ("empty-root", "data:\n  root: ''\n", ["data.root", "must not be empty"]),
     ("empty-output-dir", "output:\n  dir: ''\n", ["output.dir", "must not be empty"]),
-    ("empty-file", "", ["{path}", "empty"]),
-    ("comment-only-file", "# nothing here\n", ["{path}", "empty"]),
     ("top-level-list", "- name: x\n- seed: 1\n", ["{path}", "top level must be a mapping", "a list"]),
     ("top-level-scalar", "hello\n", ["{path}", "top level must be a mapping", "a string"]),
     ("invalid-yaml", "train:\n  lr: [0.1\n", ["{path}", "not valid YAML", "line"]),
@@ -218,6 +216,19 @@ def test_bad_config_file(tmp_path, text, expected):
         assert part.replace("{path}", str(path)) in message
     assert "\n" not in message.strip()
     assert excinfo.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text", ["", "# nothing here\n", "{}\n", "\n\n# only comments\n\n"])
+def test_an_empty_config_file_means_every_default(tmp_path, text):
+    """The README promises that `{}` is all defaults; a file with nothing in it (or only comments) says the same."""
+    assert load_config(make_config_file(tmp_path, text)) == Config()
+
+
+def test_resolved_makes_relative_folders_absolute_against_the_start_folder(tmp_path):
+    config = Config.from_dict({"data": {"root": "../data"}, "output": {"dir": "runs"}}).resolved(tmp_path / "a")
+    assert config.data.root == str(tmp_path / "data")
+    assert config.output.dir == str(tmp_path / "a" / "runs")
+    assert config.resolved(tmp_path / "elsewhere") == config  # absolute folders stay as they are
 
 
 def test_file_errors_name_the_file(tmp_path):

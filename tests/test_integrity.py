@@ -124,23 +124,18 @@ def test_resume_rebuilds_a_best_pt_one_best_behind(tmp_path):
     trainer.train(wobbly(epochs=1), run_dir=older)
     (run_dir / "best.pt").write_bytes((older / "best.pt").read_bytes())
     assert checkpoint_epoch(run_dir / "best.pt") == 1
+    assert best == 2  # so last.pt is the best epoch's checkpoint, which resume rebuilds best.pt from
     result = trainer.resume(run_dir, overrides=["train.epochs=2"])
     assert result.already_finished
-    if best == 2:  # last.pt is the best epoch's checkpoint: rebuilt from it
-        assert checkpoint_epoch(run_dir / "best.pt") == 2
+    assert checkpoint_epoch(run_dir / "best.pt") == 2
 
 
 def test_a_run_folder_has_one_writer(tmp_path):
     run_dir = tmp_path / "run"
     first = invoke("train", REPO / "configs/smoke.yaml", "--run-dir", run_dir, "--set", "train.epochs=1", "-q")
     assert first.exit_code == 0, first.stderr
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mlptrain.files import folder_lock\n"
-         "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(run_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = hold(run_dir)
     try:
-        assert holder.stdout.readline().strip() == "held"
         for argv in (
             ["train", "--resume", run_dir, "--set", "train.epochs=3"],
             ["train", REPO / "configs/smoke.yaml", "--run-dir", run_dir, "--force"],
@@ -162,6 +157,45 @@ def test_a_run_folder_has_one_writer(tmp_path):
     out = invoke("train", "--resume", run_dir, "--set", "train.epochs=2", "-q")
     assert out.exit_code == 0, out.stderr
     assert len(rows(run_dir)) == 2
+
+
+def hold(folder: Path) -> subprocess.Popen:
+    """Another process holding `folder`'s lock until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mlptrain.files import folder_lock\n"
+         "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_sweep_folder_has_one_writer(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({**WOBBLY, "train": {**WOBBLY["train"], "epochs": 1}}))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("base: base.yaml\nparams: {train.lr: [0.1, 0.2]}\n")
+    sw = tmp_path / "sw"
+    sw.mkdir()
+    holder = hold(sw)
+    try:
+        out = invoke("sweep", spec, "--dir", sw)
+        assert out.exit_code == 2, out.stderr
+        assert f"{sw} is in use by another mlptrain (PID {holder.pid})" in out.stderr
+        assert not (sw / "sweep.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("sweep", spec, "--dir", sw, "-q").exit_code == 0
+    holder = hold(sw)
+    try:
+        out = invoke("sweep", "--resume", sw)
+        assert out.exit_code == 2 and f"PID {holder.pid}" in out.stderr, out.stderr
+        assert invoke("runs", sw, "--json").exit_code == 0  # a reader
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("sweep", "--resume", sw, "-q").exit_code == 0
 
 
 def test_the_lock_is_reentrant_in_one_process_and_never_follows_a_symlink(tmp_path):

@@ -106,3 +106,42 @@ def test_error_grid_of_any_count(tmp_path, count):
     path = tmp_path / "errors.png"
     save_error_grid(path, images, labels, labels[::-1], [0.9] * count, names, title="test")
     assert_png(path, min_size=(300, 150))
+
+
+def drawn(monkeypatch):
+    """Keep the figures plot.py makes instead of writing them: [(figure, path)]."""
+    import mlptrain.plot as plot
+
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path: figures.append((fig, path)))
+    return figures
+
+
+def test_curves_have_a_log_loss_an_accuracy_fitted_to_validation_and_a_learning_rate(monkeypatch, tmp_path):
+    figures = drawn(monkeypatch)
+    epochs = [EpochStats(e, 2 / e, 0.4 if e == 1 else 0.95, 1.5 / e, 0.92 + 0.002 * e, 0.1 / e, 1.0, 0.1, 1e3)
+              for e in range(1, 11)]  # fmt: skip
+    save_curves(tmp_path / "c.png", History("val_acc", epochs), "run")
+    ((fig, _),) = figures
+    loss_ax, acc_ax, lr_ax = fig.axes[:3]
+    assert loss_ax.get_yscale() == "log"
+    low, high = acc_ax.get_ylim()
+    assert 88 < low < 92.2 and 94 <= high <= 100  # the 92–94% plateau fills the panel; epoch 1's 40% is off it
+    assert list(lr_ax.lines[0].get_ydata()) == [0.1 / e for e in range(1, 11)]
+    assert "learning rate" in lr_ax.get_ylabel()
+
+
+def test_runs_plot_puts_keys_that_vary_together_in_one_panel(monkeypatch, tmp_path):
+    from mlptrain.plot import save_metric_plot
+
+    figures = drawn(monkeypatch)
+    runs = [{f"k{i}": (n if i % 2 else f"v{n}") for i in range(8)} for n in range(3)]  # 3 runs, 8 keys, one split
+    runs = [{**settings, "model.activation": act} for settings, act in zip(runs, ["relu", "relu", "gelu"], strict=True)]
+    points = [(settings, 0.9 + 0.01 * i) for i, settings in enumerate(runs)]
+    save_metric_plot(tmp_path / "r.png", points, [*runs[0].keys()], "val_acc", "runs", best=2)
+    ((fig, _),) = figures
+    axes = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert len(axes) == 2  # the eight keys that split the runs alike, and model.activation
+    labels = [t.get_text() for ax in axes for t in ax.get_xticklabels()]
+    assert "relu" in labels and not any('"' in label for label in labels)  # no JSON quotes
+    assert any(text.get_text().startswith("best ") for ax in axes for text in ax.texts)  # the best run is labelled

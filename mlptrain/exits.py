@@ -1,0 +1,75 @@
+"""How a command ends: a library error becomes one line on stderr and an exit code (SystemExit), a stopped run
+says where it stopped, and a missing dataset gets the hint that fits the command. No typer: cli.py wraps each
+command's body in `errors()`, and returns the code `SystemExit` carries."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from mlptrain import streams
+from mlptrain.interrupt import signal_exit
+
+
+@contextlib.contextmanager
+def errors():
+    """Map library errors to one line and an exit code: 2 bad input, 1 failed run, 130 Ctrl-C (143 SIGTERM).
+
+    Under torchrun the other ranks stay quiet about what rank 0 says too (a bad config, a Ctrl-C); an
+    unexpected failure of their own is printed with their rank.
+    """
+    from mlptrain import report
+    from mlptrain.errors import MlptrainError
+
+    rank = streams.rank()
+    try:
+        yield
+    except BrokenPipeError:
+        raise SystemExit(streams.reader_left()) from None
+    except MlptrainError as e:
+        if rank == 0:
+            report.error(str(e))
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt as e:
+        code, line = signal_exit(e)
+        if rank == 0:
+            report.error(line)
+        raise SystemExit(code) from None
+    except Exception as e:
+        if os.environ.get("MLPTRAIN_DEBUG"):
+            raise
+        where = f"rank {rank}: " if rank else ""
+        report.error(f"{where}the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
+        raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def hint(hint: str):
+    """A dataset not found gets `hint`: what this command can do about it."""
+    from mlptrain.errors import DataMissing
+
+    try:
+        yield
+    except DataMissing as e:
+        raise DataMissing(f"{e}; {hint}") from None
+
+
+TRAIN_DATA_HINT = "or point at them with --set data.root=DIR; configs/smoke.yaml trains on synthetic digits, no files"
+
+
+@contextlib.contextmanager
+def live(reporter):
+    """Around training: the reporter's progress bar is closed whatever happens, and a run stopped by a signal
+    prints where it stopped and the command that carries on, and exits 128 + the signal's number."""
+    from mlptrain import report
+    from mlptrain.errors import Interrupted
+
+    try:
+        yield reporter
+    except Interrupted as e:
+        reporter.close()
+        if streams.rank() == 0:  # under torchrun, one message for all the ranks
+            report.interrupted(str(e), e.resume_command)
+        raise SystemExit(e.exit_code) from None
+    finally:
+        reporter.close()

@@ -1,0 +1,92 @@
+"""What each config key means, in one line: the one source of `mlptrain config --keys` and of the README's
+annotated config (a test checks the README holds exactly `annotated_yaml()`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mlptrain.config import Config, _fields
+
+MEANINGS = {
+    "name": "run folders are <output.dir>/<name>-<timestamp>",
+    "seed": "weights, validation split, data order and dropout all follow it",
+    "device": "auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)",
+    "threads": "CPU threads for torch: auto (by the size of the work, see Performance) or N",
+    "data.dataset": "the last is drawn with PIL, seeded, and needs no files",
+    "data.root": "files in <root>/MNIST/raw/ or <root>/FashionMNIST/raw/; relative to where the run starts",
+    "data.download": "let torchvision download missing files",
+    "data.val_size": "training images held out for validation (a seeded choice)",
+    "data.synthetic_size": "synthetic only: training images; the test split has a sixth as many",
+    "model.hidden": "hidden layer sizes; input size and class count come from the dataset",
+    "model.activation": "after each hidden layer",
+    "model.dropout": "after each hidden activation, in [0, 1)",
+    "model.bias": "each layer adds a bias",
+    "model.fused": "the whole MLP as one node, gradients by hand in fp32; false: one node per layer",
+    "train.epochs": "passes over the training images",
+    "train.batch_size": "images per optimizer step (over all processes)",
+    "train.lr": "the learning rate; the peak rate under onecycle",
+    "train.optimizer": "how the weights are updated",
+    "train.momentum": "SGD momentum; for adam/adamw it is beta1",
+    "train.weight_decay": "L2 penalty (decoupled for adamw)",
+    "train.scheduler": "how the rate changes, stepped every batch",
+    "train.monitor": "which epoch best.pt keeps: the highest val_acc or the lowest val_loss",
+    "train.patience": "stop after this many epochs without a better monitor; 0 = never stop early",
+    "train.precision": "autocast dtype for the matmuls (fp16 adds loss scaling on CUDA)",
+    "train.compile": "torch.compile the model; falls back to eager, with a warning, where it cannot",
+    "output.dir": "where run folders go; relative to where the run starts",
+}
+
+
+@dataclass
+class KeyDoc:
+    key: str
+    type: str  # as a person reads it: 'int', 'relu | gelu | tanh | sigmoid', 'list of int'
+    default: Any
+    meaning: str
+
+
+def key_docs() -> list[KeyDoc]:
+    """Every config key, in the schema's order, with its type, default and meaning."""
+    return [KeyDoc(key, type_text(tp), default, MEANINGS[key]) for key, tp, default in _leaves(Config, Config(), "")]
+
+
+def yaml_value(value: Any) -> str:
+    """A default as YAML writes it inline: true, 0.05, [128, 64], auto."""
+    return json.dumps(value, separators=(", ", ": ")) if not isinstance(value, str) else value
+
+
+def type_text(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(typing.get_args(tp))
+    if origin is list:
+        return f"list of {type_text(typing.get_args(tp)[0])}"
+    if typing.get_args(tp):  # a union: int | Literal["auto"]
+        return " | ".join(type_text(option) for option in typing.get_args(tp))
+    return tp.__name__
+
+
+def annotated_yaml() -> str:
+    """Every key with its default and meaning, as a commented YAML file: what the README shows."""
+    lines, section = [], ""
+    for doc in key_docs():
+        head, _, leaf = doc.key.rpartition(".")
+        if head != section:
+            lines.append(f"{head}:")
+            section = head
+        text = f"{'  ' if head else ''}{leaf}: {yaml_value(doc.default)}"
+        choices = f"{doc.type}: " if " | " in doc.type and doc.key != "threads" else ""
+        lines.append(f"{text:<27}# {choices}{doc.meaning}")
+    return "\n".join(lines) + "\n"
+
+
+def _leaves(cls: Any, value: Any, section: str) -> list[tuple[str, Any, Any]]:
+    leaves = []
+    for name, tp in _fields(cls).items():
+        key, current = f"{section}.{name}" if section else name, getattr(value, name)
+        leaves += _leaves(tp, current, key) if dataclasses.is_dataclass(tp) else [(key, tp, current)]
+    return leaves
