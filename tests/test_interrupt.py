@@ -28,6 +28,18 @@ def test_a_second_ctrl_c_stops_at_once():
         os.kill(os.getpid(), signal.SIGINT)
 
 
+def test_a_stop_learnt_from_another_process_is_not_a_first_ctrl_c():
+    # Another rank's Ctrl-C reached this one through AgreedStop first; torchrun's relay of the same Ctrl-C then
+    # arrives here: it is this process's first, so it asks for the stop it already has, and nothing is raised.
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        stop.signum = signal.SIGINT  # as AgreedStop.now() sets it
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # a second one of its own still stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_one_process_asks_its_own_request_after_every_batch():
     stop = StopRequest()
     should_stop = AgreedStop(stop, World())
