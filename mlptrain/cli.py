@@ -72,7 +72,7 @@ def _errors():
         raise
     except MlptrainError as e:
         if rank == 0:
-            report.error(str(e))
+            report.error(_one_line(str(e)))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         if rank == 0:
@@ -82,8 +82,19 @@ def _errors():
         if os.environ.get("MLPTRAIN_DEBUG"):
             raise
         where = f"rank {rank}: " if rank else ""
-        report.error(f"{where}the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
+        report.error(
+            f"{where}the run failed: {type(e).__name__}: {_one_line(str(e))} (set MLPTRAIN_DEBUG=1 for the traceback)"
+        )
         raise typer.Exit(1) from None
+
+
+MAX_ERROR_CHARS = 1000  # an error quotes paths and values; a huge one is cut, never printed whole
+
+
+def _one_line(text: str) -> str:
+    """An error's text as one line of bounded length."""
+    text = " ".join(text.splitlines())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 @contextlib.contextmanager
@@ -237,9 +248,10 @@ def plot(
         from mlptrain.runs import read_run
 
         run = read_run(run_dir)
+        path = plot_run(run, out)  # a run with nothing to plot is refused in one line that says why
         for problem in run.problems:
             report.warning(problem)
-        report.saved(report.make_console(), "curves", plot_run(run, out))
+        report.saved(report.make_console(), "curves", path)
 
 
 @app.command()

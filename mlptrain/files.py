@@ -1,9 +1,10 @@
-"""Files that must never be half-written, and run folders that never collide."""
+"""Files that must never be half-written, run folders that never collide, and which files are safe to open."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +75,23 @@ def make_dirs(folder: Path) -> None:
         raise ConfigError(f"cannot create the folder {folder}: {e.strerror}") from None
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"cannot write into the folder {folder}: permission denied")
+
+
+def file_problem(path: Path, what: str, max_bytes: int | None = None) -> str | None:
+    """Why `path` cannot be read as a `what` (missing, a folder, not a regular file, too large), or None.
+
+    Only regular files are opened: a FIFO or a device would block the read, or never end.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return f"{what} not found: {path}"
+    except OSError as e:
+        return f"{path}: cannot be read ({e.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{path} is a folder, not a {what}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path}: not a regular file (a pipe, socket or device), so not a {what}"
+    if max_bytes is not None and info.st_size > max_bytes:
+        return f"{path}: refused: {info.st_size:,} bytes, more than a {what} may hold ({max_bytes:,})"
+    return None
