@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from mlptrain.config import Config, quote
+from mlptrain.config import Config, TrainConfig, quote
 from mlptrain.data import NUM_CLASSES
 from mlptrain.metrics import COLUMNS, MONITORS, stats_from_row
 from mlptrain.nn import MLP, build_model
 
+MAX_MAGNITUDE = 1e6  # of a weight or an optimizer's state: far beyond any trained MLP's, well below overflow
 DATA_KEYS = ("in_features", "num_classes", "mean", "std")
 # What restore and a training step read from the optimizer's state_dict (torch fills in settings it adds later).
 _OPTIMIZER_GROUP_KEYS = {
@@ -53,7 +54,7 @@ def check_entries(ckpt: dict[str, Any]) -> None:
     _check_data(ckpt["data"])
     parameters = _check_model(ckpt["model"], config, ckpt["data"])
     _check_history(ckpt["history"], ckpt["metrics"], ckpt["best"], epoch)
-    _check_optimizer(ckpt["optimizer"], config.train.optimizer, parameters)
+    _check_optimizer(ckpt["optimizer"], config.train, parameters)
     _check_scheduler(ckpt["scheduler"], config.train.scheduler)
     _check_rng(ckpt["rng"])
     _check_progress(ckpt["progress"], epoch)
@@ -93,6 +94,11 @@ def _check_model(weights: Any, config: Config, data: dict) -> int:
             f"weight {key} has shape {got} but its config describes {shape} ({_sizes(model)})",
         )
         _need(bool(torch.isfinite(t).all()), "model", f"weight {key} holds values that are not finite numbers")
+        _need(
+            bool(t.abs().max() <= MAX_MAGNITUDE) if t.numel() else True,
+            "model",
+            f"weight {key} holds values beyond ±{MAX_MAGNITUDE:g}, which no trained MLP has (a damaged file?)",
+        )
     return sum(math.prod(shape) for shape in expected.values())
 
 
@@ -117,7 +123,8 @@ def _check_history(history: Any, metrics: Any, best: Any, epoch: int) -> None:
     )
 
 
-def _check_optimizer(saved: Any, optimizer: str, parameters: int) -> None:
+def _check_optimizer(saved: Any, train: TrainConfig, parameters: int) -> None:
+    optimizer = train.optimizer
     _need(isinstance(saved, dict) and isinstance(saved.get("state"), dict), "optimizer", "must hold a state")
     groups = saved.get("param_groups")
     _need(isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict), "optimizer.param_groups",
@@ -129,6 +136,7 @@ def _check_optimizer(saved: Any, optimizer: str, parameters: int) -> None:
     for key, value in group.items():
         _need(key == "params" or _is_setting(value), f"optimizer.param_groups.{key}",
               f"must be a finite number or true/false, got {quote(value)}")  # fmt: skip
+        _check_rate(key, value, train.lr)
     state = saved["state"]
     _need(set(state) <= {0} and all(isinstance(v, dict) for v in state.values()), "optimizer.state",
           "must hold the state of parameter 0 only")  # fmt: skip
@@ -140,8 +148,21 @@ def _check_optimizer(saved: Any, optimizer: str, parameters: int) -> None:
             and value.is_floating_point()
             and (value.numel() == 1 if key == "step" else tuple(value.shape) == (parameters,))
             and bool(torch.isfinite(value).all())
+            and (key == "step" or value.numel() == 0 or bool(value.abs().max() <= MAX_MAGNITUDE))
+            and (key not in ("step", "exp_avg_sq") or bool((value >= 0).all()))  # a count, and squares
         )
-        _need(ok, where, f"must be finite numbers, one per parameter ({parameters:,})")
+        _need(ok, where, f"must be finite numbers within ±{MAX_MAGNITUDE:g}, one per parameter ({parameters:,})")
+
+
+def _check_rate(key: str, value: Any, lr: float) -> None:
+    """The schedules keep every rate in [0, train.lr] and every momentum (Adam's betas too) in [0, 1): a value
+    outside is a damaged file, and would make the run diverge."""
+    values = value if isinstance(value, tuple) else (value,)
+    where = f"optimizer.param_groups.{key}"
+    if key.endswith("lr"):
+        _need(all(0 <= v <= lr * (1 + 1e-6) for v in values), where, f"must be in [0, train.lr = {lr}], got {value}")
+    elif key.endswith("momentum") or key == "betas":
+        _need(all(0 <= v < 1 for v in values), where, f"must be in [0, 1), got {value}")
 
 
 def _check_scheduler(saved: Any, scheduler: str) -> None:

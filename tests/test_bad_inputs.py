@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import random
@@ -386,3 +387,44 @@ def test_bad_input(case, make_argv, needles, tmp_path, checkpoint, mnist_root, m
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "run" / "last.pt").exists()
     assert not (tmp_path / "run" / "sweep.json").exists()
+
+
+def mangled(good: bytes, rng: random.Random) -> bytes:
+    """`good` (a checkpoint: a torch zip) with 1 to 4 bytes of its pickle, data.pkl, replaced, zipped again."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            data = bytearray(source.read(info.filename))
+            if info.filename.endswith("/data.pkl"):
+                for _ in range(rng.randint(1, 4)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            target.writestr(info, bytes(data))
+    return out.getvalue()
+
+
+FUZZ = {"eval": 100, "resume": 50}  # mutants per command: about 15 s in all on a laptop's CPU
+
+
+@pytest.mark.parametrize("command", list(FUZZ))
+def test_mangled_checkpoints_are_used_or_refused(command, checkpoint, tmp_path):
+    """Fixed-seed mutants of a real checkpoint, and (one in five) random files: each is used (exit 0) or refused
+    in one line (exit 2); never 'the run failed' (exit 1) or a traceback."""
+    rng = random.Random(f"fuzz-{command}")
+    good = (checkpoint.parent / "last.pt").read_bytes()
+    outcomes = collections.Counter()
+    for k in range(FUZZ[command]):
+        folder = tmp_path / f"m{k}"
+        folder.mkdir()
+        path = folder / "last.pt"
+        path.write_bytes(rng.randbytes(rng.randrange(1, 5000)) if k % 5 == 0 else mangled(good, rng))
+        if command == "eval":
+            argv = ["eval", str(path), "--device", "cpu"]
+        else:
+            argv = ["train", "--resume", str(folder), "--set", "train.epochs=2", "-q"]
+        result = CliRunner().invoke(app, argv)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code in (0, 2), (k, result.exit_code, result.stderr[-2000:])
+        assert result.exit_code == 0 or len(lines) == 1, (k, result.stderr[-2000:])
+        assert "Traceback" not in result.stdout + result.stderr, k
+        outcomes[result.exit_code] += 1
+    assert outcomes[2] >= FUZZ[command] // 2, outcomes  # most mutants break something that is checked
