@@ -17,6 +17,7 @@ BYTES_PER_VALUE = 4  # fp32 weights, gradients and optimizer state
 # Copies of the parameters training holds: the weights, their gradients, and up to two optimizer states (Adam's
 # moments; SGD's momentum is one). Scoring holds the weights alone.
 TRAINING_COPIES = 4
+MNIST_TRAIN_IMAGES = 60_000  # and Fashion-MNIST's
 ACTIVATION_COPIES = 3  # a training step keeps each layer's output, its activation and its gradient per sample
 
 
@@ -51,7 +52,7 @@ def check_fits(sizes: Sequence[int], device: torch.device, batch_size: int = 0, 
     have = device_bytes(device)
     need = needed_bytes(sizes, batch_size, training, bias)
     if have is not None and need > have:
-        purpose = f"to train with train.batch_size {batch_size}" if training else "to hold"
+        purpose = f"to train on batches of {batch_size:,} images" if training else "to hold"
         raise ConfigError(
             f"model.hidden: a model of {parameter_count(sizes, bias):,} parameters needs about {_gib(need)} "
             f"{purpose}, more than the {device.type} has ({_gib(have)}); make the layers smaller"
@@ -66,7 +67,9 @@ def check_run_fits(config: Config, device: torch.device, world_size: int = 1) ->
     """Refuse a run whose model, or whose synthetic dataset, could not fit where it would train."""
     model = config.model
     sizes = [IN_FEATURES, *model.hidden, NUM_CLASSES]
-    check_fits(sizes, device, max(1, config.train.batch_size // world_size), training=True, bias=model.bias)
+    images = config.data.synthetic_size if config.data.dataset == "synthetic" else MNIST_TRAIN_IMAGES
+    rows = max(1, min(config.train.batch_size, images) // world_size)  # a batch holds at most the whole split
+    check_fits(sizes, device, rows, training=True, bias=model.bias)
     have = device_bytes(torch.device("cpu"))
     if config.data.dataset == "synthetic" and have is not None:
         need = config.data.synthetic_size * IN_FEATURES * (1 + BYTES_PER_VALUE)  # bytes, then normalised floats

@@ -140,7 +140,7 @@ def read_run(folder: Path) -> RunSummary:
     try:
         if file_problem(record, "record", MAX_RECORD_BYTES) is None:  # not a pipe, nothing huge
             run.test_acc = float(json.loads(record.read_text(encoding="utf-8"))["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):  # not evaluated yet, or a record we cannot read
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not evaluated yet, or unreadable
         run.test_acc = None
     return run
 

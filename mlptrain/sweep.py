@@ -281,7 +281,7 @@ def load(folder: Path, trials: int | None = None) -> Sweep:
         spec = parse_spec(raw["spec"], str(manifest))
         sweep = Sweep(folder, spec, Config.from_dict(raw["base_config"], str(manifest)).to_dict())
         sweep.trials = [Trial(**t) for t in raw["trials"]]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ConfigError(f"{manifest}: unreadable ({type(e).__name__}: {e})") from None
     if trials is not None:
         if spec.method != "random":
