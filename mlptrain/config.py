@@ -25,7 +25,7 @@ from mlptrain.files import file_problem
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Bounds on what a YAML file (config, sweep file, run folder's config.yaml) may make mlptrain read and build.
-MAX_YAML_BYTES = 1_000_000
+MAX_YAML_BYTES = 256 * 1024  # a config is a few hundred bytes; PyYAML reads about 100 kB a second
 MAX_YAML_VALUES = 100_000  # counting each repetition an alias makes
 MAX_YAML_DEPTH = 50
 MAX_LAYERS = 1000  # hidden layers
@@ -410,7 +410,7 @@ def _check_expanded_size(root: yaml.Node) -> None:
             on_path.add(id(child))
             path.append((child, iter(_children(child)), [1]))
         if path and path[-1][2][0] > MAX_YAML_VALUES:
-            raise _Refused(f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded")
+            raise _Refused(f"more than {MAX_YAML_VALUES:,} values, counting each repetition its aliases make")
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
