@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +21,14 @@ from typing import Any
 import torch
 
 from mlptrain import __version__
-from mlptrain.config import Config
+from mlptrain.checkpoint_entries import EntryProblem, check_entries
+from mlptrain.config import Config, quote
 from mlptrain.data import NUM_CLASSES, TrainingData
 from mlptrain.engine import EpochProgress, TrainState
 from mlptrain.errors import CheckpointError, ConfigError
-from mlptrain.files import atomic_write, held_signals
-from mlptrain.metrics import EpochStats, History
+from mlptrain.files import atomic_write, file_problem, held_signals
+from mlptrain.memory import check_fits
+from mlptrain.metrics import EpochStats, History, stats_from_row
 from mlptrain.nn import MLP, build_model
 from mlptrain.rng import rng_state, set_rng_state
 
@@ -44,7 +47,7 @@ _REQUIRED = (
     "rng",
     "progress",
 )  # and "scaler", which checkpoints of runs without loss scaling may lack
-_DATA_KEYS = ("in_features", "num_classes", "mean", "std")
+MAX_UNPACK_RATIO = 2  # a checkpoint's parts may unpack to at most twice the file's size (plus 1 MiB)
 # What a learning-rate scheduler's state_dict holds about how far it has got; the rest describes the schedule.
 _SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
 
@@ -106,21 +109,53 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
     }
 
 
-def restore(ckpt: dict[str, Any], state: TrainState) -> list[EpochStats]:
-    """Put every piece of training state that `ckpt` holds into `state`, built afresh from the checkpoint's config
-    (model, optimizer, scheduler and scaler, all on their device); returns the epochs the run has finished."""
+def restore(
+    ckpt: dict[str, Any], state: TrainState, steps: int | None = None, samples: int | None = None
+) -> list[EpochStats]:
+    """Put every piece of training state that `ckpt` (from load_checkpoint) holds into `state`, built afresh from
+    the checkpoint's config (model, optimizer, scheduler and scaler, all on their device); returns the epochs the
+    run has finished. With the run's `steps` per epoch and its number of training `samples`, the place inside an
+    epoch is checked against them first. A piece that cannot be put back is a CheckpointError naming it."""
+    _check_place(ckpt, steps, samples)
     device = _device(state.model)
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
-    if state.scheduler is not None:
-        _restore_scheduler(state.scheduler, ckpt["scheduler"])
-    if state.scaler is not None and ckpt.get("scaler"):
-        state.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"], device)
-    state.epoch = int(ckpt["epoch"])
-    progress = ckpt["progress"]
-    state.progress = EpochProgress.from_state_dict(progress, device) if progress is not None else None
-    return [EpochStats(**row) for row in ckpt["history"]]
+    entry = "model"
+    try:
+        state.model.load_state_dict(ckpt["model"])
+        entry = "optimizer"
+        state.optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
+        entry = "scheduler"
+        if state.scheduler is not None:
+            _restore_scheduler(state.scheduler, ckpt["scheduler"])
+        entry = "scaler"
+        if state.scaler is not None and ckpt.get("scaler"):
+            state.scaler.load_state_dict(ckpt["scaler"])
+        entry = "rng"
+        set_rng_state(ckpt["rng"], device)
+        entry = "progress"
+        state.epoch = int(ckpt["epoch"])
+        progress = ckpt["progress"]
+        state.progress = EpochProgress.from_state_dict(progress, device) if progress is not None else None
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        where = ckpt.get("path", "the checkpoint")
+        raise CheckpointError(f"{where}: {entry}: cannot be restored ({_first_line(e)})") from None
+    return [stats_from_row(row) for row in ckpt["history"]]
+
+
+def _check_place(ckpt: dict[str, Any], steps: int | None, samples: int | None) -> None:
+    """The checkpoint's place in the run (epoch, step, the schedule's position) fits the run being resumed."""
+    progress, where = ckpt["progress"], ckpt.get("path", "the checkpoint")
+    step = progress["step"] if progress is not None else 0
+    problem = None
+    if progress is not None and samples is not None and len(progress["order"]) != samples:
+        problem = f"progress.order: orders {len(progress['order'])} images, but the run trains on {samples}"
+    elif steps is not None and step > steps:
+        problem = f"progress.step: {step} batches done, but an epoch has {steps}"
+    elif steps is not None and ckpt["config"].train.scheduler != "none":
+        done = ckpt["epoch"] * steps + step
+        if ckpt["scheduler"]["last_epoch"] > done:
+            problem = f"scheduler: at step {ckpt['scheduler']['last_epoch']}, past the {done} steps the run has taken"
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
 
 
 def _restore_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, saved: dict[str, Any]) -> None:
@@ -140,16 +175,65 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint; every problem becomes a one-line CheckpointError naming the file."""
+    """Read and check a checkpoint as a whole before anything uses it; every problem becomes a one-line
+    CheckpointError naming the file (and the entry). The result also holds "path", where it was read from."""
     path = Path(path)
     if path.is_dir():
         hint = f"; did you mean {path / 'best.pt'}?" if (path / "best.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    problem = file_problem(path, "checkpoint")
+    if problem:
+        raise CheckpointError(problem)
+    _check_unpacked_size(path)
+    ckpt = _unpickle(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: a torch file, but not an mlptrain checkpoint")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {quote(version)} is not supported; this mlptrain "
+            f"({__version__}) reads version {FORMAT_VERSION}"
+        )
+    missing = [key for key in _REQUIRED if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
     try:
-        # weights_only: tensors and plain containers only; a pickle that would run code is refused, never run.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["config"] = Config.from_dict(ckpt["config"], source="its config")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    try:
+        check_entries(ckpt)
+    except EntryProblem as e:
+        raise CheckpointError(f"{path}: {e.entry}: {e}") from None
+    ckpt["path"] = path
+    return ckpt
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a file that is not a zip archive (torch.save's format) or whose parts would unpack to far more than
+    the file holds (a zip bomb): torch.save stores its parts uncompressed, so they add up to the file's size."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint: truncated or not a torch file ({_first_line(e)})"
+        ) from None
+    if unpacked > MAX_UNPACK_RATIO * size + 2**20:
+        raise CheckpointError(
+            f"{path}: refused: its parts would unpack to {unpacked:,} bytes from a file of {size:,} "
+            "(a torch checkpoint is stored uncompressed)"
+        )
+
+
+def _unpickle(path: Path) -> Any:
+    """torch.load(weights_only=True), any failure of a mangled file a CheckpointError and its warnings kept quiet."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # what a damaged file makes torch warn about is said in the error
+            # weights_only: tensors and plain containers only; a pickle that would run code is refused, never run.
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
         if found:
@@ -162,25 +246,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a readable checkpoint: truncated or not a torch file ({_first_line(e)})"
         ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: a torch file, but not an mlptrain checkpoint")
-    version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is not supported; this mlptrain "
-            f"({__version__}) reads version {FORMAT_VERSION}"
-        )
-    missing = [key for key in _REQUIRED if key not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
-    try:
-        ckpt["config"] = Config.from_dict(ckpt["config"], source="its config")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    data = ckpt["data"]
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), (int, float)) for k in _DATA_KEYS):
-        raise CheckpointError(f"{path}: incomplete checkpoint, its data section needs {', '.join(_DATA_KEYS)}")
-    return ckpt
+    except Exception as e:  # a mangled pickle fails inside the unpickler in any way (KeyError, IndexError, ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt ({type(e).__name__})") from None
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[dict[str, Any], MLP]:
@@ -190,25 +257,17 @@ def load_model(path: str | Path, device: torch.device) -> tuple[dict[str, Any], 
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path, device: torch.device) -> MLP:
-    """Rebuild the MLP from the checkpoint's own config and load its weights, refusing any mismatch."""
-    data = ckpt["data"]
-    model = build_model(ckpt["config"].model, int(data["in_features"]), int(data["num_classes"]))
-    state = ckpt["model"]
-    expected = model.state_dict()
-    if not isinstance(state, dict) or set(state) != set(expected):
-        raise CheckpointError(f"{path}: its weights do not match the MLP its config describes ({_sizes(model)})")
-    for key, tensor in expected.items():
-        if not isinstance(state[key], torch.Tensor) or state[key].shape != tensor.shape:
-            got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
-            raise CheckpointError(
-                f"{path}: weight {key} has shape {got} but its config describes {tuple(tensor.shape)} ({_sizes(model)})"
-            )
-    model.load_state_dict(state)
+    """Rebuild the MLP from a checkpoint that load_checkpoint read (and checked) and load its weights, on `device`
+    if it fits there."""
+    model_config = ckpt["config"].model
+    sizes = [int(ckpt["data"]["in_features"]), *model_config.hidden, NUM_CLASSES]
+    try:
+        check_fits(sizes, device, training=False, bias=model_config.bias)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    model = build_model(model_config, sizes[0], NUM_CLASSES)
+    model.load_state_dict(ckpt["model"])
     return model.to(device)
-
-
-def _sizes(model: MLP) -> str:
-    return "layer sizes " + "-".join(map(str, model.sizes))
 
 
 def _first_line(e: BaseException) -> str:

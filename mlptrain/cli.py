@@ -265,9 +265,10 @@ def plot(
         from mlptrain.runs import read_run
 
         run = read_run(run_dir)
+        path = plot_run(run, out)  # a run with nothing to plot is refused in one line that says why
         for problem in run.problems:
             report.warning(problem)
-        report.saved(report.make_console(), "curves", plot_run(run, out))
+        report.saved(report.make_console(), "curves", path)
 
 
 @_command(None, "mlptrain predict runs/<run>/best.pt digits/ --csv labels.csv")

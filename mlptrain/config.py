@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,9 +21,15 @@ from typing import Any, Literal
 import yaml
 
 from mlptrain.errors import ConfigError
+from mlptrain.files import file_problem
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Bounds on what a YAML file (config, sweep file, run folder's config.yaml) may make mlptrain read and build.
+MAX_YAML_BYTES = 256 * 1024  # a config is a few hundred bytes; PyYAML reads about 100 kB a second
+MAX_YAML_VALUES = 100_000  # counting each repetition an alias makes
+MAX_YAML_DEPTH = 50
+MAX_LAYERS = 1000  # hidden layers
 
 
 class _Invalid(Exception):
@@ -56,6 +63,7 @@ class ModelConfig:
     fused: bool = True  # the whole network as one node, gradients by hand in fp32; false: one node per layer
 
     def validate(self) -> None:
+        _check(len(self.hidden) <= MAX_LAYERS, "model.hidden", f"at most {MAX_LAYERS} layers, got {len(self.hidden)}")
         for i, size in enumerate(self.hidden):
             _check(size >= 1, f"model.hidden[{i}]", f"layer sizes must be positive, got {size}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
@@ -107,13 +115,13 @@ class Config:
         _check(
             _NAME_RE.fullmatch(self.name) is not None,
             "name",
-            f"{self.name!r} is not usable in a folder name (letters, digits, '.', '_', '-')",
+            f"{quote(self.name)} is not usable in a folder name (letters, digits, '.', '_', '-')",
         )
         _check(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
         _check(
             _DEVICE_RE.fullmatch(self.device) is not None,
             "device",
-            f"unknown device {self.device!r}; use auto, cpu, cuda, cuda:N or mps",
+            f"unknown device {quote(self.device)}; use auto, cpu, cuda, cuda:N or mps",
         )
         if self.threads != "auto":
             _check(self.threads >= 1, "threads", f"must be auto or at least 1, got {self.threads}")
@@ -172,10 +180,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set train.lr=0.1")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item}: the value is not valid YAML ({_yaml_problem(e)})") from None
+    value = parse_yaml(text, f"--set {item}: the value") if text.strip() else ""
     problem = key_problem(key)
     if problem:
         raise ConfigError(f"--set {item}: {problem}")
@@ -189,7 +194,7 @@ def key_problem(key: str) -> str | None:
     for depth, part in enumerate(parts):
         hints = _fields(cls)
         if part not in hints:
-            return f"unknown key {key!r}{did_you_mean(key, config_keys())}"
+            return f"unknown key {quote(key)}{did_you_mean(key, config_keys())}"
         cls = hints[part]
         if depth < len(parts) - 1 and not dataclasses.is_dataclass(cls):
             return f"{'.'.join(parts[: depth + 1])!r} has no sub-keys"
@@ -226,7 +231,7 @@ def resolve_device(spec: str):
             return torch.device("mps")
         return torch.device("cpu")
     if _DEVICE_RE.fullmatch(spec) is None:
-        raise ConfigError(f"device: unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"device: unknown device {quote(spec)}; use auto, cpu, cuda, cuda:N or mps")
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -289,7 +294,7 @@ def _build(cls: Any, raw: Any, section: str) -> Any:
         path = f"{section}.{key}" if section else str(key)
         if not isinstance(key, str) or key not in hints:
             known = [f"{section}.{name}" if section else name for name in hints]
-            raise _Invalid("", f"unknown key {path!r}{did_you_mean(path, known)}")
+            raise _Invalid("", f"unknown key {quote(path)}{did_you_mean(path, known)}")
         values[key] = _coerce(value, hints[key], path)
     return cls(**values)
 
@@ -307,25 +312,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         words = [" or ".join(map(repr, typing.get_args(o))) if typing.get_origin(o) is Literal else f"a {o.__name__}"
                  for o in options]  # fmt: skip
-        raise _Invalid(key, f"expected {' or '.join(words)}, got {kind_of(value)} {value!r}")
+        raise _Invalid(key, f"expected {' or '.join(words)}, got {kind_of(value)} {quote(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
             hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
-            raise _Invalid(key, f"{value!r} is not one of {', '.join(choices)}{hint}")
+            raise _Invalid(key, f"{quote(value)} is not one of {', '.join(choices)}{hint}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise _Invalid(key, f"expected a list, got {kind_of(value)} {value!r}")
+            raise _Invalid(key, f"expected a list, got {kind_of(value)} {quote(value)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise _Invalid(key, f"expected true or false, got {value!r}")
+            raise _Invalid(key, f"expected true or false, got {quote(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(key, f"expected an integer, got {kind_of(value)} {value!r}")
+            raise _Invalid(key, f"expected an integer, got {kind_of(value)} {quote(value)}")
         return value
     if tp is float:
         # PyYAML reads `1e-3` (no dot) as a string; accept any string that is plainly a number.
@@ -340,12 +345,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         except OverflowError:  # an int too large for a float
             ok = False
         if not ok:
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise _Invalid(key, f"expected a finite number, got {kind_of(value)} {shown}")
+            raise _Invalid(key, f"expected a finite number, got {kind_of(value)} {quote(value)}")
         return float(number)
     if tp is str:
         if not isinstance(value, str):
-            raise _Invalid(key, f"expected a string, got {kind_of(value)} {value!r}")
+            raise _Invalid(key, f"expected a string, got {kind_of(value)} {quote(value)}")
         return value
     raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
 
@@ -364,8 +368,17 @@ def _assign(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
+class _Refused(yaml.YAMLError):
+    """A document that would take unbounded memory or time to build (an alias bomb, a loop, deep nesting)."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last), and a document
+    that grows past MAX_YAML_VALUES values once its aliases are expanded, refers to itself or nests too deeply."""
+
+    def construct_document(self, node):
+        _check_expanded_size(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -376,9 +389,46 @@ class _StrictLoader(yaml.SafeLoader):
                     None, None, f"a key must be a plain name, got {kind_of(key)}", key_node.start_mark
                 )
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {quote(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the values of the document as if every alias (*name) were written out in full, without building it.
+
+    PyYAML builds an alias as a reference, but anything that walks the result (a copy, an error's repr) walks every
+    repetition: ten nested aliases of ten items each are 10**10 values. A node's expanded size is counted once.
+    """
+    sizes: dict[int, int] = {}
+    path = [(root, iter(_children(root)), [1])]  # (node, its children left, its size so far)
+    on_path = {id(root)}
+    while path:
+        node, children, size = path[-1]
+        child = next(children, None)
+        if child is None:
+            path.pop()
+            on_path.discard(id(node))
+            sizes[id(node)] = size[0]
+            if path:
+                path[-1][2][0] += size[0]
+        elif id(child) in sizes:
+            size[0] += sizes[id(child)]
+        elif id(child) in on_path:
+            raise _Refused(f"an alias at line {child.start_mark.line + 1} refers to a value that contains it")
+        elif len(path) >= MAX_YAML_DEPTH:
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep")
+        else:
+            on_path.add(id(child))
+            path.append((child, iter(_children(child)), [1]))
+        if path and path[-1][2][0] > MAX_YAML_VALUES:
+            raise _Refused(f"more than {MAX_YAML_VALUES:,} values, counting each repetition its aliases make")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -392,25 +442,50 @@ def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text read with _StrictLoader; every problem, a bomb included, is a one-line ConfigError naming `source`."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except _Refused as e:
+        raise ConfigError(f"{source}: refused: {e}") from None
+    except RecursionError:  # the composer recurses once per level of nesting
+        raise ConfigError(f"{source}: refused: nested more than {MAX_YAML_DEPTH} levels deep") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+
+
 def read_yaml(path: Path, what: str = "config file", example: str = "configs/mnist.yaml", empty: Any = None) -> Any:
     """A YAML file's content, refusing duplicate keys; every problem is a one-line ConfigError naming the file.
     A file with no content (or only comments) is refused, unless `empty` says what it stands for."""
-    if not path.exists():
-        raise ConfigError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder, not a {what}")
+    problem = file_problem(path, what, MAX_YAML_BYTES)
+    if problem:
+        raise ConfigError(problem)
     try:
-        text = path.read_bytes().decode("utf-8")
+        with open(path, "rb") as f:
+            text = f.read(MAX_YAML_BYTES + 1).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is invalid); save the file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    if len(text) > MAX_YAML_BYTES:  # it grew since stat
+        raise ConfigError(f"{path}: refused: larger than {MAX_YAML_BYTES:,} bytes")
+    raw = parse_yaml(text, str(path))
     if raw is None and empty is not None:
         return empty
     if raw is None:
         raise ConfigError(f"{path}: the file is empty; see {example} for an example")
     return raw
+
+
+def quote(value: Any) -> str:
+    """repr(value) cut short (strings, lists and nesting): what an error message shows of a value, in bounded time."""
+    return _QUOTE.repr(value)
+
+
+def _quoter() -> reprlib.Repr:
+    r = reprlib.Repr()  # Python 3.11's takes no keyword arguments
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlong = 3, 60, 60, 8, 8, 40
+    return r
+
+
+_QUOTE = _quoter()

@@ -21,7 +21,7 @@ import torch
 
 from mlptrain.config import DataConfig
 from mlptrain.errors import DataError, DataMissing
-from mlptrain.files import atomic_write, make_dirs
+from mlptrain.files import atomic_write, file_problem, make_dirs
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NUM_CLASSES = 10
@@ -164,11 +164,11 @@ def raw_folder(cfg: DataConfig) -> Path:
 def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     folder = raw_folder(cfg)
     _unpack_gzipped(folder)
-    missing = [name for name in IDX_FILES if not (folder / name).is_file()]
+    missing = [name for name in IDX_FILES if not (folder / name).exists()]
     why = ""
     if missing and cfg.download:
         why = _download(cfg)
-        missing = [name for name in IDX_FILES if not (folder / name).is_file()]
+        missing = [name for name in IDX_FILES if not (folder / name).exists()]
     if missing:
         raise DataMissing(
             f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
@@ -176,6 +176,10 @@ def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch
             + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"
             " data.download: true online"
         )
+    for name in IDX_FILES:  # torchvision looks at all four, and would block on a pipe
+        problem = file_problem(folder / name, "IDX file")
+        if problem:
+            raise DataError(problem)
     prefix = "train" if train else "t10k"
     images_path, labels_path = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
     image_shape = check_idx_file(images_path, ndim=3)
@@ -196,6 +200,9 @@ def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
     """Check an IDX file's magic number and size against its header before torchvision parses it."""
     kind = "image" if ndim == 3 else "label"
     expected_magic = 0x0800 + ndim  # unsigned bytes, ndim dimensions
+    problem = file_problem(path, f"IDX {kind} file")
+    if problem:
+        raise DataError(problem)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -208,6 +215,9 @@ def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
     if magic != expected_magic:
         raise DataError(f"{path}: not an IDX {kind} file (magic number {magic:#010x}, expected {expected_magic:#010x})")
     shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if 0 in shape:
+        held = f"{shape[0]} {kind}s" + (f" of {shape[1]}×{shape[2]} pixels" if ndim == 3 else "")
+        raise DataError(f"{path}: holds {held}; a dataset needs at least one {kind} of at least one pixel")
     expected_size = 4 + 4 * ndim + math.prod(shape)
     if size != expected_size:
         raise DataError(
@@ -241,7 +251,7 @@ def _unpack_gzipped(folder: Path) -> None:
     """Accept the files as distributed (.gz) as well as unpacked, as torchvision's own download leaves them."""
     for name in IDX_FILES:
         target, packed = folder / name, folder / f"{name}.gz"
-        if target.is_file() or not packed.is_file():
+        if target.exists() or not packed.is_file():  # a FIFO or a folder in the way is said by check_idx_file
             continue
         atomic_write(target, lambda dst, packed=packed: _gunzip(packed, dst))
 

@@ -84,6 +84,14 @@ def check_world(config: Config, device: torch.device, world_size: int, local_siz
     """Refuse, before any work, a config that cannot be split over `world_size` processes on `device`."""
     if world_size == 1:
         return
+    if device.type == "cpu":
+        from mlptrain.threads import THREADS_PER_CORE, cpu_cores  # threads imports this module
+
+        if local_size > THREADS_PER_CORE * cpu_cores():
+            raise ConfigError(
+                f"--nproc {local_size}: this machine gives this process {cpu_cores()} cores; start at most "
+                f"{THREADS_PER_CORE * cpu_cores()} processes ({THREADS_PER_CORE} per core)"
+            )
     batch_size = config.train.batch_size
     if batch_size % world_size:
         raise ConfigError(

@@ -28,7 +28,7 @@ def errors():
         raise SystemExit(streams.reader_left()) from None
     except MlptrainError as e:
         if rank == 0:
-            report.error(str(e))
+            report.error(one_line(str(e)))
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt as e:
         code, line = signal_exit(e)
@@ -39,8 +39,19 @@ def errors():
         if os.environ.get("MLPTRAIN_DEBUG"):
             raise
         where = f"rank {rank}: " if rank else ""
-        report.error(f"{where}the run failed: {type(e).__name__}: {e} (set MLPTRAIN_DEBUG=1 for the traceback)")
+        report.error(
+            f"{where}the run failed: {type(e).__name__}: {one_line(str(e))} (set MLPTRAIN_DEBUG=1 for the traceback)"
+        )
         raise SystemExit(1) from None
+
+
+MAX_ERROR_CHARS = 1000  # an error quotes paths and values; a huge one is cut, never printed whole
+
+
+def one_line(text: str) -> str:
+    """An error's text as one line of bounded length."""
+    text = " ".join(text.splitlines())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 @contextlib.contextmanager

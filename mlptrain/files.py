@@ -1,4 +1,4 @@
-"""Files that must never be half-written, and run folders that never collide."""
+"""Files that must never be half-written, run folders that never collide, and which files are safe to open."""
 
 from __future__ import annotations
 
@@ -257,3 +257,23 @@ def _in_use(folder: Path, fd: int) -> str:
         f"{folder} is in use by another mlptrain ({holder}): one process writes into a folder at a time; wait for "
         "it to finish, or stop it first"
     )
+
+
+def file_problem(path: Path, what: str, max_bytes: int | None = None) -> str | None:
+    """Why `path` cannot be read as a `what` (missing, a folder, not a regular file, too large), or None.
+
+    Only regular files are opened: a FIFO or a device would block the read, or never end.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return f"{what} not found: {path}"
+    except OSError as e:
+        return f"{path}: cannot be read ({e.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{path} is a folder, not a {what}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path}: not a regular file (a pipe, socket or device), so not a {what}"
+    if max_bytes is not None and info.st_size > max_bytes:
+        return f"{path}: refused: {info.st_size:,} bytes, more than a {what} may hold ({max_bytes:,})"
+    return None

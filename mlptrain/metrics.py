@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
-from mlptrain.files import atomic_write_text
+from mlptrain.files import atomic_write_text, file_problem
 
 T = TypeVar("T")
 
@@ -52,6 +52,7 @@ LABELS = {f.name: f.metadata["label"] for f in fields(EpochStats)}
 UNITS = {f.name: f.metadata["unit"] for f in fields(EpochStats)}
 MONITORS = ("val_acc", "val_loss")  # what train.monitor may name
 _HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
+_MAY_DIVERGE = ("train_loss", "val_loss")  # the columns a diverged epoch records as NaN or inf
 
 
 def metric_text(unit: str, value: float) -> str:
@@ -148,6 +149,9 @@ def write_metrics(path: Path, epochs: Sequence[EpochStats]) -> None:
 def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:
     """(metrics.csv's rows, what was wrong with it): a missing file is no rows and no problem (a run that has not
     finished an epoch); a row that cannot be read is skipped and said, and the others are kept."""
+    problem = file_problem(path, "metrics file")
+    if problem and Path(path).exists():
+        return [], [problem]
     try:
         with open(path, newline="", encoding="utf-8") as f:
             lines = list(csv.reader(f))
@@ -171,8 +175,20 @@ def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:
 
 
 def _stats(row: dict[str, str]) -> EpochStats:
-    values = {name: float(row[name]) for name in COLUMNS}
-    epoch = values.pop("epoch")
-    if not epoch.is_integer() or epoch < 1:
-        raise ValueError(f"epoch {epoch}")
-    return EpochStats(epoch=int(epoch), **values)
+    return stats_from_row({name: float(row[name]) for name in COLUMNS})
+
+
+def stats_from_row(row: dict) -> EpochStats:
+    """The EpochStats of a row of numbers (from metrics.csv or a checkpoint), or ValueError saying what is wrong:
+    other columns, an epoch that is not a whole number from 1, or a number that is not finite outside the losses
+    (only a diverged epoch's losses may be NaN or infinite)."""
+    if not isinstance(row, dict) or set(row) != set(COLUMNS):
+        raise ValueError(f"its columns must be {', '.join(COLUMNS)}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values()):
+        raise ValueError("every value must be a number")
+    epoch = row["epoch"]
+    if not float(epoch).is_integer() or epoch < 1:
+        raise ValueError(f"epoch must be a whole number from 1, got {epoch}")
+    if not all(math.isfinite(v) for name, v in row.items() if name not in _MAY_DIVERGE):
+        raise ValueError("a number that is not finite outside the losses")
+    return EpochStats(**{name: float(row[name]) for name in COLUMNS if name != "epoch"}, epoch=int(epoch))

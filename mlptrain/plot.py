@@ -32,7 +32,9 @@ def plot_run(run: RunSummary, out: Path | None = None) -> Path:
     from mlptrain.runs import CURVES_FILE, METRICS_FILE
 
     if not run.history:
-        raise DataError(f"{run.path}: no finished epoch to plot yet ({METRICS_FILE} is missing, empty or unreadable)")
+        more = f", and {len(run.problems) - 1} more problems" if len(run.problems) > 1 else ""
+        why = run.problems[0] + more if run.problems else f"{METRICS_FILE} is missing or empty"
+        raise DataError(f"{run.path}: no finished epoch to plot ({why})")
     path = Path(out) if out is not None else run.path / CURVES_FILE
     data = run.config.get("data")
     dataset = data.get("dataset") if isinstance(data, dict) else None

@@ -7,6 +7,7 @@ Photos and scans come dark on light and in any size, so the background is found 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from mlptrain.checkpoint import load_model
 from mlptrain.config import resolve_device
 from mlptrain.data import class_names
 from mlptrain.errors import CheckpointError, DataError
+from mlptrain.files import file_problem
 
 SIZE = 28  # the field
 BOX = 20  # the longer side of the digit inside it
@@ -68,37 +70,58 @@ class PredictResult:
 
 def load_grayscale(path: Path) -> torch.Tensor:
     """(H, W) float in [0, 1] from any image file PIL reads; transparency is laid over white, as on paper."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: a folder, not an image file")
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    problem = file_problem(path, "image file")
+    if problem:
+        raise DataError(problem)
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            if image.mode.startswith("I") or image.mode == "F":  # 16-bit or float: convert("L") would clip at 255
-                image = image.convert("F")
-                scale = 255 / max(image.getextrema()[1], 1e-12)
-                image = image.point(lambda v: v * scale)
-            gray = image.convert("L")
-            if max(gray.size) > MAX_SIDE:  # a large photo: average it down by a whole factor first, to spare memory
-                gray = gray.reduce(-(-max(gray.size) // MAX_SIDE))
+        with warnings.catch_warnings():
+            # An image over PIL's pixel limit is refused (below); its other warnings (a damaged EXIF block) are
+            # about metadata the digit does not need, and would print lines besides the one for the file.
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            gray = _open_grayscale(path)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can read (PNG, JPEG, ...)") from None
     except PermissionError:
         raise DataError(f"{path}: cannot be read (permission denied)") from None
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: refused: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data in a known format
-        raise DataError(f"{path}: a damaged image file ({e})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: refused: {_first_sentence(e)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data in a known format
+        raise DataError(f"{path}: a damaged image file ({_first_sentence(e)})") from None
     width, height = gray.size
     pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(height, width)
     return pixels.float() / 255
+
+
+def _open_grayscale(path: Path):
+    """The image at `path` as a PIL image in mode L, upright, transparency over white, at most MAX_SIDE wide."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        if image.mode.startswith("I") or image.mode == "F":  # 16-bit or float: convert("L") would clip at 255
+            image = image.convert("F")
+            scale = 255 / max(image.getextrema()[1], 1e-12)
+            image = image.point(lambda v: v * scale)
+        gray = image.convert("L")
+        if max(gray.size) > MAX_SIDE:  # a large photo: average it down by a whole factor first, to spare memory
+            gray = gray.reduce(-(-max(gray.size) // MAX_SIDE))
+    return gray
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def to_mnist(gray: torch.Tensor, source: str = "the image") -> torch.Tensor:

@@ -17,10 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from mlptrain.config import read_yaml
 from mlptrain.errors import ConfigError, DataError, RunFailed
-from mlptrain.files import LOCK_FILE, folder_lock, make_dirs, new_run_dir
+from mlptrain.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import MONITORS, History, best_index, read_metrics
 
 if TYPE_CHECKING:
@@ -36,6 +35,7 @@ CURVES_FILE = "curves.png"  # the training curves, drawn when the run ends and b
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
 # Keys that say where a run lives rather than how it trained; they differ without making runs different.
 _PLACE_KEYS = ("name", "output.dir")
+MAX_RECORD_BYTES = 1_000_000  # an eval record is a few kilobytes
 
 
 @dataclass
@@ -167,16 +167,17 @@ def read_run(folder: Path) -> RunSummary:
         what = "no such folder" if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
         raise DataError(f"{folder}: {what}")
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"{config_path}: unreadable ({type(e).__name__})") from None
+        config = read_yaml(config_path, CONFIG_FILE)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
     config = config if isinstance(config, dict) else {}
     epochs, problems = read_metrics(folder / METRICS_FILE)
     run = RunSummary(folder, _started(folder, config_path), config, History(_monitor(config), epochs), None, problems)
     record = eval_record_path(folder / BEST_FILE, "test")
     try:
-        run.test_acc = float(json.loads(record.read_text(encoding="utf-8"))["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):  # not evaluated yet, or a record we cannot read
+        if file_problem(record, "record", MAX_RECORD_BYTES) is None:  # not a pipe, nothing huge
+            run.test_acc = float(json.loads(record.read_text(encoding="utf-8"))["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not evaluated yet, or unreadable
         run.test_acc = None
     return run
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_config, read_yaml, with_values
+from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_config, quote, read_yaml, with_values
 from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
 from mlptrain.files import atomic_write_text, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import ranked
@@ -34,6 +34,7 @@ RANGE_KEYS = ("low", "high", "log")
 # pending -> running -> done | failed | interrupted; a kill -9 leaves "running" behind, which --resume handles.
 FINISHED = ("done", "failed")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+MAX_TRIALS = 10_000  # trials in one sweep
 _NAME_LIMIT = 120  # characters of a trial folder name; the index at its front keeps shortened names apart
 
 
@@ -71,13 +72,13 @@ def parse_spec(raw: Any, source: str, trials: int | None = None) -> Spec:
         raise ConfigError(f"{source}: the top level must be a mapping (base, method, params...), got {kind_of(raw)}")
     for key in raw:
         if key not in SPEC_KEYS:
-            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(str(key), SPEC_KEYS)}")
+            raise ConfigError(f"{source}: unknown key {quote(key)}{did_you_mean(str(key), SPEC_KEYS)}")
     base = raw.get("base")
     if not isinstance(base, str) or not base:
-        raise ConfigError(f"{source}: base: name the base config file (relative to the sweep file), got {base!r}")
+        raise ConfigError(f"{source}: base: name the base config file (relative to the sweep file), got {quote(base)}")
     method = raw.get("method", "grid")
     if method not in METHODS:
-        raise ConfigError(f"{source}: method: {method!r} is not one of grid, random")
+        raise ConfigError(f"{source}: method: {quote(method)} is not one of grid, random")
     spec = Spec(base=base, method=method, params=_params(raw.get("params"), method, source))
     if method == "grid":
         for key in ("trials", "seed"):
@@ -85,14 +86,27 @@ def parse_spec(raw: Any, source: str, trials: int | None = None) -> Spec:
                 raise ConfigError(f"{source}: {key}: only a random sweep takes {key}; a grid runs every combination")
         if trials is not None:
             raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {source} is a grid")
+        combinations = math.prod(len(values) for values in spec.params.values())
+        if combinations > MAX_TRIALS:
+            raise ConfigError(
+                f"{source}: params: the grid has {combinations:,} combinations, more than a sweep may run "
+                f"({MAX_TRIALS:,}); sweep fewer values, or draw trials at random (method: random)"
+            )
         return spec
     spec.trials = trials if trials is not None else raw.get("trials")
     if not _is_int(spec.trials) or spec.trials < 1:
-        raise ConfigError(f"{source}: trials: a random sweep needs a number of trials >= 1, got {spec.trials!r}")
+        raise ConfigError(f"{source}: trials: a random sweep needs a number of trials >= 1, got {quote(spec.trials)}")
+    check_trials(spec.trials, f"--trials {trials}" if trials is not None else f"{source}: trials")
     spec.seed = raw.get("seed", 0)
     if not _is_int(spec.seed) or not 0 <= spec.seed < 2**63:
-        raise ConfigError(f"{source}: seed: must be an integer in [0, 2**63), got {spec.seed!r}")
+        raise ConfigError(f"{source}: seed: must be an integer in [0, 2**63), got {quote(spec.seed)}")
     return spec
+
+
+def check_trials(trials: int, where: str) -> None:
+    """Refuse more trials than a sweep may run: each is a training run, and each config is checked up front."""
+    if trials > MAX_TRIALS:
+        raise ConfigError(f"{where}: {trials:,} trials, more than a sweep may run ({MAX_TRIALS:,})")
 
 
 def _params(params: Any, method: str, source: str) -> dict[str, list | dict]:
@@ -107,7 +121,7 @@ def _params(params: Any, method: str, source: str) -> dict[str, list | dict]:
             _check_range(values, where)
         elif not isinstance(values, list):
             also = "" if method == "grid" else " or a range {low: ..., high: ..., log: true}"
-            raise ConfigError(f"{where}: expected a list of values to try{also}, got {kind_of(values)} {values!r}")
+            raise ConfigError(f"{where}: expected a list of values to try{also}, got {kind_of(values)} {quote(values)}")
         elif not values:
             raise ConfigError(f"{where}: the list of values to try is empty")
     return params
@@ -116,17 +130,17 @@ def _params(params: Any, method: str, source: str) -> dict[str, list | dict]:
 def _check_range(r: dict, where: str) -> None:
     for key in r:
         if key not in RANGE_KEYS:
-            raise ConfigError(f"{where}: unknown range key {key!r}{did_you_mean(str(key), RANGE_KEYS)}")
+            raise ConfigError(f"{where}: unknown range key {quote(key)}{did_you_mean(str(key), RANGE_KEYS)}")
     for key in ("low", "high"):
         value = r.get(key)
         if not _is_number(value):
-            raise ConfigError(f"{where}: {key}: a range needs a finite number, got {value!r}")
+            raise ConfigError(f"{where}: {key}: a range needs a finite number, got {quote(value)}")
     if not r["low"] < r["high"]:
-        raise ConfigError(f"{where}: low must be below high, got low={r['low']!r} high={r['high']!r}")
+        raise ConfigError(f"{where}: low must be below high, got low={quote(r['low'])} high={quote(r['high'])}")
     if not isinstance(r.get("log", False), bool):
-        raise ConfigError(f"{where}: log: expected true or false, got {r['log']!r}")
+        raise ConfigError(f"{where}: log: expected true or false, got {quote(r['log'])}")
     if r.get("log") and r["low"] <= 0:
-        raise ConfigError(f"{where}: a log range needs low > 0, got {r['low']!r}")
+        raise ConfigError(f"{where}: a log range needs low > 0, got {quote(r['low'])}")
 
 
 def _draw(rng: random.Random, values: list | dict) -> Any:
@@ -284,13 +298,14 @@ def load(folder: Path, trials: int | None = None) -> Sweep:
         spec = parse_spec(raw["spec"], str(manifest))
         sweep = Sweep(folder, spec, Config.from_dict(raw["base_config"], str(manifest)).to_dict())
         sweep.trials = [_trial(t, folder, manifest) for t in raw["trials"]]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ConfigError(f"{manifest}: unreadable ({type(e).__name__}: {e})") from None
     if trials is not None:
         if spec.method != "random":
             raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {folder} is a grid")
         if trials < len(sweep.trials):
             raise ConfigError(f"--trials {trials}: {folder} already has {len(sweep.trials)} trials; it can only grow")
+        check_trials(trials, f"--trials {trials}")
         spec.trials = trials
         sweep.add_trials(spec.expand()[len(sweep.trials) :], f"--trials {trials}")
         with folder_lock(folder):

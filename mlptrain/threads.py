@@ -15,8 +15,10 @@ import torch
 from mlptrain.config import Config
 from mlptrain.data import IN_FEATURES, NUM_CLASSES
 from mlptrain.distributed import SINGLE, World
+from mlptrain.errors import ConfigError
 
 SMALL_STEP_MACS = 32_000_000  # multiply-adds per training step (batch × weights) below which auto uses one thread
+THREADS_PER_CORE = 4  # `threads: N` may share cores a little (to match another machine), never by thousands
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read before anything changes it
 
 
@@ -28,6 +30,12 @@ def configure_threads(config: Config, device: torch.device, world: World = SINGL
     cores = DEFAULT_THREADS if world.local_size == 1 else max(1, cpu_cores() // world.local_size)
     if config.threads != "auto":
         threads = config.threads
+        limit = THREADS_PER_CORE * cpu_cores()
+        if threads > limit:  # thousands of OpenMP threads crash the process outright (a segfault)
+            raise ConfigError(
+                f"threads: {threads} asked for, but this process may run on {cpu_cores()} cores; "
+                f"give at most {limit} ({THREADS_PER_CORE} per core), or auto"
+            )
     elif device.type == "cpu":
         sizes = [IN_FEATURES, *config.model.hidden, NUM_CLASSES]
         macs = config.train.batch_size // world.size * sum(a * b for a, b in itertools.pairwise(sizes))

@@ -31,6 +31,7 @@ from mlptrain.engine import (
 from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
 from mlptrain.files import atomic_write_text, folder_lock, held_signals
 from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
+from mlptrain.memory import check_run_fits
 from mlptrain.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
 from mlptrain.nn import build_model
 from mlptrain.plot import plot_run
@@ -234,6 +235,7 @@ def _processes(config: Config) -> Iterator[Processes]:
     world = World.from_env()
     device = world.device(resolve_device(config.device))
     distributed.check_world(config, device, world.size, world.local_size)
+    check_run_fits(config, device, world.size)
     with distributed.joined(world, device):
         yield Processes(world, device, configure_threads(config, device, world))
 
@@ -255,7 +257,7 @@ def _new_session(
         state.train_model, note = compile_model(model, optimizer, x, y, config.train.precision)
         session.notes += [note] if note else []
     if ckpt is not None:
-        session.history.epochs = restore(ckpt, state)
+        session.history.epochs = restore(ckpt, state, steps, len(data.train))
     if world.distributed:
         _join_processes(session)
     return session

@@ -26,22 +26,27 @@ from mlptrain.errors import CheckpointError
 from mlptrain.files import atomic_write
 from mlptrain.metrics import EpochStats, History
 from mlptrain.nn import build_model
+from mlptrain.rng import rng_state
 
 
 def fields(config: Config | None = None, **over):
+    """A checkpoint's fields as the trainer writes them after one epoch of `config`, with `over` replacing some."""
     config = config or Config()
     model = build_model(config.model, 784, 10)
+    optimizer = build_optimizer([FlatParameters(model).param], config.train)
+    scheduler = build_scheduler(optimizer, config.train, 10 * config.train.epochs)
+    row = EpochStats(1, 0.5, 0.5, 0.5, 0.5, 0.01, 1.0, 0.1, 100.0).as_dict()
     base = {
         "config": config.to_dict(),
         "data": {"in_features": 784, "num_classes": 10, "mean": 0.13, "std": 0.31},
         "model": model.state_dict(),
-        "optimizer": {},
-        "scheduler": None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": 1,
-        "metrics": {"val_acc": 0.5},
+        "metrics": row,
         "best": {"epoch": 1, "monitor": "val_acc", "value": 0.5},
-        "history": [{"val_acc": 0.5}],
-        "rng": {},
+        "history": [row],
+        "rng": rng_state(torch.device("cpu")),
         "progress": None,
     }
     base.update(over)
@@ -134,9 +139,8 @@ def test_layer_sizes_must_match_config(tmp_path):
     wrong = build_model(Config().model, 784, 10).state_dict()
     wrong["layers.1.weight"] = torch.zeros(32, 128)
     write_checkpoint(path, fields(model=wrong))
-    ckpt = load_checkpoint(path)
-    with pytest.raises(CheckpointError, match=r"layers\.1\.weight"):
-        model_from_checkpoint(ckpt, path, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=r"layers\.1\.weight"):  # refused on reading, before any use
+        load_checkpoint(path)
 
 
 def test_missing_and_folder(tmp_path):

@@ -425,3 +425,17 @@ def test_from_dict_validates_and_names_its_source():
         Config.from_dict({"extra": 1})
     with pytest.raises(ConfigError, match="must be a mapping"):
         Config.from_dict([1, 2])
+
+
+def test_an_alias_that_stays_small_is_fine(tmp_path):
+    """Aliases are refused only when they would expand past the limit; reusing a value is ordinary YAML."""
+    path = make_config_file(tmp_path, "seed: &s 7\ndata: {val_size: *s}\nmodel: {hidden: &h [32, 16]}\n")
+    config = load_config(path)
+    assert config.seed == 7 and config.data.val_size == 7 and config.model.hidden == [32, 16]
+
+
+def test_errors_quote_values_in_part(tmp_path):
+    path = make_config_file(tmp_path, "name: " + "x" * 100_000 + "/\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "name" in str(caught.value) and len(str(caught.value)) < 300 + len(str(path))

@@ -217,3 +217,20 @@ def test_nproc_ctrl_c_stops_every_rank_and_resume_finishes(tmp_path):
     assert resumed.returncode == 0, err
     assert [e["epoch"] for e in json.loads(out)["epochs"]] == [1, 2]
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+
+
+def test_nproc_is_bounded_by_the_cores_before_any_worker_starts():
+    """--nproc 100000 on a CPU would start a hundred thousand processes; it is refused by check_world, which
+    `mlptrain train --nproc N` calls before launching."""
+    from mlptrain import distributed
+    from mlptrain.config import Config
+    from mlptrain.errors import ConfigError
+    from mlptrain.threads import THREADS_PER_CORE, cpu_cores
+
+    config = Config.from_dict({"device": "cpu", "train": {"batch_size": 100_000}})
+    limit = THREADS_PER_CORE * cpu_cores()
+    distributed.check_world(config, torch.device("cpu"), 2, 2)
+    with pytest.raises(ConfigError, match=r"--nproc 100000: .* cores; start at most"):
+        distributed.check_world(config, torch.device("cpu"), 100_000, 100_000)
+    with pytest.raises(ConfigError, match="--nproc"):
+        distributed.check_world(config, torch.device("cpu"), limit + 1, limit + 1)

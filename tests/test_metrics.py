@@ -201,3 +201,20 @@ def test_a_damaged_metrics_row_reaches_the_user_as_a_warning(tmp_path):
 def test_a_history_keeps_its_epochs_when_one_diverges():
     diverged = replace(TRICKY[0], train_loss=NAN)
     assert diverged.diverged and not TRICKY[0].diverged
+
+
+@pytest.mark.parametrize("column", [c for c in COLUMNS if c not in ("epoch", "train_loss", "val_loss")])
+def test_a_row_with_a_non_finite_number_outside_the_losses_is_skipped(tmp_path, column):
+    """Only a diverged epoch's losses may be NaN or infinite; a NaN time or rate is a damaged row (it made `runs`
+    fail with exit 1), skipped and said."""
+    from typer.testing import CliRunner
+
+    from mlptrain.cli import app
+
+    folder = write_run(tmp_path / "runs" / "a", [stats(1, 0.5), replace(stats(2, 0.6), **{column: NAN})])
+    back, problems = read_metrics(folder / runs.METRICS_FILE)
+    assert [s.epoch for s in back] == [1] and problems == [
+        f"{folder / runs.METRICS_FILE}, line 3: skipped an unreadable row"
+    ]
+    out = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")])
+    assert out.exit_code == 0 and out.stderr.count("\n") == 1 and "line 3" in out.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,29 @@ def test_a_16_bit_png_reads_like_an_8_bit_one(tmp_path):
     Image.fromarray(np.asarray(image).astype(np.uint16) * 257).save(tmp_path / "deep.png")  # mode I;16
     image.save(tmp_path / "plain.png")
     assert (prepare(tmp_path / "deep.png") - prepare(tmp_path / "plain.png")).abs().max() <= 1 / 255
+
+
+def test_a_damaged_exif_block_is_read_past_quietly(tmp_path):
+    """PIL warns about EXIF tags that point past the file; the digit does not need them, and a warning would print
+    a line besides the file's own."""
+    entry = struct.pack("<HHII", 0x010F, 2, 1000, 5000)  # a 1000-byte 'Make' tag at offset 5000, past the end
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+    render(4).save(tmp_path / "four.jpg", "JPEG", exif=b"Exif\x00\x00" + tiff)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        digit = prepare(tmp_path / "four.jpg")
+    assert caught == [] and digit.shape == (SIZE, SIZE)
+
+
+def test_an_image_over_pils_pixel_limit_is_refused(tmp_path, monkeypatch):
+    """PIL only warns between its limit and twice it; that warning is the refusal, in the file's one line."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    render(4, canvas=(120, 100)).save(tmp_path / "big.png")  # 12,000 pixels: over the limit, under twice it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match=r"big\.png: refused: .*exceeds limit"):
+            load_grayscale(tmp_path / "big.png")
+    assert caught == []
 
 
 def test_a_blank_image_has_no_digit():
