@@ -14,7 +14,7 @@ import torch
 
 from mlptrain import distributed
 from mlptrain.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
-from mlptrain.config import Config, dump_yaml, parse_override, resolve_device, with_values
+from mlptrain.config import Config, dump_yaml, load_config, parse_override, resolve_device, with_values
 from mlptrain.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
 from mlptrain.distributed import World
 from mlptrain.engine import (
@@ -167,12 +167,14 @@ def resume(
     """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
 
     Only train.epochs may be overridden, to extend a run. A run that has finished returns at once, with
-    `already_finished` set. Under torchrun every process reads the checkpoint (on several machines, the run
+    `already_finished` set; one killed before its first epoch was saved (a config.yaml, no last.pt) starts again. Under torchrun every process reads the checkpoint (on several machines, the run
     folder must be at the same path on each) and they continue together.
     """
     path = Path(path)
     with _resume_lock(path):
         ckpt, config, run_dir = load_for_resume(path, overrides)
+        if ckpt is None:  # stopped before its first epoch was saved: start it again, in its own folder
+            return train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
         with _processes(config) as processes:
             device = processes.device
             data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
@@ -208,20 +210,27 @@ def _repair(session: _Session, ckpt: dict) -> list[str]:
     return [f"{BEST_FILE} does not hold the best epoch ({best}) and cannot be rebuilt; a better epoch will rewrite it"]
 
 
-def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict, Config, Path]:
-    """(checkpoint, config with overrides, run folder) of the run to resume at `path`, every problem refused."""
+def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict | None, Config, Path]:
+    """(checkpoint, config with overrides, run folder) of the run to resume at `path`, every problem refused.
+
+    A run folder with a config.yaml but no last.pt (a run killed before its first epoch was saved) has nothing to
+    continue: its checkpoint is None, and resuming starts it again from its config.yaml.
+    """
     path = Path(path)
     ckpt_path = path / LAST_FILE if path.is_dir() else path
     if path.is_dir() and not ckpt_path.exists():
-        raise CheckpointError(f"{path} holds no {LAST_FILE} to resume from")
-    ckpt = load_checkpoint(ckpt_path)
-    config: Config = ckpt["config"]
+        if not (path / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{path} holds no {LAST_FILE} to resume from")
+        ckpt, config = None, load_config(path / CONFIG_FILE)
+    else:
+        ckpt = load_checkpoint(ckpt_path)
+        config = ckpt["config"]
     for item in overrides:
         key, value = parse_override(item)
         if key != "train.epochs":
             raise ConfigError(f"--set {item}: only train.epochs can change when resuming; {key} is fixed by the run")
         config = with_values(config, {key: value}, source=f"--set {item}")
-    if config.train.epochs < ckpt["epoch"]:
+    if ckpt is not None and config.train.epochs < ckpt["epoch"]:
         raise ConfigError(
             f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
         )

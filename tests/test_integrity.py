@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from mlptrain import files, trainer
 from mlptrain.checkpoint import checkpoint_epoch, write_checkpoint
 from mlptrain.cli import app
-from mlptrain.config import Config
+from mlptrain.config import Config, dump_yaml
 from mlptrain.errors import ConfigError, WriteFailed
 from mlptrain.files import LOCK_FILE, atomic_write_text, folder_lock, held_signals, remove_stale_temp_files
 from mlptrain.interrupt import SignalStop, exit_on_sigterm
@@ -128,6 +128,23 @@ def test_resume_rebuilds_a_best_pt_one_best_behind(tmp_path):
     result = trainer.resume(run_dir, overrides=["train.epochs=2"])
     assert result.already_finished
     assert checkpoint_epoch(run_dir / "best.pt") == 2
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_path):
+    # What a kill -9 while loading the data leaves: the folder and its config.yaml, no last.pt.
+    reference = tmp_path / "reference"
+    trainer.train(wobbly(epochs=2), run_dir=reference)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(dump_yaml(wobbly(epochs=2)))
+    (run_dir / "metrics.csv").write_text("epoch\n")
+    out = invoke("train", "--resume", run_dir, "--json")
+    assert out.exit_code == 0, out.stderr
+    assert rows(run_dir) == rows(reference) and checkpoint_epoch(run_dir / "last.pt") == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = invoke("train", "--resume", empty)
+    assert out.exit_code == 2 and "holds no last.pt" in out.stderr
 
 
 def test_a_run_folder_has_one_writer(tmp_path):
