@@ -93,7 +93,7 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
     return {
         "config": config.to_dict(),
         "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std},
-        "model": state.model.state_dict(),
+        "model": state.eval_model.state_dict(),  # under train.ema the averaged weights, which eval uses
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
         "epoch": epoch,
@@ -103,14 +103,32 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
         "rng": rng_state(_device(state.model)),
         "progress": state.progress.state_dict() if state.progress is not None else None,
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        **_average_fields(state),
     }
+
+
+def _average_fields(state: TrainState) -> dict[str, Any]:
+    """Under train.ema, "ema": the weights being trained (the "model" entry holds their average) and how many
+    updates the average has had; absent otherwise, as in checkpoints written before train.ema."""
+    if state.average is None:
+        return {}
+    return {"ema": {"trained": state.model.state_dict(), **state.average.state_dict()}}
 
 
 def restore(ckpt: dict[str, Any], state: TrainState) -> list[EpochStats]:
     """Put every piece of training state that `ckpt` holds into `state`, built afresh from the checkpoint's config
     (model, optimizer, scheduler and scaler, all on their device); returns the epochs the run has finished."""
     device = _device(state.model)
-    state.model.load_state_dict(ckpt["model"])
+    average = ckpt.get("ema")
+    state.model.load_state_dict(ckpt["model"] if average is None else average["trained"])
+    if state.average is not None and average is not None:
+        state.average.model.load_state_dict(ckpt["model"])
+        state.average.load_state_dict(average)
+    if len(ckpt["optimizer"]["param_groups"]) != len(state.optimizer.param_groups):
+        raise CheckpointError(
+            "its optimizer state predates weight decay on weights only (train.weight_decay > 0); "
+            "this mlptrain cannot resume it: train it afresh"
+        )
     state.optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
     if state.scheduler is not None:
         _restore_scheduler(state.scheduler, ckpt["scheduler"])

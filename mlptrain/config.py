@@ -34,17 +34,44 @@ class _Invalid(Exception):
 
 
 @dataclass
+class AugmentConfig:
+    """Training-batch distortions (augment.py); `data.augment: <kind>` in a file stands for `{kind: <kind>}`."""
+
+    kind: Literal["none", "affine", "elastic", "affine+elastic"] = "none"
+    rotation: float = 10.0  # degrees, uniform in ±rotation
+    scale: float = 0.1  # fraction: size times a factor uniform in [1 - scale, 1 + scale]
+    shear: float = 10.0  # degrees, uniform in ±shear
+    translate: float = 2.0  # pixels, uniform in ±translate along each axis
+    elastic_alpha: float = 34.0  # pixels: the smoothed uniform(-1, 1) displacement field is scaled by this
+    elastic_sigma: float = 4.0  # pixels: the Gaussian that smooths the field
+
+    @classmethod
+    def from_text(cls, kind: str) -> dict[str, Any]:
+        return {"kind": kind}
+
+    def validate(self) -> None:
+        _check(0.0 <= self.rotation <= 180.0, "data.augment.rotation", f"must be in [0, 180], got {self.rotation}")
+        _check(0.0 <= self.scale < 1.0, "data.augment.scale", f"must be in [0, 1), got {self.scale}")
+        _check(0.0 <= self.shear < 90.0, "data.augment.shear", f"must be in [0, 90), got {self.shear}")
+        _check(self.translate >= 0, "data.augment.translate", f"must be >= 0, got {self.translate}")
+        _check(self.elastic_alpha >= 0, "data.augment.elastic_alpha", f"must be >= 0, got {self.elastic_alpha}")
+        _check(self.elastic_sigma > 0, "data.augment.elastic_sigma", f"must be > 0, got {self.elastic_sigma}")
+
+
+@dataclass
 class DataConfig:
     dataset: Literal["mnist", "fashion-mnist", "synthetic"] = "mnist"
     root: str = "data"
     download: bool = True
     val_size: int = 5000
     synthetic_size: int = 12000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
         _check(self.root != "", "data.root", "must not be empty")
         _check(self.val_size >= 1, "data.val_size", f"must be at least 1, got {self.val_size}")
         _check(self.synthetic_size >= 6, "data.synthetic_size", f"must be at least 6, got {self.synthetic_size}")
+        self.augment.validate()
 
 
 @dataclass
@@ -74,6 +101,9 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without improvement on `monitor`; 0 = never
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the matmuls
     compile: bool = False  # torch.compile the model (forward and backward); falls back to eager if it can't
+    label_smoothing: float = 0.0  # ε: targets (1 - ε) on the label plus ε/classes on every class
+    grad_clip_norm: float = 0.0  # clip the global gradient norm to this before each step; 0 = off
+    ema: float = 0.0  # decay of the weights' moving average (e.g. 0.999); 0 = off
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -82,6 +112,11 @@ class TrainConfig:
         _check(0.0 <= self.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.patience >= 0, "train.patience", f"must be >= 0 (0 turns early stopping off), got {self.patience}")
+        _check(
+            0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"
+        )
+        _check(self.grad_clip_norm >= 0, "train.grad_clip_norm", f"must be >= 0 (0 = off), got {self.grad_clip_norm}")
+        _check(0.0 <= self.ema < 1.0, "train.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
 
 
 @dataclass
@@ -193,7 +228,7 @@ def key_problem(key: str) -> str | None:
         cls = hints[part]
         if depth < len(parts) - 1 and not dataclasses.is_dataclass(cls):
             return f"{'.'.join(parts[: depth + 1])!r} has no sub-keys"
-    if dataclasses.is_dataclass(cls):
+    if dataclasses.is_dataclass(cls) and not hasattr(cls, "from_text"):
         return f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}"
     return None
 
@@ -296,6 +331,8 @@ def _build(cls: Any, raw: Any, section: str) -> Any:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "from_text"):  # a section's shorthand: `data.augment: none`
+            value = tp.from_text(value)
         return _build(tp, value, key)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

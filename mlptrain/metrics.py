@@ -10,7 +10,7 @@ import csv
 import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,8 +19,8 @@ from mlptrain.files import atomic_write_text
 T = TypeVar("T")
 
 
-def _column(label: str, unit: str):
-    return field(metadata={"label": label, "unit": unit})
+def _column(label: str, unit: str, **default):
+    return field(metadata={"label": label, "unit": unit}, **default)
 
 
 @dataclass
@@ -37,6 +37,7 @@ class EpochStats:
     train_seconds: float = _column("time", "seconds")
     val_seconds: float = _column("val time", "seconds")
     samples_per_second: float = _column("samples/s", "throughput")
+    clipped_steps: int = _column("clipped", "count", default=0)  # steps train.grad_clip_norm cut; older files: 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -50,6 +51,7 @@ class EpochStats:
 COLUMNS = tuple(f.name for f in fields(EpochStats))  # metrics.csv's header, in order
 LABELS = {f.name: f.metadata["label"] for f in fields(EpochStats)}
 UNITS = {f.name: f.metadata["unit"] for f in fields(EpochStats)}
+_OPTIONAL = {f.name: f.default for f in fields(EpochStats) if f.default is not MISSING}  # columns added later
 MONITORS = ("val_acc", "val_loss")  # what train.monitor may name
 _HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
 
@@ -158,7 +160,7 @@ def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:
     if not lines:
         return [], []
     header, rows = lines[0], lines[1:]
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS if c not in header and c not in _OPTIONAL]
     if missing:
         return [], [f"{path}: not a metrics file (no column {', '.join(missing)})"]
     epochs, problems = [], []
@@ -171,8 +173,9 @@ def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:
 
 
 def _stats(row: dict[str, str]) -> EpochStats:
-    values = {name: float(row[name]) for name in COLUMNS}
+    values = {name: float(row[name]) for name in COLUMNS if name in row}
     epoch = values.pop("epoch")
     if not epoch.is_integer() or epoch < 1:
         raise ValueError(f"epoch {epoch}")
-    return EpochStats(epoch=int(epoch), **values)
+    counts = {name: int(values.pop(name, _OPTIONAL[name])) for name in _OPTIONAL}
+    return EpochStats(epoch=int(epoch), **values, **counts)

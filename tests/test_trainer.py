@@ -349,3 +349,72 @@ def test_compile_trains_like_eager(tmp_path):
     for compiled, eager in zip(rows(tmp_path / "c"), rows(tmp_path / "e"), strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert float(compiled[key]) == pytest.approx(float(eager[key]), rel=1e-3, abs=2e-3), key
+
+
+# What TINY trained to before data.augment, label smoothing, clipping, EMA and the weights-only weight decay
+# existed (commit 840fa7a): with every one of them off, training must stay bitwise what it was.
+TODAYS_METRICS = [
+    ("2.046978271484375", "1.6483201599121093", "0.405"),
+    ("1.73693017578125", "1.4374949645996093", "0.49"),
+    ("1.42408740234375", "1.3561172485351562", "0.52"),
+]
+TODAYS_WEIGHT_SUMS = {
+    "layers.0.weight": -46.44486105350563,
+    "layers.0.bias": -0.666972392507887,
+    "layers.1.weight": 0.20870068744989112,
+    "layers.1.bias": 0.5851240959018469,
+}
+
+
+def test_the_default_recipe_trains_bitwise_as_before(reference):
+    with open(reference / "metrics.csv", newline="") as f:
+        rows = [(row["train_loss"], row["val_loss"], row["val_acc"]) for row in csv.DictReader(f)]
+    assert rows == TODAYS_METRICS
+    sums = {key: float(value.double().sum()) for key, value in weights(reference / "last.pt").items()}
+    assert sums == TODAYS_WEIGHT_SUMS
+
+
+# Every recipe key on at once: distortions, smoothed targets, clipping that bites, the weights' average, and
+# weight decay (which splits the flat parameters into two optimizer groups).
+RECIPE = {"label_smoothing": 0.1, "grad_clip_norm": 0.5, "ema": 0.99, "weight_decay": 5e-4}
+
+
+def recipe_config() -> Config:
+    raw = {
+        **TINY,
+        "data": {**TINY["data"], "augment": {"kind": "affine+elastic"}},
+        "train": {**TINY["train"], **RECIPE},
+    }
+    return Config.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def recipe_reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("recipe") / "run"
+    trainer.train(recipe_config(), run_dir=run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(2, 7), (1, 0), (3, 1)])
+def test_stop_and_resume_with_the_whole_recipe_is_bitwise_equal(recipe_reference, tmp_path, epoch, batch):
+    run_dir = tmp_path / "run"
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(recipe_config(), run_dir=run_dir, callbacks=StopAt(stop, epoch, batch), stop=stop)
+    trainer.resume(run_dir)
+    assert metrics(run_dir) == metrics(recipe_reference)
+    for name in ("last.pt", "best.pt"):
+        assert_same_weights(run_dir / name, recipe_reference / name)
+        a, b = (torch.load(d / name, weights_only=True)["ema"] for d in (run_dir, recipe_reference))
+        assert a["updates"] == b["updates"]
+        assert all(torch.equal(a["trained"][k], b["trained"][k]) for k in b["trained"])
+    with open(run_dir / "metrics.csv", newline="") as f:
+        assert [int(row["clipped_steps"]) for row in csv.DictReader(f)] != [0, 0, 0]  # clipping did bite
+
+
+def test_the_recipe_changes_training_and_eval_scores_the_averaged_weights(reference, recipe_reference):
+    assert metrics(recipe_reference) != metrics(reference)
+    ckpt = load_checkpoint(recipe_reference / "best.pt")
+    assert not all(torch.equal(ckpt["model"][k], ckpt["ema"]["trained"][k]) for k in ckpt["model"])
+    result = evaluate.evaluate_checkpoint(recipe_reference / "best.pt", split="val", device="cpu")
+    assert result.accuracy == ckpt["metrics"]["val_acc"] and result.loss == ckpt["metrics"]["val_loss"]
