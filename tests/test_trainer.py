@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from mlptrain import evaluate, trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
-from mlptrain.config import Config
+from mlptrain.config import Config, with_values
 from mlptrain.errors import ConfigError, Interrupted, RunFailed
 from mlptrain.files import new_run_dir
 from mlptrain.interrupt import StopRequest
@@ -418,3 +419,11 @@ def test_the_recipe_changes_training_and_eval_scores_the_averaged_weights(refere
     assert not all(torch.equal(ckpt["model"][k], ckpt["ema"]["trained"][k]) for k in ckpt["model"])
     result = evaluate.evaluate_checkpoint(recipe_reference / "best.pt", split="val", device="cpu")
     assert result.accuracy == ckpt["metrics"]["val_acc"] and result.loss == ckpt["metrics"]["val_loss"]
+
+
+def test_the_recipe_trains_under_autocast_and_eval_reproduces_val(tmp_path):
+    config = with_values(recipe_config(), {"train.precision": "bf16", "train.epochs": 2}, source="test")
+    result = trainer.train(config, run_dir=tmp_path / "r")
+    assert all(math.isfinite(s.train_loss) for s in result.history)
+    again = evaluate.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
+    assert again.accuracy == result.best.val_acc and again.loss == result.best.val_loss
