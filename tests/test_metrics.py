@@ -201,3 +201,13 @@ def test_a_damaged_metrics_row_reaches_the_user_as_a_warning(tmp_path):
 def test_a_history_keeps_its_epochs_when_one_diverges():
     diverged = replace(TRICKY[0], train_loss=NAN)
     assert diverged.diverged and not TRICKY[0].diverged
+
+
+def test_a_metrics_csv_from_before_clipped_steps_still_reads(tmp_path):
+    old = [c for c in COLUMNS if c != "clipped_steps"]
+    path = tmp_path / "metrics.csv"
+    path.write_text(",".join(old) + "\n" + "1,0.5,0.8,0.4,0.85,0.1,2.0,0.1,3000.0\n")
+    epochs, problems = read_metrics(path)
+    assert problems == [] and epochs[0].clipped_steps == 0 and epochs[0].val_acc == 0.85
+    write_metrics(path, [replace(epochs[0], clipped_steps=7)])
+    assert read_metrics(path)[0][0].clipped_steps == 7

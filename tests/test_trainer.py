@@ -427,3 +427,20 @@ def test_the_recipe_trains_under_autocast_and_eval_reproduces_val(tmp_path):
     assert all(math.isfinite(s.train_loss) for s in result.history)
     again = evaluate.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
     assert again.accuracy == result.best.val_acc and again.loss == result.best.val_loss
+
+
+def test_a_checkpoint_from_before_the_recipe_keys_still_resumes_exactly(reference, tmp_path):
+    """Older checkpoints lack the progress's clipped-step count and the config's recipe keys: both default."""
+    run_dir = tmp_path / "run"
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 7), stop=stop)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    del ckpt["progress"]["clipped"]
+    for key in ("label_smoothing", "grad_clip_norm", "ema"):
+        del ckpt["config"]["train"][key]
+    del ckpt["config"]["data"]["augment"]
+    torch.save(ckpt, run_dir / "last.pt")
+    trainer.resume(run_dir)
+    assert metrics(run_dir) == metrics(reference)
+    assert_same_weights(run_dir / "last.pt", reference / "last.pt")
