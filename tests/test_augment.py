@@ -75,3 +75,20 @@ def test_only_training_batches_are_augmented_and_labels_are_kept(digits):
     (x, y), order = seen[0], progress.order[: len(seen[0][1])]
     assert torch.equal(y, digits.train.y[order])
     assert torch.equal(x, aug(digits.train.x[order], 1, 0))
+
+
+def test_the_fast_grid_and_blur_are_affine_grid_and_a_gaussian_convolution(digits):
+    import torch.nn.functional as F
+
+    from mlptrain.augment import gaussian_kernel
+
+    aug = augmenter(digits)
+    theta = aug.matrices(5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    pixels, blur = aug.constants(torch.device("cpu"))
+    grid = torch.einsum("pk,bjk->bpj", pixels, theta).view(5, 28, 28, 2)
+    torch.testing.assert_close(grid, F.affine_grid(theta, [5, 1, 28, 28], align_corners=False))
+    field = torch.rand(5, 1, 28, 28)
+    k = gaussian_kernel(aug.cfg.elastic_sigma, torch.device("cpu"))
+    n = k.numel()
+    conv = F.conv2d(F.conv2d(field, k.view(1, 1, 1, n), padding=(0, n // 2)), k.view(1, 1, n, 1), padding=(n // 2, 0))
+    torch.testing.assert_close(blur @ field[:, 0] @ blur.t(), conv[:, 0])
