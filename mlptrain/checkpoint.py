@@ -126,7 +126,7 @@ def restore(ckpt: dict[str, Any], state: TrainState) -> list[EpochStats]:
         state.average.load_state_dict(average)
     if len(ckpt["optimizer"]["param_groups"]) != len(state.optimizer.param_groups):
         raise CheckpointError(
-            "its optimizer state predates weight decay on weights only (train.weight_decay > 0); "
+            "the checkpoint's optimizer state predates weight decay on weights only (train.weight_decay > 0); "
             "this mlptrain cannot resume it: train it afresh"
         )
     state.optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate

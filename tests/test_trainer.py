@@ -302,7 +302,7 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 def test_training_takes_the_by_hand_step_only_on_the_fused_fp32_path(monkeypatch, tmp_path, model, precision, by_hand):
     calls = []
     original = MLP.backprop
-    monkeypatch.setattr(MLP, "backprop", lambda self, x, y: calls.append(len(x)) or original(self, x, y))
+    monkeypatch.setattr(MLP, "backprop", lambda self, x, y, *rest: calls.append(len(x)) or original(self, x, y, *rest))
     trainer.train(paths_config(model=model, train={"epochs": 1, "precision": precision}), run_dir=tmp_path / "run")
     assert bool(calls) == by_hand
     if by_hand:
