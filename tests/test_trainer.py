@@ -20,7 +20,7 @@ from mlptrain import evaluate, trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
 from mlptrain.config import Config, with_values
-from mlptrain.errors import ConfigError, Interrupted, RunFailed
+from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from mlptrain.files import new_run_dir
 from mlptrain.interrupt import StopRequest
 from mlptrain.nn import MLP
@@ -444,3 +444,14 @@ def test_a_checkpoint_from_before_the_recipe_keys_still_resumes_exactly(referenc
     trainer.resume(run_dir)
     assert metrics(run_dir) == metrics(reference)
     assert_same_weights(run_dir / "last.pt", reference / "last.pt")
+
+
+def test_an_old_checkpoint_that_decayed_biases_is_refused_with_a_reason(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer.train(tiny(weight_decay=1e-3, epochs=1), run_dir=run_dir)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert len(ckpt["optimizer"]["param_groups"]) == 2  # weights, then biases without decay
+    ckpt["optimizer"]["param_groups"] = ckpt["optimizer"]["param_groups"][:1]  # one group, as before the split
+    torch.save(ckpt, run_dir / "last.pt")
+    with pytest.raises(CheckpointError, match="predates weight decay on weights only"):
+        trainer.resume(run_dir, ["train.epochs=2"])
