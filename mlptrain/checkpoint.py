@@ -96,7 +96,7 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
     return {
         "config": config.to_dict(),
         "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std},
-        "model": state.model.state_dict(),
+        "model": state.eval_model.state_dict(),  # under train.ema the averaged weights, which eval uses
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
         "epoch": epoch,
@@ -106,7 +106,16 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
         "rng": rng_state(_device(state.model)),
         "progress": state.progress.state_dict() if state.progress is not None else None,
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        **_average_fields(state),
     }
+
+
+def _average_fields(state: TrainState) -> dict[str, Any]:
+    """Under train.ema, "ema": the weights being trained (the "model" entry holds their average) and how many
+    updates the average has had; absent otherwise, as in checkpoints written before train.ema."""
+    if state.average is None:
+        return {}
+    return {"ema": {"trained": state.model.state_dict(), **state.average.state_dict()}}
 
 
 def restore(
@@ -117,10 +126,9 @@ def restore(
     run has finished. With the run's `steps` per epoch and its number of training `samples`, the place inside an
     epoch is checked against them first. A piece that cannot be put back is a CheckpointError naming it."""
     _check_place(ckpt, steps, samples)
-    device = _device(state.model)
     entry = "model"
     try:
-        state.model.load_state_dict(ckpt["model"])
+        _restore_weights(ckpt, state)
         entry = "optimizer"
         state.optimizer.load_state_dict(ckpt["optimizer"])  # after the scheduler's constructor, which resets the rate
         entry = "scheduler"
@@ -130,15 +138,24 @@ def restore(
         if state.scaler is not None and ckpt.get("scaler"):
             state.scaler.load_state_dict(ckpt["scaler"])
         entry = "rng"
-        set_rng_state(ckpt["rng"], device)
+        set_rng_state(ckpt["rng"], _device(state.model))
         entry = "progress"
         state.epoch = int(ckpt["epoch"])
         progress = ckpt["progress"]
-        state.progress = EpochProgress.from_state_dict(progress, device) if progress is not None else None
+        state.progress = EpochProgress.from_state_dict(progress, _device(state.model)) if progress else None
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         where = ckpt.get("path", "the checkpoint")
         raise CheckpointError(f"{where}: {entry}: cannot be restored ({_first_line(e)})") from None
     return [stats_from_row(row) for row in ckpt["history"]]
+
+
+def _restore_weights(ckpt: dict[str, Any], state: TrainState) -> None:
+    """The weights being trained, and under train.ema their average (which the "model" entry holds)."""
+    average = ckpt.get("ema")
+    state.model.load_state_dict(ckpt["model"] if average is None else average["trained"])
+    if state.average is not None and average is not None:
+        state.average.model.load_state_dict(ckpt["model"])
+        state.average.load_state_dict(average)
 
 
 def _check_place(ckpt: dict[str, Any], steps: int | None, samples: int | None) -> None:

@@ -52,10 +52,12 @@ def check_entries(ckpt: dict[str, Any]) -> None:
         f"must be a whole number in 0..train.epochs ({config.train.epochs}), got {quote(epoch)}",
     )
     _check_data(ckpt["data"])
-    parameters = _check_model(ckpt["model"], config, ckpt["data"])
+    shapes = _check_model(ckpt["model"], config, ckpt["data"])
+    if ckpt.get("ema") is not None:
+        _check_average(ckpt["ema"], config, ckpt["data"])
     _check_history(ckpt["history"], ckpt["metrics"], ckpt["best"], epoch)
-    _check_optimizer(ckpt["optimizer"], config.train, parameters)
-    _check_scheduler(ckpt["scheduler"], config.train.scheduler)
+    _check_optimizer(ckpt["optimizer"], config.train, _group_sizes(shapes, config.train))
+    _check_scheduler(ckpt["scheduler"], config.train.scheduler, len(_group_sizes(shapes, config.train)))
     _check_rng(ckpt["rng"])
     _check_progress(ckpt["progress"], epoch)
     _check_scaler(ckpt.get("scaler"))
@@ -74,15 +76,15 @@ def _check_data(data: Any) -> None:
     _need(math.isfinite(data["std"]) and data["std"] > 0, "data.std", f"must be above 0, got {data['std']}")
 
 
-def _check_model(weights: Any, config: Config, data: dict) -> int:
+def _check_model(weights: Any, config: Config, data: dict, entry: str = "model") -> list[tuple[int, ...]]:
     """Check the weights against the MLP the config describes (built on the meta device: shapes, no memory);
-    returns its number of parameters."""
+    returns its parameters' shapes."""
     with torch.device("meta"):
         model = build_model(config.model, int(data["in_features"]), NUM_CLASSES)
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     _need(
         isinstance(weights, dict) and set(weights) == set(expected),
-        "model",
+        entry,
         f"its weights do not match the MLP its config describes ({_sizes(model)})",
     )
     for key, shape in expected.items():
@@ -90,16 +92,34 @@ def _check_model(weights: Any, config: Config, data: dict) -> int:
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         _need(
             isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == shape,
-            "model",
+            entry,
             f"weight {key} has shape {got} but its config describes {shape} ({_sizes(model)})",
         )
-        _need(bool(torch.isfinite(t).all()), "model", f"weight {key} holds values that are not finite numbers")
+        _need(bool(torch.isfinite(t).all()), entry, f"weight {key} holds values that are not finite numbers")
         _need(
             bool(t.abs().max() <= MAX_MAGNITUDE) if t.numel() else True,
-            "model",
+            entry,
             f"weight {key} holds values beyond ±{MAX_MAGNITUDE:g}, which no trained MLP has (a damaged file?)",
         )
-    return sum(math.prod(shape) for shape in expected.values())
+    return list(expected.values())
+
+
+def _check_average(saved: Any, config: Config, data: dict) -> None:
+    """train.ema: the weights being trained (the "model" entry holds their average), and the count of updates."""
+    _need(isinstance(saved, dict) and "trained" in saved, "ema", "must hold the trained weights")
+    _check_model(saved["trained"], config, data, "ema.trained")
+    updates = saved.get("updates", 0)
+    _need(_is_int(updates) and updates >= 0, "ema.updates", f"must be a whole number from 0, got {quote(updates)}")
+
+
+def _group_sizes(shapes: list[tuple[int, ...]], train: TrainConfig) -> list[int]:
+    """How many numbers each optimizer parameter holds: the one flat tensor, or with weight decay the weights'
+    slice and the biases' (engine.FlatParameters.groups)."""
+    total = sum(math.prod(shape) for shape in shapes)
+    if train.weight_decay == 0:
+        return [total]
+    weights = sum(math.prod(shape) for shape in shapes if len(shape) >= 2)
+    return [weights, total - weights] if total > weights else [weights]
 
 
 def _check_history(history: Any, metrics: Any, best: Any, epoch: int) -> None:
@@ -123,35 +143,48 @@ def _check_history(history: Any, metrics: Any, best: Any, epoch: int) -> None:
     )
 
 
-def _check_optimizer(saved: Any, train: TrainConfig, parameters: int) -> None:
+def _check_optimizer(saved: Any, train: TrainConfig, sizes: list[int]) -> None:
     optimizer = train.optimizer
     _need(isinstance(saved, dict) and isinstance(saved.get("state"), dict), "optimizer", "must hold a state")
     groups = saved.get("param_groups")
-    _need(isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict), "optimizer.param_groups",
-          "must be one group of settings")  # fmt: skip
-    group = groups[0]
-    for key in _OPTIMIZER_GROUP_KEYS[optimizer]:
-        _need(key in group, "optimizer.param_groups", f"lacks {key}, which a {optimizer} optimizer needs")
-    _need(group["params"] == [0], "optimizer.param_groups", f"must hold parameter 0, got {quote(group['params'])}")
-    for key, value in group.items():
-        _need(key == "params" or _is_setting(value), f"optimizer.param_groups.{key}",
-              f"must be a finite number or true/false, got {quote(value)}")  # fmt: skip
-        _check_rate(key, value, train.lr)
+    _need(isinstance(groups, list) and all(isinstance(g, dict) for g in groups), "optimizer.param_groups",
+          "must be a list of groups of settings")  # fmt: skip
+    _need(
+        not (len(groups) == 1 and len(sizes) == 2),
+        "optimizer",
+        "the checkpoint's optimizer state predates weight decay on weights only (train.weight_decay > 0); "
+        "this mlptrain cannot resume it: train it afresh",
+    )
+    _need(len(groups) == len(sizes), "optimizer.param_groups", f"must be {len(sizes)} group(s), got {len(groups)}")
+    for index, group in enumerate(groups):
+        for key in _OPTIMIZER_GROUP_KEYS[optimizer]:
+            _need(key in group, "optimizer.param_groups", f"lacks {key}, which a {optimizer} optimizer needs")
+        _need(group["params"] == [index], "optimizer.param_groups",
+              f"group {index} must hold parameter {index}, got {quote(group['params'])}")  # fmt: skip
+        for key, value in group.items():
+            _need(key == "params" or _is_setting(value), f"optimizer.param_groups.{key}",
+                  f"must be a finite number or true/false, got {quote(value)}")  # fmt: skip
+            _check_rate(key, value, train.lr)
     state = saved["state"]
-    _need(set(state) <= {0} and all(isinstance(v, dict) for v in state.values()), "optimizer.state",
-          "must hold the state of parameter 0 only")  # fmt: skip
-    for key, value in state.get(0, {}).items():
-        where = f"optimizer.state.{quote(key)}"
-        _need(key in _OPTIMIZER_STATE[optimizer], where, f"is not part of a {optimizer} optimizer's state")
-        ok = value is None or (
-            isinstance(value, torch.Tensor)
-            and value.is_floating_point()
-            and (value.numel() == 1 if key == "step" else tuple(value.shape) == (parameters,))
-            and bool(torch.isfinite(value).all())
-            and (key == "step" or value.numel() == 0 or bool(value.abs().max() <= MAX_MAGNITUDE))
-            and (key not in ("step", "exp_avg_sq") or bool((value >= 0).all()))  # a count, and squares
-        )
-        _need(ok, where, f"must be finite numbers within ±{MAX_MAGNITUDE:g}, one per parameter ({parameters:,})")
+    _need(set(state) <= set(range(len(sizes))) and all(isinstance(v, dict) for v in state.values()),
+          "optimizer.state", "must hold the state of the optimizer's parameters only")  # fmt: skip
+    for index, entries in state.items():
+        for key, value in entries.items():
+            _check_state(optimizer, key, value, sizes[index])
+
+
+def _check_state(optimizer: str, key: Any, value: Any, size: int) -> None:
+    where = f"optimizer.state.{quote(key)}"
+    _need(key in _OPTIMIZER_STATE[optimizer], where, f"is not part of a {optimizer} optimizer's state")
+    ok = value is None or (
+        isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and (value.numel() == 1 if key == "step" else tuple(value.shape) == (size,))
+        and bool(torch.isfinite(value).all())
+        and (key == "step" or value.numel() == 0 or bool(value.abs().max() <= MAX_MAGNITUDE))
+        and (key not in ("step", "exp_avg_sq") or bool((value >= 0).all()))  # a count, and squares
+    )
+    _need(ok, where, f"must be finite numbers within ±{MAX_MAGNITUDE:g}, one per parameter ({size:,})")
 
 
 def _check_rate(key: str, value: Any, lr: float) -> None:
@@ -165,15 +198,15 @@ def _check_rate(key: str, value: Any, lr: float) -> None:
         _need(all(0 <= v < 1 for v in values), where, f"must be in [0, 1), got {value}")
 
 
-def _check_scheduler(saved: Any, scheduler: str) -> None:
+def _check_scheduler(saved: Any, scheduler: str, groups: int) -> None:
     if scheduler == "none":
         return  # restore does not read it
     _need(isinstance(saved, dict), "scheduler", f"a {scheduler} schedule's state is missing")
     for key in ("last_epoch", "_step_count"):
         _need(_is_int(saved.get(key)) and saved[key] >= 0, f"scheduler.{key}", "must be a whole number from 0")
-    last_lr = saved.get("_last_lr", [0.0])
-    _need(isinstance(last_lr, list) and len(last_lr) == 1 and _is_number(last_lr[0]) and math.isfinite(last_lr[0]),
-          "scheduler._last_lr", "must be one finite rate")  # fmt: skip
+    last_lr = saved.get("_last_lr", [0.0] * groups)
+    finite = isinstance(last_lr, list) and all(_is_number(r) and math.isfinite(r) for r in last_lr)
+    _need(finite and len(last_lr) == groups, "scheduler._last_lr", f"must be {groups} finite rate(s), one per group")
     for key in ("_get_lr_called_within_step", "_is_initial"):
         _need(isinstance(saved.get(key, False), bool), f"scheduler.{key}", "must be true or false")
 
@@ -227,6 +260,9 @@ def _check_progress(saved: Any, epoch: int) -> None:
               f"must be a single {dtype} number")  # fmt: skip
     for key in ("lr", "seconds"):
         _need(_is_number(saved[key]) and math.isfinite(saved[key]), f"progress.{key}", "must be a finite number")
+    clipped = saved.get("clipped")  # train.grad_clip_norm's count; checkpoints before it have none
+    _need(clipped is None or (isinstance(clipped, torch.Tensor) and clipped.dtype == torch.int64 and clipped.dim() == 0
+          and int(clipped) >= 0), "progress.clipped", "must be a single count from 0")  # fmt: skip
 
 
 def _check_scaler(saved: Any) -> None:

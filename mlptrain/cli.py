@@ -446,6 +446,9 @@ def bench(
                 report.make_console().print(f"wrote {out} and {png}")
 
 
+from mlptrain import cli_recipe  # noqa: E402, F401 - registers augment and lr-find on `app`
+
+
 def main() -> None:
     """Entry point: run the command and exit with its code.
 

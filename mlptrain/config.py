@@ -11,7 +11,6 @@ import difflib
 import math
 import os
 import re
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,14 +20,10 @@ from typing import Any, Literal
 import yaml
 
 from mlptrain.errors import ConfigError
-from mlptrain.files import file_problem
+from mlptrain.yamlfile import kind_of, parse_yaml, quote, read_yaml
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Bounds on what a YAML file (config, sweep file, run folder's config.yaml) may make mlptrain read and build.
-MAX_YAML_BYTES = 256 * 1024  # a config is a few hundred bytes; PyYAML reads about 100 kB a second
-MAX_YAML_VALUES = 100_000  # counting each repetition an alias makes
-MAX_YAML_DEPTH = 50
 MAX_LAYERS = 1000  # hidden layers
 
 
@@ -41,17 +36,44 @@ class _Invalid(Exception):
 
 
 @dataclass
+class AugmentConfig:
+    """Training-batch distortions (augment.py); `data.augment: <kind>` in a file stands for `{kind: <kind>}`."""
+
+    kind: Literal["none", "affine", "elastic", "affine+elastic"] = "none"
+    rotation: float = 10.0  # degrees, uniform in ±rotation
+    scale: float = 0.1  # fraction: size times a factor uniform in [1 - scale, 1 + scale]
+    shear: float = 10.0  # degrees, uniform in ±shear
+    translate: float = 2.0  # pixels, uniform in ±translate along each axis
+    elastic_alpha: float = 34.0  # pixels: the smoothed uniform(-1, 1) displacement field is scaled by this
+    elastic_sigma: float = 4.0  # pixels: the Gaussian that smooths the field
+
+    @classmethod
+    def from_text(cls, kind: str) -> dict[str, Any]:
+        return {"kind": kind}
+
+    def validate(self) -> None:
+        _check(0.0 <= self.rotation <= 180.0, "data.augment.rotation", f"must be in [0, 180], got {self.rotation}")
+        _check(0.0 <= self.scale < 1.0, "data.augment.scale", f"must be in [0, 1), got {self.scale}")
+        _check(0.0 <= self.shear < 90.0, "data.augment.shear", f"must be in [0, 90), got {self.shear}")
+        _check(self.translate >= 0, "data.augment.translate", f"must be >= 0, got {self.translate}")
+        _check(self.elastic_alpha >= 0, "data.augment.elastic_alpha", f"must be >= 0, got {self.elastic_alpha}")
+        _check(self.elastic_sigma > 0, "data.augment.elastic_sigma", f"must be > 0, got {self.elastic_sigma}")
+
+
+@dataclass
 class DataConfig:
     dataset: Literal["mnist", "fashion-mnist", "synthetic"] = "mnist"
     root: str = "data"
     download: bool = True
     val_size: int = 5000
     synthetic_size: int = 12000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
         _check(self.root != "", "data.root", "must not be empty")
         _check(self.val_size >= 1, "data.val_size", f"must be at least 1, got {self.val_size}")
         _check(self.synthetic_size >= 6, "data.synthetic_size", f"must be at least 6, got {self.synthetic_size}")
+        self.augment.validate()
 
 
 @dataclass
@@ -82,6 +104,9 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without improvement on `monitor`; 0 = never
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the matmuls
     compile: bool = False  # torch.compile the model (forward and backward); falls back to eager if it can't
+    label_smoothing: float = 0.0  # ε: targets (1 - ε) on the label plus ε/classes on every class
+    grad_clip_norm: float = 0.0  # clip the global gradient norm to this before each step; 0 = off
+    ema: float = 0.0  # decay of the weights' moving average (e.g. 0.999); 0 = off
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -90,6 +115,11 @@ class TrainConfig:
         _check(0.0 <= self.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.patience >= 0, "train.patience", f"must be >= 0 (0 turns early stopping off), got {self.patience}")
+        _check(
+            0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"
+        )
+        _check(self.grad_clip_norm >= 0, "train.grad_clip_norm", f"must be >= 0 (0 = off), got {self.grad_clip_norm}")
+        _check(0.0 <= self.ema < 1.0, "train.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
 
 
 @dataclass
@@ -198,7 +228,7 @@ def key_problem(key: str) -> str | None:
         cls = hints[part]
         if depth < len(parts) - 1 and not dataclasses.is_dataclass(cls):
             return f"{'.'.join(parts[: depth + 1])!r} has no sub-keys"
-    if dataclasses.is_dataclass(cls):
+    if dataclasses.is_dataclass(cls) and not hasattr(cls, "from_text"):
         return f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(cls)))}"
     return None
 
@@ -269,19 +299,6 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def kind_of(value: Any) -> str:
-    names = {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        type(None): "nothing",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
 def _build(cls: Any, raw: Any, section: str) -> Any:
     """Turn a mapping into dataclass `cls`, checking every key and value type; ranges are checked by validate()."""
     if raw is None:
@@ -301,6 +318,8 @@ def _build(cls: Any, raw: Any, section: str) -> Any:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "from_text"):  # a section's shorthand: `data.augment: none`
+            value = tp.from_text(value)
         return _build(tp, value, key)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -368,124 +387,6 @@ def _assign(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-class _Refused(yaml.YAMLError):
-    """A document that would take unbounded memory or time to build (an alias bomb, a loop, deep nesting)."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last), and a document
-    that grows past MAX_YAML_VALUES values once its aliases are expanded, refers to itself or nests too deeply."""
-
-    def construct_document(self, node):
-        _check_expanded_size(node)
-        return super().construct_document(node)
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a plain name, got {kind_of(key)}", key_node.start_mark
-                )
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {quote(key)}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _check_expanded_size(root: yaml.Node) -> None:
-    """Count the values of the document as if every alias (*name) were written out in full, without building it.
-
-    PyYAML builds an alias as a reference, but anything that walks the result (a copy, an error's repr) walks every
-    repetition: ten nested aliases of ten items each are 10**10 values. A node's expanded size is counted once.
-    """
-    sizes: dict[int, int] = {}
-    path = [(root, iter(_children(root)), [1])]  # (node, its children left, its size so far)
-    on_path = {id(root)}
-    while path:
-        node, children, size = path[-1]
-        child = next(children, None)
-        if child is None:
-            path.pop()
-            on_path.discard(id(node))
-            sizes[id(node)] = size[0]
-            if path:
-                path[-1][2][0] += size[0]
-        elif id(child) in sizes:
-            size[0] += sizes[id(child)]
-        elif id(child) in on_path:
-            raise _Refused(f"an alias at line {child.start_mark.line + 1} refers to a value that contains it")
-        elif len(path) >= MAX_YAML_DEPTH:
-            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep")
-        else:
-            on_path.add(id(child))
-            path.append((child, iter(_children(child)), [1]))
-        if path and path[-1][2][0] > MAX_YAML_VALUES:
-            raise _Refused(f"more than {MAX_YAML_VALUES:,} values, counting each repetition its aliases make")
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [child for pair in node.value for child in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
 def dump_yaml(config: Config) -> str:
     """The config as a run's config.yaml holds it: every key, in the schema's order."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text read with _StrictLoader; every problem, a bomb included, is a one-line ConfigError naming `source`."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except _Refused as e:
-        raise ConfigError(f"{source}: refused: {e}") from None
-    except RecursionError:  # the composer recurses once per level of nesting
-        raise ConfigError(f"{source}: refused: nested more than {MAX_YAML_DEPTH} levels deep") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
-
-
-def read_yaml(path: Path, what: str = "config file", example: str = "configs/mnist.yaml", empty: Any = None) -> Any:
-    """A YAML file's content, refusing duplicate keys; every problem is a one-line ConfigError naming the file.
-    A file with no content (or only comments) is refused, unless `empty` says what it stands for."""
-    problem = file_problem(path, what, MAX_YAML_BYTES)
-    if problem:
-        raise ConfigError(problem)
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_YAML_BYTES + 1).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is invalid); save the file as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
-    if len(text) > MAX_YAML_BYTES:  # it grew since stat
-        raise ConfigError(f"{path}: refused: larger than {MAX_YAML_BYTES:,} bytes")
-    raw = parse_yaml(text, str(path))
-    if raw is None and empty is not None:
-        return empty
-    if raw is None:
-        raise ConfigError(f"{path}: the file is empty; see {example} for an example")
-    return raw
-
-
-def quote(value: Any) -> str:
-    """repr(value) cut short (strings, lists and nesting): what an error message shows of a value, in bounded time."""
-    return _QUOTE.repr(value)
-
-
-def _quoter() -> reprlib.Repr:
-    r = reprlib.Repr()  # Python 3.11's takes no keyword arguments
-    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlong = 3, 60, 60, 8, 8, 40
-    return r
-
-
-_QUOTE = _quoter()

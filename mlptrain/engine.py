@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlptrain.augment import Augmenter
 from mlptrain.config import Config, TrainConfig
 from mlptrain.data import (
     EVAL_BATCH_SIZE,
@@ -30,6 +31,7 @@ from mlptrain.data import (
 from mlptrain.distributed import SINGLE, World
 from mlptrain.metrics import EpochStats
 from mlptrain.nn import MLP
+from mlptrain.recipe import WeightAverage, clip_grad_norm
 
 
 class FlatParameters:
@@ -40,10 +42,17 @@ class FlatParameters:
     so the result is bitwise the same as stepping each parameter on its own (the tests check this). Backward
     accumulates into the bound gradient views in place, so zero them with zero_grad(set_to_none=False).
     Flatten after moving the model to its device.
+
+    `weights_first` lays the weights (the tensors of two or more dimensions) out before the biases, so that
+    groups() can hand the optimizer two contiguous slices: the weights, which decay, and the biases, which do not.
+    Without weight decay the layout is model.parameters()' order, as checkpoints before that split hold it.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, weights_first: bool = False):
         params = [p for p in model.parameters() if p.requires_grad]
+        if weights_first:
+            params = [p for p in params if p.dim() >= 2] + [p for p in params if p.dim() < 2]
+        self.decayed = sum(p.numel() for p in params if p.dim() >= 2) if weights_first else None
         first = params[0]
         total = sum(p.numel() for p in params)
         self.param = torch.empty(total, device=first.device, dtype=first.dtype, requires_grad=True)
@@ -56,6 +65,19 @@ class FlatParameters:
                 p.data = self.param.data[offset : offset + n].view_as(p)
                 p.grad = self.param.grad[offset : offset + n].view_as(p)
                 offset += n
+
+    def groups(self) -> list:
+        """What build_optimizer takes: [the flat tensor]; laid out weights first, two parameter groups instead,
+        leaf views of the weights' slice and the biases' slice (these without weight decay)."""
+        if self.decayed is None:
+            return [self.param]
+        weights, biases = self._leaf(0, self.decayed), self._leaf(self.decayed, self.param.numel())
+        return [{"params": [weights]}] + ([{"params": [biases], "weight_decay": 0.0}] if biases.numel() else [])
+
+    def _leaf(self, start: int, stop: int) -> torch.Tensor:
+        leaf = self.param.detach()[start:stop].requires_grad_()  # a view that the optimizer may step
+        leaf.grad = self.param.grad[start:stop]
+        return leaf
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -112,6 +134,11 @@ class EpochProgress:
     correct: torch.Tensor  # () int64 count of right answers so far, on the device
     lr: float  # the rate of the last step taken
     seconds: float = 0.0  # training time spent in this epoch so far
+    clipped: torch.Tensor | None = None  # () int64 count of steps whose gradient train.grad_clip_norm cut
+
+    def __post_init__(self):
+        if self.clipped is None:
+            self.clipped = torch.zeros((), device=self.correct.device, dtype=torch.int64)
 
     @classmethod
     def begin(cls, epoch: int, split: Split, seed: int, lr: float) -> EpochProgress:
@@ -134,6 +161,7 @@ class EpochProgress:
             "correct": self.correct.cpu(),
             "lr": self.lr,
             "seconds": self.seconds,
+            "clipped": self.clipped.cpu(),
         }
 
     @classmethod
@@ -146,6 +174,7 @@ class EpochProgress:
             correct=state["correct"].to(device),
             lr=float(state["lr"]),
             seconds=float(state["seconds"]),
+            clipped=state["clipped"].to(device) if "clipped" in state else None,  # older checkpoints: none
         )
 
 
@@ -166,11 +195,17 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling
     train_model: nn.Module | None = None  # what training calls, if not `model`: its compiled or DDP-wrapped form
+    average: WeightAverage | None = None  # train.ema: the weights' moving average, updated after every step
 
     @property
     def training_model(self) -> nn.Module:
         """What the training pass calls: train_model, else model."""
         return self.model if self.train_model is None else self.train_model  # not `or`: modules may define len()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation runs and best.pt holds: the averaged weights under train.ema, else `model`."""
+        return self.model if self.average is None else self.average.model
 
     epoch: int = 0  # epochs finished
     progress: EpochProgress | None = None  # the epoch under way, when one was stopped part-way
@@ -193,18 +228,27 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     autograd: bool = False,
+    label_smoothing: float = 0.0,
+    clip: tuple[float, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch x (B, in), y (B,): (loss, logits (B, classes)).
 
     The gradients by hand where takes_step_by_hand says so (MLP.backprop overwrites them: nothing to zero);
-    else, or with `autograd`, zero them, forward, backward through autograd, and step.
+    else, or with `autograd`, zero them, forward, backward through autograd, and step. `clip`, (max norm, a
+    () int64 counter), clips the gradients' global norm before the step and counts the steps it cut.
     """
     if not autograd and takes_step_by_hand(model, precision, scaler):
-        loss, logits = model.backprop(x, y)
+        loss, logits = model.backprop(x, y, label_smoothing)
+        if clip is not None:
+            clip_grad_norm(optimizer, *clip)
         optimizer.step()
         return loss, logits
     zero_grad(optimizer)
-    loss, logits = backward(model, x, y, precision, scaler)
+    loss, logits = backward(model, x, y, precision, scaler, label_smoothing)
+    if clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        clip_grad_norm(optimizer, *clip)
     if scaler is None:
         optimizer.step()
     else:  # fp16: skip a step whose gradients overflowed, and adapt the scale
@@ -224,12 +268,17 @@ def takes_step_by_hand(model: nn.Module, precision: str = "fp32", scaler: torch.
 
 
 def backward(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, scaler: torch.amp.GradScaler | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+    scaler: torch.amp.GradScaler | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward through autograd, adding the gradients of the mean cross-entropy: (loss, logits)."""
     with autocast(x.device, precision):
         logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     (loss if scaler is None else scaler.scale(loss)).backward()  # fp16: scaled, so small gradients survive
     return loss, logits
 
@@ -317,6 +366,7 @@ def fit(
     device = data.train.x.device
     n = trained_samples(len(data.train), world.size)
     steps = steps_per_epoch(len(data.train), cfg.batch_size, world.size)
+    augment = Augmenter.build(config.data.augment, data, config.seed, world.rank)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         progress = state.progress
         if progress is None or progress.epoch != epoch:
@@ -325,7 +375,7 @@ def fit(
             hooks.on_epoch_start(epoch, steps, progress.step)
         synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(state, data.train, progress, cfg, hooks, world)
+        train_epoch(state, data.train, progress, cfg, hooks, world, augment)
         synchronize(device)
         progress.seconds += time.perf_counter() - t0
         if progress.step < steps:
@@ -333,7 +383,7 @@ def fit(
         loss_sum, correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n  # the epoch's host sync
         t1 = time.perf_counter()
-        val_loss, val_acc = evaluate(state.model, data.val, cfg.precision)
+        val_loss, val_acc = evaluate(state.eval_model, data.val, cfg.precision)
         synchronize(device)
         state.epoch, state.progress = epoch, None
         yield EpochStats(
@@ -346,21 +396,35 @@ def fit(
             train_seconds=progress.seconds,
             val_seconds=time.perf_counter() - t1,
             samples_per_second=n / progress.seconds,
+            clipped_steps=int(world.all_sum(progress.clipped).item()) if cfg.grad_clip_norm > 0 else 0,
         )
 
 
 def train_epoch(
-    state: TrainState, split: Split, progress: EpochProgress, cfg: TrainConfig, hooks: Hooks, world: World = SINGLE
+    state: TrainState,
+    split: Split,
+    progress: EpochProgress,
+    cfg: TrainConfig,
+    hooks: Hooks,
+    world: World = SINGLE,
+    augment: Augmenter | None = None,
 ) -> None:
     """Train on `split` in the order and from the step that `progress` holds, updating it as it goes, until the
     epoch's end or until hooks.should_stop() asks for a stop. In a world of several processes, this one trains
-    on its share of each global batch of cfg.batch_size."""
+    on its share of each global batch of cfg.batch_size. `augment` distorts each batch (data.augment)."""
     model = state.training_model
     model.train()
     order, batch_size = shard_order(progress.order, cfg.batch_size, world.rank, world.size)
+    clip = (cfg.grad_clip_norm, progress.clipped) if cfg.grad_clip_norm > 0 else None
     for x, y in batches(split, order, batch_size, progress.step):
+        if augment is not None:
+            x = augment(x, progress.epoch, progress.step)
         progress.lr = _lr(state.optimizer)
-        loss, logits = train_step(model, state.optimizer, x, y, cfg.precision, state.scaler)
+        loss, logits = train_step(
+            model, state.optimizer, x, y, cfg.precision, state.scaler, label_smoothing=cfg.label_smoothing, clip=clip
+        )
+        if state.average is not None:
+            state.average.update()
         if state.scheduler is not None:
             state.scheduler.step()
         progress.loss_sum.add_(loss.detach(), alpha=y.shape[0])

@@ -21,6 +21,13 @@ MEANINGS = {
     "data.download": "let torchvision download missing files",
     "data.val_size": "training images held out for validation (a seeded choice)",
     "data.synthetic_size": "synthetic only: training images; the test split has a sixth as many",
+    "data.augment.kind": "training batches only; `data.augment: <kind>` is short for it",
+    "data.augment.rotation": "degrees: each image turns by a uniform draw in ±rotation",
+    "data.augment.scale": "fraction: each image is resized by a factor in [1 - scale, 1 + scale]",
+    "data.augment.shear": "degrees: horizontal shear, a uniform draw in ±shear",
+    "data.augment.translate": "pixels: shift along each axis, a uniform draw in ±translate",
+    "data.augment.elastic_alpha": "pixels: strength, the scale of the smoothed uniform(-1, 1) displacement field",
+    "data.augment.elastic_sigma": "pixels: smoothness, the std of the Gaussian that smooths the field",
     "model.hidden": "hidden layer sizes (at most 1000 layers); input size and class count come from the dataset",
     "model.activation": "after each hidden layer",
     "model.dropout": "after each hidden activation, in [0, 1)",
@@ -31,12 +38,15 @@ MEANINGS = {
     "train.lr": "the learning rate; the peak rate under onecycle",
     "train.optimizer": "how the weights are updated",
     "train.momentum": "SGD momentum; for adam/adamw it is beta1",
-    "train.weight_decay": "L2 penalty (decoupled for adamw)",
+    "train.weight_decay": "L2 penalty on weights, not biases (decoupled for adamw)",
     "train.scheduler": "how the rate changes, stepped every batch",
     "train.monitor": "which epoch best.pt keeps: the highest val_acc or the lowest val_loss",
     "train.patience": "stop after this many epochs without a better monitor; 0 = never stop early",
     "train.precision": "autocast dtype for the matmuls (fp16 adds loss scaling on CUDA)",
     "train.compile": "torch.compile the model; falls back to eager, with a warning, where it cannot",
+    "train.label_smoothing": "ε in [0, 1): the target puts 1 - ε on the label and ε/10 on every class",
+    "train.grad_clip_norm": "clip the global gradient norm (L2) to this before each step; 0 = off",
+    "train.ema": "decay of the weights' moving average (e.g. 0.999) that validation, best.pt use; 0 = off",
     "output.dir": "where run folders go; relative to where the run starts",
 }
 
@@ -72,13 +82,15 @@ def type_text(tp: Any) -> str:
 
 def annotated_yaml() -> str:
     """Every key with its default and meaning, as a commented YAML file: what the README shows."""
-    lines, section = [], ""
+    lines, section = [], []
     for doc in key_docs():
-        head, _, leaf = doc.key.rpartition(".")
-        if head != section:
-            lines.append(f"{head}:")
-            section = head
-        text = f"{'  ' if head else ''}{leaf}: {yaml_value(doc.default)}"
+        *head, leaf = doc.key.split(".")
+        shared = 0  # how many enclosing sections the previous key shares with this one
+        while shared < min(len(head), len(section)) and head[shared] == section[shared]:
+            shared += 1
+        lines += [f"{'  ' * depth}{name}:" for depth, name in enumerate(head) if depth >= shared]
+        section = head
+        text = f"{'  ' * len(head)}{leaf}: {yaml_value(doc.default)}"
         choices = f"{doc.type}: " if " | " in doc.type and doc.key != "threads" else ""
         lines.append(f"{text:<27}# {choices}{doc.meaning}")
     return "\n".join(lines) + "\n"

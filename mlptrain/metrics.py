@@ -10,7 +10,7 @@ import csv
 import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,8 +19,8 @@ from mlptrain.files import atomic_write_text, file_problem
 T = TypeVar("T")
 
 
-def _column(label: str, unit: str):
-    return field(metadata={"label": label, "unit": unit})
+def _column(label: str, unit: str, **default):
+    return field(metadata={"label": label, "unit": unit}, **default)
 
 
 @dataclass
@@ -37,6 +37,7 @@ class EpochStats:
     train_seconds: float = _column("time", "seconds")
     val_seconds: float = _column("val time", "seconds")
     samples_per_second: float = _column("samples/s", "throughput")
+    clipped_steps: int = _column("clipped", "count", default=0)  # steps train.grad_clip_norm cut; older files: 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -50,6 +51,7 @@ class EpochStats:
 COLUMNS = tuple(f.name for f in fields(EpochStats))  # metrics.csv's header, in order
 LABELS = {f.name: f.metadata["label"] for f in fields(EpochStats)}
 UNITS = {f.name: f.metadata["unit"] for f in fields(EpochStats)}
+_OPTIONAL = {f.name: f.default for f in fields(EpochStats) if f.default is not MISSING}  # columns added later
 MONITORS = ("val_acc", "val_loss")  # what train.monitor may name
 _HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
 _MAY_DIVERGE = ("train_loss", "val_loss")  # the columns a diverged epoch records as NaN or inf
@@ -162,7 +164,7 @@ def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:
     if not lines:
         return [], []
     header, rows = lines[0], lines[1:]
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS if c not in header and c not in _OPTIONAL]
     if missing:
         return [], [f"{path}: not a metrics file (no column {', '.join(missing)})"]
     epochs, problems = [], []
@@ -175,14 +177,15 @@ def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:
 
 
 def _stats(row: dict[str, str]) -> EpochStats:
-    return stats_from_row({name: float(row[name]) for name in COLUMNS})
+    return stats_from_row({name: float(row[name]) for name in COLUMNS if name in row})
 
 
 def stats_from_row(row: dict) -> EpochStats:
     """The EpochStats of a row of numbers (from metrics.csv or a checkpoint), or ValueError saying what is wrong:
     other columns, an epoch that is not a whole number from 1, or a number that is not finite outside the losses
-    (only a diverged epoch's losses may be NaN or infinite)."""
-    if not isinstance(row, dict) or set(row) != set(COLUMNS):
+    (only a diverged epoch's losses may be NaN or infinite). A column added since (clipped_steps) may be missing:
+    rows written before it read as its default."""
+    if not isinstance(row, dict) or not set(COLUMNS) - set(_OPTIONAL) <= set(row) <= set(COLUMNS):
         raise ValueError(f"its columns must be {', '.join(COLUMNS)}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values()):
         raise ValueError("every value must be a number")
@@ -191,4 +194,6 @@ def stats_from_row(row: dict) -> EpochStats:
         raise ValueError(f"epoch must be a whole number from 1, got {epoch}")
     if not all(math.isfinite(v) for name, v in row.items() if name not in _MAY_DIVERGE):
         raise ValueError("a number that is not finite outside the losses")
-    return EpochStats(**{name: float(row[name]) for name in COLUMNS if name != "epoch"}, epoch=int(epoch))
+    values = {name: float(v) for name, v in row.items() if name != "epoch" and name not in _OPTIONAL}
+    counts = {name: int(row.get(name, _OPTIONAL[name])) for name in _OPTIONAL}
+    return EpochStats(epoch=int(epoch), **values, **counts)

@@ -258,10 +258,13 @@ class MLP(nn.Module):
         return [t for layer in self.layers for t in (layer.weight, layer.bias)]
 
     @torch.no_grad()
-    def backprop(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backprop(
+        self, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A training step's forward and backward by hand, without autograd: x (N, in), y (N,) -> (loss, logits).
 
-        Sets every trainable parameter's .grad to the gradient of the mean cross-entropy, the very numbers that
+        Sets every trainable parameter's .grad to the gradient of the mean cross-entropy (with `label_smoothing`,
+        see cross_entropy_with_grad); without smoothing these are the very numbers that
         zeroing the gradients and calling F.cross_entropy(self(x), y).backward() gives (the same kernels, in
         the same order), writing in place where a .grad exists so FlatParameters' views stay bound. Skipping
         the autograd graph is what makes a small step fast on a CPU. Module and tensor hooks do not fire.
@@ -269,7 +272,7 @@ class MLP(nn.Module):
         params = self._params()
         dropout = self.dropout_p if self.training else 0.0
         logits, saved = mlp_forward(x, self.activation_name, dropout, params[0::2], params[1::2])
-        loss, grad_logits = cross_entropy_with_grad(logits, y)
+        loss, grad_logits = cross_entropy_with_grad(logits, y, label_smoothing)
         trainable = [p is not None and p.requires_grad for p in params]
         out = [p.grad if t else None for p, t in zip(params, trainable, strict=True)]
         _, grads = mlp_backward(grad_logits, saved, self.activation_name, (False, *trainable), out)
@@ -279,13 +282,34 @@ class MLP(nn.Module):
         return loss, logits
 
 
-def cross_entropy_with_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(F.cross_entropy(logits, y), its gradient with respect to logits (N, classes)) by the ATen kernels that
-    autograd runs for it (log-softmax, NLL and their backwards), so the numbers are the same to the last bit."""
+def cross_entropy_with_grad(
+    logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.cross_entropy(logits, y, label_smoothing=ε), its gradient with respect to logits (N, classes)).
+
+    Without smoothing, by the ATen kernels that autograd runs for it (log-softmax, NLL and their backwards), so
+    the numbers are the same to the last bit. With ε > 0 the target is q = (1 - ε)·onehot(y) + ε/K, the loss
+    mean_n -Σ_k q_k log p_k, and its gradient (softmax - q) / N (the tests hold it to autograd's in float64).
+    """
+    if label_smoothing > 0:
+        return _smoothed_cross_entropy_with_grad(logits, y, label_smoothing)
     log_probs = torch._log_softmax(logits, 1, False)  # (N, classes)
     loss, total_weight = torch.ops.aten.nll_loss_forward(log_probs, y, None, 1, -100)  # mean reduction
     grad = torch.ops.aten.nll_loss_backward(torch.ones_like(loss), log_probs, y, None, 1, -100, total_weight)
     return loss, torch.ops.aten._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)
+
+
+def _smoothed_cross_entropy_with_grad(
+    logits: torch.Tensor, y: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = logits.shape
+    log_probs = torch.log_softmax(logits, 1)  # (N, K)
+    target = torch.full_like(log_probs, eps / k).scatter_add_(
+        1, y[:, None], torch.full((n, 1), 1.0 - eps, dtype=log_probs.dtype, device=log_probs.device)
+    )  # (N, K) q: 1 - ε + ε/K on the label, ε/K elsewhere
+    loss = -(target * log_probs).sum() / n
+    grad = log_probs.exp_().sub_(target).div_(n)  # (softmax - q) / N
+    return loss, grad
 
 
 def build_model(cfg: ModelConfig, in_features: int, num_classes: int) -> MLP:

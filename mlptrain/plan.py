@@ -22,7 +22,7 @@ class RunPlan:
     data: str  # where the images come from, as a person reads it
     layers: list[tuple[int, int]]  # (in_features, out_features) of each Linear, input first
     parameters: int
-    memory_bytes: int  # parameters + gradients + optimizer state
+    memory_bytes: int  # parameters + gradients + optimizer state (+ the weights' average under train.ema)
 
     @property
     def run_dir(self) -> str:
@@ -37,7 +37,8 @@ def plan_run(config: Config) -> RunPlan:
     parameters = sum(i * o + (o if config.model.bias else 0) for i, o in layers)
     # Adam keeps two moments per parameter, SGD with momentum one buffer, plain SGD none.
     state = 2 if config.train.optimizer in ("adam", "adamw") else int(config.train.momentum > 0)
-    memory = parameters * FLOAT_BYTES * (2 + state)
+    average = int(config.train.ema > 0)  # train.ema keeps a second copy of the weights
+    memory = parameters * FLOAT_BYTES * (2 + state + average)
     return RunPlan(config, str(device), _data_source(config), layers, parameters, memory)
 
 

@@ -1,5 +1,5 @@
 """Figures as image files: a run's training curves, runs' scores against their settings, a grid of the test
-images a model got most wrong, and the bench's cost growth.
+images a model got most wrong, the bench's cost growth, the learning-rate range test and augmented images.
 
 matplotlib draws them headless (the Agg canvas, no pyplot and no display), imported inside each function:
 it takes about a second to load and only these figures need it.
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from mlptrain.bench.suite import BenchResult
+    from mlptrain.lrfind import RangeTest
     from mlptrain.metrics import History
     from mlptrain.runs import RunSummary, Scores
 
@@ -269,6 +270,63 @@ def save_bench_plot(path: Path, result: BenchResult) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.suptitle(f"mlptrain bench: {result.device} ({result.device_name}), torch {result.torch_version}")
+    _save(fig, path)
+
+
+def save_lr_plot(path: Path, test: RangeTest, title: str) -> None:
+    """The smoothed loss against the learning rate (log axis), with the two suggested rates marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(test.lrs, test.losses, color=TRAIN_COLOR, label="smoothed training loss")
+    marks = (("steepest descent", test.steepest, BEST_COLOR, "o"), ("minimum / 10", test.valley, VAL_COLOR, "s"))
+    for label, lr, color, marker in marks:
+        if lr is not None:
+            loss = test.losses[test.lrs.index(lr)] if lr in test.lrs else None
+            ax.axvline(lr, color=color, linestyle="--", linewidth=1)
+            if loss is not None:
+                ax.plot([lr], [loss], marker=marker, color=color, ms=7)
+            ax.plot([], [], color=color, linestyle="--", marker=marker, label=f"{label}: {lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    if test.losses:  # the part before the minimum, where a rate is chosen: the blow-up after it runs off the top
+        lowest = test.losses.index(min(test.losses))
+        low, high = test.losses[lowest], max(test.losses[: lowest + 1])
+        margin = 0.08 * (high - low) or 0.1
+        ax.set_ylim(low - margin, high + 2 * margin)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ended = f"; {test.stopped}" if test.stopped else ""
+    ax.set_title(f"{title}: {len(test.lrs)} steps{ended}", fontsize=9)
+    _save(fig, path)
+
+
+def save_augment_grid(path: Path, originals: Sequence, copies: Sequence, labels: Sequence[str], title: str) -> None:
+    """Each original image (K, H, W) in [0, 1] in the first column, its augmented copies (K, C, H, W) beside it."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    count, per_row = len(originals), 1 + (len(copies[0]) if len(copies) else 0)
+    side, gap = len(originals[0]), 4
+    montage = np.ones((count * (side + gap), per_row * (side + gap) + gap))  # white gaps between the images
+    for i in range(count):
+        row = [originals[i], *copies[i]]
+        for j, image in enumerate(row):
+            top, left = i * (side + gap), j * (side + gap) + (gap if j else 0)
+            montage[top : top + side, left : left + side] = 1 - np.asarray(image)  # dark ink on white
+    fig = Figure(figsize=(0.75 * per_row + 0.8, 0.75 * count + 0.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(montage, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([side / 2 + (j * (side + gap) + (gap if j else 0)) for j in range(per_row)])
+    ax.set_xticklabels(["original"] + [f"copy {j}" for j in range(1, per_row)], fontsize=8)
+    ax.set_yticks([i * (side + gap) + side / 2 for i in range(count)])
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 

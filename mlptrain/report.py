@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print 
     from mlptrain.bench.tables import Cell, Document
     from mlptrain.evaluate import EvalResult
     from mlptrain.keys import KeyDoc
+    from mlptrain.lrfind import RangeTest
     from mlptrain.plan import RunPlan
     from mlptrain.predict import PredictResult
     from mlptrain.runs import Listing, RunSummary
@@ -334,6 +335,17 @@ def duration(seconds: float) -> str:
 
 def saved(console: Console, what: str, path: Path) -> None:
     console.print(f"{what}: {path}")
+
+
+def show_lr_find(console: Console, test: RangeTest, plot: Path) -> None:
+    """`mlptrain lr-find`: the suggested rates, how the test ended, and where its plot is."""
+    if test.steepest is None:
+        console.print(f"too few steps ({len(test.lrs)}) before the loss exploded to suggest a rate")
+    else:
+        console.print(f"suggested train.lr: {test.steepest:.3g} (steepest descent), {test.valley:.3g} (minimum / 10)")
+    ended = test.stopped or f"ran all {test.steps} steps without the loss exploding"
+    console.print(f"range {test.min_lr:g} to {test.max_lr:g}: {ended}")
+    saved(console, "plot", plot)
 
 
 def show_keys(console: Console, docs: list[KeyDoc]) -> None:

@@ -35,6 +35,7 @@ from mlptrain.memory import check_run_fits
 from mlptrain.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
 from mlptrain.nn import build_model
 from mlptrain.plot import plot_run
+from mlptrain.recipe import WeightAverage
 from mlptrain.rng import seed_everything
 from mlptrain.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
 from mlptrain.threads import configure_threads
@@ -167,8 +168,9 @@ def resume(
     """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
 
     Only train.epochs may be overridden, to extend a run. A run that has finished returns at once, with
-    `already_finished` set; one killed before its first epoch was saved (a config.yaml, no last.pt) starts again. Under torchrun every process reads the checkpoint (on several machines, the run
-    folder must be at the same path on each) and they continue together.
+    `already_finished` set; one killed before its first epoch was saved (a config.yaml, no last.pt) starts again.
+    Under torchrun every process reads the checkpoint (on several machines, the run folder must be at the same
+    path on each) and they continue together.
     """
     path = Path(path)
     with _resume_lock(path):
@@ -256,10 +258,13 @@ def _new_session(
     world, device = processes.world, processes.device
     seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
     model = build_model(config.model, data.in_features, NUM_CLASSES).to(device)
-    optimizer = build_optimizer([FlatParameters(model).param], config.train)
+    flat = FlatParameters(model, weights_first=config.train.weight_decay > 0)  # biases do not decay
+    optimizer = build_optimizer(flat.groups(), config.train)
     steps = steps_per_epoch(len(data.train), config.train.batch_size, world.size)
     scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
     state = TrainState(model, optimizer, scheduler, grad_scaler(device, config.train.precision))
+    if config.train.ema > 0:
+        state.average = WeightAverage(model, flat.param, config.train.ema)
     session = _Session(config, run_dir, processes, data, state, History(config.train.monitor))
     if config.train.compile:
         x, y = data.train.x[: config.train.batch_size], data.train.y[: config.train.batch_size]

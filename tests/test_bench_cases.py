@@ -23,7 +23,16 @@ from mlptrain.bench.tables import bench_document
 from mlptrain.cli import app
 
 runner = CliRunner()
-EPOCH_LOOPS = {"ours", "ours_1_thread", "ours_bf16", "ours_fp16", "ours_compiled", "plain", "tutorial"}
+EPOCH_LOOPS = {
+    "ours",
+    "ours_1_thread",
+    "ours_bf16",
+    "ours_fp16",
+    "ours_compiled",
+    "ours_augmented",
+    "plain",
+    "tutorial",
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +116,11 @@ def test_json_has_every_section_with_the_promised_sizes(quick_run):
     assert epoch["sizes"] == [784, 128, 64, 10] and epoch["batch_size"] == 64 and epoch["scaled_to"] == 60_000
     loops = {loop["name"]: loop for loop in epoch["loops"]}
     assert set(loops) == EPOCH_LOOPS
-    for name in ("ours", "ours_1_thread", "plain", "tutorial", "ours_bf16"):  # bf16 autocast runs on any CPU
+    for name in ("ours", "ours_1_thread", "plain", "tutorial", "ours_bf16", "ours_augmented"):  # bf16: any CPU
         assert loops[name]["available"], loops[name]
     assert not loops["ours_compiled"]["available"] and "--quick" in loops["ours_compiled"]["note"]
     assert loops["ours_1_thread"]["threads"] == 1
-    for key in ("ours_vs_plain", "ours_vs_tutorial", "one_thread_vs_all", "bf16_vs_fp32"):
+    for key in ("ours_vs_plain", "ours_vs_tutorial", "one_thread_vs_all", "bf16_vs_fp32", "unaugmented_vs_augmented"):
         assert epoch["speedups"][key] > 0
     assert epoch["speedups"]["compiled_vs_eager"] is None
 

@@ -81,7 +81,7 @@ def test_eval_offers_checkpoints_and_run_folders(tmp_path):
 
 
 def test_set_offers_the_config_keys(tmp_path):
-    assert complete("mlptrain train x.yaml --set train.l", tmp_path) == ["train.lr="]
+    assert complete("mlptrain train x.yaml --set train.l", tmp_path) == ["train.lr=", "train.label_smoothing="]
     assert set(complete("mlptrain config --set ", tmp_path)) == {f"{key}=" for key in config_keys()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -83,10 +84,13 @@ name: full.run_1-a
 seed: 42
 device: cpu
 threads: 3
-data: {dataset: fashion-mnist, root: /tmp/d, download: false, val_size: 10, synthetic_size: 600}
+data: {dataset: fashion-mnist, root: /tmp/d, download: false, val_size: 10, synthetic_size: 600,
+       augment: {kind: affine+elastic, rotation: 5, scale: 0.2, shear: 3, translate: 1.5, elastic_alpha: 30,
+                 elastic_sigma: 5}}
 model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false, fused: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
-        scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true}
+        scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true,
+        label_smoothing: 0.1, grad_clip_norm: 2, ema: 0.99}
 output: {dir: out}
 """
     config = load_config(make_config_file(tmp_path, text))
@@ -101,6 +105,15 @@ output: {dir: out}
             "download": False,
             "val_size": 10,
             "synthetic_size": 600,
+            "augment": {
+                "kind": "affine+elastic",
+                "rotation": 5.0,
+                "scale": 0.2,
+                "shear": 3.0,
+                "translate": 1.5,
+                "elastic_alpha": 30.0,
+                "elastic_sigma": 5.0,
+            },
         },
         "model": {"hidden": [7], "activation": "gelu", "dropout": 0.25, "bias": False, "fused": False},
         "train": {
@@ -115,9 +128,36 @@ output: {dir: out}
             "patience": 2,
             "precision": "bf16",
             "compile": True,
+            "label_smoothing": 0.1,
+            "grad_clip_norm": 2.0,
+            "ema": 0.99,
         },
         "output": {"dir": "out"},
     }
+
+
+@pytest.mark.parametrize("text", ["data:\n  augment: affine\n", "data:\n  augment: {kind: affine}\n"])
+def test_augment_takes_its_kind_as_shorthand(tmp_path, text):
+    config = load_config(make_config_file(tmp_path, text))
+    assert config.data.augment.kind == "affine" and config.data.augment.rotation == 10.0
+    assert load_config(None, ["data.augment=elastic"]).data.augment.kind == "elastic"
+    assert load_config(None).data.augment.kind == "none"
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("data.augment=wobble", "data.augment.kind: 'wobble' is not one of"),
+        ("data.augment.scale=1.5", "data.augment.scale: must be in [0, 1)"),
+        ("data.augment.elastic_sigma=0", "data.augment.elastic_sigma: must be > 0"),
+        ("train.label_smoothing=1", "train.label_smoothing: must be in [0, 1)"),
+        ("train.grad_clip_norm=-1", "train.grad_clip_norm: must be >= 0"),
+        ("train.ema=1.0", "train.ema: must be in [0, 1)"),
+    ],
+)
+def test_recipe_keys_are_validated(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(None, [override])
 
 
 def test_repo_has_configs():

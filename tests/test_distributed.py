@@ -234,3 +234,29 @@ def test_nproc_is_bounded_by_the_cores_before_any_worker_starts():
         distributed.check_world(config, torch.device("cpu"), 100_000, 100_000)
     with pytest.raises(ConfigError, match="--nproc"):
         distributed.check_world(config, torch.device("cpu"), limit + 1, limit + 1)
+
+
+def test_each_process_augments_its_own_share_deterministically(tmp_path):
+    """The whole recipe in 2 processes, twice: the same numbers both times, and the averaged weights evaluate."""
+    raw = {
+        **TINY,
+        "data": {**TINY["data"], "augment": "affine+elastic"},
+        "train": {**TINY["train"], "label_smoothing": 0.1, "grad_clip_norm": 1.0, "ema": 0.99, "weight_decay": 1e-3},
+    }
+    results = []
+    for attempt in ("a", "b"):
+        config = write_config(tmp_path / f"{attempt}.yaml", {**raw, "output": {"dir": str(tmp_path / attempt)}})
+        out = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+             "-m", "mlptrain", "train", str(config), "--json"],
+            capture_output=True, text=True, env=worker_env(), cwd=REPO, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    drop = ("train_seconds", "val_seconds", "samples_per_second")
+    a, b = ([{k: v for k, v in e.items() if k not in drop} for e in r["epochs"]] for r in results)
+    assert a == b
+    ckpt = load_checkpoint(Path(results[0]["best_checkpoint"]))
+    assert "ema" in ckpt and ckpt["ema"]["updates"] > 0
+    out = CliRunner().invoke(app, ["eval", results[0]["best_checkpoint"], "--split", "val", "--json"])
+    assert json.loads(out.stdout)["accuracy"] == results[0]["best"]["val_acc"]

@@ -10,7 +10,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mlptrain"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 # The library and the only modules of the package that may import it.
-OWNERS = {"rich": {"report.py", "live.py"}, "matplotlib": {"plot.py"}, "typer": {"cli.py"}}
+# cli_recipe.py: the CLI's second module (augment, lr-find), since cli.py reached the 500-line limit below.
+OWNERS = {"rich": {"report.py", "live.py"}, "matplotlib": {"plot.py"}, "typer": {"cli.py", "cli_recipe.py"}}
 
 
 def imported(path: Path) -> set[str]:

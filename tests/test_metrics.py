@@ -218,3 +218,13 @@ def test_a_row_with_a_non_finite_number_outside_the_losses_is_skipped(tmp_path, 
     ]
     out = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")])
     assert out.exit_code == 0 and out.stderr.count("\n") == 1 and "line 3" in out.stderr
+
+
+def test_a_metrics_csv_from_before_clipped_steps_still_reads(tmp_path):
+    old = [c for c in COLUMNS if c != "clipped_steps"]
+    path = tmp_path / "metrics.csv"
+    path.write_text(",".join(old) + "\n" + "1,0.5,0.8,0.4,0.85,0.1,2.0,0.1,3000.0\n")
+    epochs, problems = read_metrics(path)
+    assert problems == [] and epochs[0].clipped_steps == 0 and epochs[0].val_acc == 0.85
+    write_metrics(path, [replace(epochs[0], clipped_steps=7)])
+    assert read_metrics(path)[0][0].clipped_steps == 7

@@ -37,7 +37,7 @@ def write_run(folder: Path, val_accs: list[float], test_acc: float | None = None
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for epoch, acc in enumerate(val_accs, 1):
-            writer.writerow([epoch, 1.0 / epoch, acc, 1.0 - acc, acc, 0.01, 1.5, 0.25, 1000.0])
+            writer.writerow([epoch, 1.0 / epoch, acc, 1.0 - acc, acc, 0.01, 1.5, 0.25, 1000.0, 0])
     if test_acc is not None:
         (folder / "best.test.json").write_text(json.dumps({"accuracy": test_acc, "split": "test"}))
     return folder
@@ -97,7 +97,7 @@ def test_the_best_epoch_follows_the_monitor_and_skips_diverged_epochs(tmp_path):
     run = write_run(tmp_path / "r", [0.5, 0.9, 0.8], train__monitor="val_loss")
     assert read_run(run).best_epoch == 2  # val_loss is 1 - acc here: lowest at epoch 2
     with open(run / "metrics.csv", "a", newline="") as f:
-        csv.writer(f).writerow([4, "nan", 0.1, "nan", 0.1, 0.01, 1, 1, 1])
+        csv.writer(f).writerow([4, "nan", 0.1, "nan", 0.1, 0.01, 1, 1, 1, 0])
     assert read_run(run).best_epoch == 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -18,8 +19,8 @@ from typer.testing import CliRunner
 from mlptrain import evaluate, trainer
 from mlptrain.checkpoint import load_checkpoint
 from mlptrain.cli import app
-from mlptrain.config import Config
-from mlptrain.errors import ConfigError, Interrupted, RunFailed
+from mlptrain.config import Config, with_values
+from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from mlptrain.files import new_run_dir
 from mlptrain.interrupt import StopRequest
 from mlptrain.nn import MLP
@@ -301,7 +302,7 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 def test_training_takes_the_by_hand_step_only_on_the_fused_fp32_path(monkeypatch, tmp_path, model, precision, by_hand):
     calls = []
     original = MLP.backprop
-    monkeypatch.setattr(MLP, "backprop", lambda self, x, y: calls.append(len(x)) or original(self, x, y))
+    monkeypatch.setattr(MLP, "backprop", lambda self, x, y, *rest: calls.append(len(x)) or original(self, x, y, *rest))
     trainer.train(paths_config(model=model, train={"epochs": 1, "precision": precision}), run_dir=tmp_path / "run")
     assert bool(calls) == by_hand
     if by_hand:
@@ -349,3 +350,108 @@ def test_compile_trains_like_eager(tmp_path):
     for compiled, eager in zip(rows(tmp_path / "c"), rows(tmp_path / "e"), strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert float(compiled[key]) == pytest.approx(float(eager[key]), rel=1e-3, abs=2e-3), key
+
+
+# What TINY trained to before data.augment, label smoothing, clipping, EMA and the weights-only weight decay
+# existed (commit 840fa7a): with every one of them off, training must stay bitwise what it was.
+TODAYS_METRICS = [
+    ("2.046978271484375", "1.6483201599121093", "0.405"),
+    ("1.73693017578125", "1.4374949645996093", "0.49"),
+    ("1.42408740234375", "1.3561172485351562", "0.52"),
+]
+TODAYS_WEIGHT_SUMS = {
+    "layers.0.weight": -46.44486105350563,
+    "layers.0.bias": -0.666972392507887,
+    "layers.1.weight": 0.20870068744989112,
+    "layers.1.bias": 0.5851240959018469,
+}
+
+
+def test_the_default_recipe_trains_bitwise_as_before(reference):
+    with open(reference / "metrics.csv", newline="") as f:
+        rows = [(row["train_loss"], row["val_loss"], row["val_acc"]) for row in csv.DictReader(f)]
+    assert rows == TODAYS_METRICS
+    sums = {key: float(value.double().sum()) for key, value in weights(reference / "last.pt").items()}
+    assert sums == TODAYS_WEIGHT_SUMS
+
+
+# Every recipe key on at once: distortions, smoothed targets, clipping that bites, the weights' average, and
+# weight decay (which splits the flat parameters into two optimizer groups).
+RECIPE = {"label_smoothing": 0.1, "grad_clip_norm": 0.5, "ema": 0.99, "weight_decay": 5e-4}
+
+
+def recipe_config() -> Config:
+    raw = {
+        **TINY,
+        "data": {**TINY["data"], "augment": {"kind": "affine+elastic"}},
+        "train": {**TINY["train"], **RECIPE},
+    }
+    return Config.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def recipe_reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("recipe") / "run"
+    trainer.train(recipe_config(), run_dir=run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(2, 7), (1, 0), (3, 1)])
+def test_stop_and_resume_with_the_whole_recipe_is_bitwise_equal(recipe_reference, tmp_path, epoch, batch):
+    run_dir = tmp_path / "run"
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(recipe_config(), run_dir=run_dir, callbacks=StopAt(stop, epoch, batch), stop=stop)
+    trainer.resume(run_dir)
+    assert metrics(run_dir) == metrics(recipe_reference)
+    for name in ("last.pt", "best.pt"):
+        assert_same_weights(run_dir / name, recipe_reference / name)
+        a, b = (torch.load(d / name, weights_only=True)["ema"] for d in (run_dir, recipe_reference))
+        assert a["updates"] == b["updates"]
+        assert all(torch.equal(a["trained"][k], b["trained"][k]) for k in b["trained"])
+    with open(run_dir / "metrics.csv", newline="") as f:
+        assert [int(row["clipped_steps"]) for row in csv.DictReader(f)] != [0, 0, 0]  # clipping did bite
+
+
+def test_the_recipe_changes_training_and_eval_scores_the_averaged_weights(reference, recipe_reference):
+    assert metrics(recipe_reference) != metrics(reference)
+    ckpt = load_checkpoint(recipe_reference / "best.pt")
+    assert not all(torch.equal(ckpt["model"][k], ckpt["ema"]["trained"][k]) for k in ckpt["model"])
+    result = evaluate.evaluate_checkpoint(recipe_reference / "best.pt", split="val", device="cpu")
+    assert result.accuracy == ckpt["metrics"]["val_acc"] and result.loss == ckpt["metrics"]["val_loss"]
+
+
+def test_the_recipe_trains_under_autocast_and_eval_reproduces_val(tmp_path):
+    config = with_values(recipe_config(), {"train.precision": "bf16", "train.epochs": 2}, source="test")
+    result = trainer.train(config, run_dir=tmp_path / "r")
+    assert all(math.isfinite(s.train_loss) for s in result.history)
+    again = evaluate.evaluate_checkpoint(tmp_path / "r" / "best.pt", split="val", device="cpu")
+    assert again.accuracy == result.best.val_acc and again.loss == result.best.val_loss
+
+
+def test_a_checkpoint_from_before_the_recipe_keys_still_resumes_exactly(reference, tmp_path):
+    """Older checkpoints lack the progress's clipped-step count and the config's recipe keys: both default."""
+    run_dir = tmp_path / "run"
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 7), stop=stop)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    del ckpt["progress"]["clipped"]
+    for key in ("label_smoothing", "grad_clip_norm", "ema"):
+        del ckpt["config"]["train"][key]
+    del ckpt["config"]["data"]["augment"]
+    torch.save(ckpt, run_dir / "last.pt")
+    trainer.resume(run_dir)
+    assert metrics(run_dir) == metrics(reference)
+    assert_same_weights(run_dir / "last.pt", reference / "last.pt")
+
+
+def test_an_old_checkpoint_that_decayed_biases_is_refused_with_a_reason(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer.train(tiny(weight_decay=1e-3, epochs=1), run_dir=run_dir)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert len(ckpt["optimizer"]["param_groups"]) == 2  # weights, then biases without decay
+    ckpt["optimizer"]["param_groups"] = ckpt["optimizer"]["param_groups"][:1]  # one group, as before the split
+    torch.save(ckpt, run_dir / "last.pt")
+    with pytest.raises(CheckpointError, match="predates weight decay on weights only"):
+        trainer.resume(run_dir, ["train.epochs=2"])

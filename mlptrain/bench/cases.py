@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlptrain.augment import Augmenter
 from mlptrain.bench.harness import Plan, median_seconds, thread_counts
-from mlptrain.config import TrainConfig
+from mlptrain.config import AugmentConfig, TrainConfig
 from mlptrain.data import IN_FEATURES, NUM_CLASSES, Split, normalize, write_idx
 from mlptrain.engine import (
     EpochProgress,
@@ -125,6 +126,7 @@ class EpochResult:
             "bf16_vs_fp32": ratio("ours", "ours_bf16"),
             "fp16_vs_fp32": ratio("ours", "ours_fp16"),
             "compiled_vs_eager": ratio("ours", "ours_compiled"),
+            "unaugmented_vs_augmented": ratio("ours_augmented", "ours"),
         }
 
     def to_json(self) -> dict:
@@ -243,6 +245,7 @@ def bench_epoch(device: torch.device, plan: Plan, stage: Callable[[str], None]) 
         EpochLoop("ours_bf16", "the same, train.precision: bf16 (autocast)", all_threads, "bf16"),
         EpochLoop("ours_fp16", "the same, train.precision: fp16 (autocast, loss scaling)", all_threads, "fp16"),
         EpochLoop("ours_compiled", "the same, train.compile: true (torch.compile)", all_threads, "fp32"),
+        EpochLoop("ours_augmented", "the same, data.augment: affine+elastic (on the device)", all_threads, "fp32"),
         EpochLoop(
             "plain", "plain PyTorch: preloaded tensors, randperm + slicing, torch.nn.Linear", all_threads, "fp32"
         ),
@@ -290,10 +293,13 @@ def _our_loop(loop: EpochLoop, initial: MLP, split: Split, warm_split: Split, im
     epochs = itertools.count(1)
 
     state = TrainState(model, optimizer, scaler=scaler, train_model=train_model)
+    augment = None
+    if loop.name == "ours_augmented":  # a blank pixel is the smallest normalised value
+        augment = Augmenter(AugmentConfig(kind="affine+elastic"), 28, float(split.x.min()), seed=0)
 
     def epoch(on: Split) -> None:
         progress = EpochProgress.begin(next(epochs), on, seed=0, lr=cfg.lr)
-        train_epoch(state, on, progress, cfg, Hooks())
+        train_epoch(state, on, progress, cfg, Hooks(), augment=augment)
 
     return (lambda: epoch(split)), (lambda: epoch(warm_split))
 

@@ -165,6 +165,7 @@ def epoch_table(epoch: EpochResult) -> Table:
             ("bf16_vs_fp32", "bf16 over fp32"),
             ("fp16_vs_fp32", "fp16 over fp32"),
             ("compiled_vs_eager", "compiled over eager"),
+            ("unaugmented_vs_augmented", "without data.augment over with it"),
         )
         if sp[key] is not None
     ]
