@@ -4,8 +4,12 @@ a feature that needs one is asked for without it. Nothing is imported until a fe
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from mlptrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlptrain.config import Config
 
 # The extra (pyproject.toml's optional-dependencies) that installs each optional package.
 EXTRAS = {
@@ -34,3 +38,9 @@ def _importable(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def check_config(config: Config) -> None:
+    """Refuse, in one line and before anything starts, a run whose config asks for what is not installed here."""
+    if config.output.tensorboard:
+        require(("tensorboard",), "output.tensorboard: true")

@@ -38,6 +38,7 @@ MEANINGS = {
     "train.precision": "autocast dtype for the matmuls (fp16 adds loss scaling on CUDA)",
     "train.compile": "torch.compile the model; falls back to eager, with a warning, where it cannot",
     "output.dir": "where run folders go; relative to where the run starts",
+    "output.tensorboard": "also log to <run>/tensorboard/ for TensorBoard; needs pip install 'mlptrain[tensorboard]'",
 }
 
 

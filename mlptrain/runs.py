@@ -32,6 +32,7 @@ METRICS_FILE = "metrics.csv"  # a row per finished epoch (metrics.py)
 LAST_FILE = "last.pt"  # the latest checkpoint: what --resume continues
 BEST_FILE = "best.pt"  # the checkpoint of the best epoch on train.monitor
 CURVES_FILE = "curves.png"  # the training curves, drawn when the run ends and by `mlptrain plot`
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with output.tensorboard: true (tblog.py)
 # `mlptrain train` names folders <name>-<YYYYmmdd-HHMMSS>, with -2, -3... for runs started in the same second.
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
 # Keys that say where a run lives rather than how it trained; they differ without making runs different.
