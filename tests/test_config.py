@@ -87,7 +87,7 @@ data: {dataset: fashion-mnist, root: /tmp/d, download: false, val_size: 10, synt
 model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false, fused: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
         scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true}
-output: {dir: out}
+output: {dir: out, tensorboard: true}
 """
     config = load_config(make_config_file(tmp_path, text))
     assert config.to_dict() == {
@@ -116,8 +116,15 @@ output: {dir: out}
             "precision": "bf16",
             "compile": True,
         },
-        "output": {"dir": "out"},
+        "output": {"dir": "out", "tensorboard": True},
     }
+
+
+def test_output_tensorboard_is_a_boolean_off_by_default():
+    assert load_config(None).output.tensorboard is False
+    assert load_config(None, ["output.tensorboard=true"]).output.tensorboard is True
+    with pytest.raises(ConfigError, match="output.tensorboard"):
+        load_config(None, ["output.tensorboard=often"])
 
 
 def test_repo_has_configs():
