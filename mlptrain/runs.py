@@ -142,12 +142,14 @@ def _remove_run(folder: Path, created: bool) -> None:
         return
     for name in (CONFIG_FILE, METRICS_FILE, BEST_FILE, CURVES_FILE, LOCK_FILE):
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def clear_run(run_dir: Path) -> None:
     """Remove what an earlier run left in `run_dir` (--force): none of it belongs to the new one."""
     for stale in (METRICS_FILE, BEST_FILE, LAST_FILE):
         (run_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)  # else its steps would stand for the new run's
 
 
 def is_run(folder: Path) -> bool:

@@ -123,7 +123,7 @@ output: {dir: out, tensorboard: true}
 def test_output_tensorboard_is_a_boolean_off_by_default():
     assert load_config(None).output.tensorboard is False
     assert load_config(None, ["output.tensorboard=true"]).output.tensorboard is True
-    with pytest.raises(ConfigError, match="output.tensorboard"):
+    with pytest.raises(ConfigError, match=r"output\.tensorboard"):
         load_config(None, ["output.tensorboard=often"])
 
 

@@ -4,6 +4,7 @@ run writes no step twice; a sweep's trials log apart; no host sync is added; a m
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 from collections import Counter
@@ -144,6 +145,14 @@ def test_a_killed_run_logs_on_resume_the_epochs_it_never_logged(tmp_path, monkey
     trainer.resume(run_dir, ["train.epochs=3"])
     scalars, _, _ = events(run_dir / "tensorboard")
     assert [step for step, _ in scalars["epoch/val_acc"]] == [1, 2, 3]
+
+
+def test_force_over_a_run_starts_its_log_afresh(logged, tmp_path):
+    run_dir = Path(shutil.copytree(logged, tmp_path / "run"))
+    trainer.train(Config.from_dict({**TINY, "train": {**TINY["train"], "epochs": 1}}), run_dir=run_dir, force=True)
+    scalars, _, images = events(run_dir / "tensorboard")
+    assert [step for step, _ in scalars["epoch/val_acc"]] == [1] and len(images) == 1
+    assert [step for step, _ in scalars["step/lr"]] == list(range(1, STEPS + 1))
 
 
 def test_logging_adds_no_host_sync(tmp_path, monkeypatch):
