@@ -204,3 +204,8 @@ def test_without_the_package_the_run_refuses_to_start_in_one_line(tmp_path, monk
     assert not (tmp_path / "run").exists()
     dry = CliRunner().invoke(app, ["train", str(smoke), "--dry-run", "--set", "output.tensorboard=true"])
     assert dry.exit_code == 2 and "mlptrain[tensorboard]" in dry.stderr
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"base: {smoke}\nparams:\n  output.tensorboard: [false, true]\n")
+    swept = CliRunner().invoke(app, ["sweep", str(spec), "--dir", str(tmp_path / "sweep")])
+    assert swept.exit_code == 2 and "mlptrain[tensorboard]" in swept.stderr
+    assert not (tmp_path / "sweep").exists()  # refused before any trial ran
