@@ -1,4 +1,5 @@
-"""The `mlptrain` command: parse, call one library function, render. The only module that imports typer.
+"""The `mlptrain` command: parse, call one library function, render. With cliparts.py (the help's form, shared
+parameters), the only module that imports typer.
 
 torch is imported inside the commands, so `--help`, `--version`, `config` and shell completion answer at once.
 """
@@ -13,92 +14,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from mlptrain import __version__, completion, exits, streams
+from mlptrain.cliparts import (
+    Checkpoint,
+    Command,
+    ConfigFile,
+    DataRoot,
+    Device,
+    Group,
+    Overrides,
+    bare_means,
+    examples,
+)
 from mlptrain.interrupt import exit_on_sigterm, signal_exit
 
 if TYPE_CHECKING:
     from mlptrain.config import Config
 
 
-class _PlainHelp:
-    """Help as Click writes it: `CONFIG`, `[DIR]`, `IMAGE...` in the usage line, and no type beside a flag
-    (`<bool>`) or an argument (`<path>`): options that take a value say what in their metavar."""
-
-    def get_params(self, ctx) -> list:
-        params = super().get_params(ctx)
-        for param in params:
-            if isinstance(param, TyperArgument) or getattr(param, "is_flag", False):
-                param.display_type_rich = _no_type
-        return params
-
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        pieces = [self.options_metavar] if self.options_metavar else []
-        for param in self.get_params(ctx):
-            if isinstance(param, TyperArgument):
-                name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
-                pieces.append(name if param.required else f"[{name}]")
-        return pieces
-
-
-def _no_type(ctx) -> None:
-    return None
-
-
-class _Command(_PlainHelp, TyperCommand):
-    pass
-
-
-class _Group(_PlainHelp, TyperGroup):
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        return TyperGroup.collect_usage_pieces(self, ctx)
-
-
-def _command(name: str | None = None, *examples: str):
+def _command(name: str | None = None, *lines: str, cls: type[Command] = Command):
     """app.command with Click-style help, and `examples` (command lines) closing it."""
-    return app.command(name, cls=_Command, epilog=_examples(*examples))
-
-
-def _examples(*lines: str) -> str:
-    return "\n\n".join(["Examples:" if len(lines) > 1 else "Example:", *(f"  {line}" for line in lines)])
+    return app.command(name, cls=cls, epilog=examples(*lines))
 
 
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Train and evaluate multi-layer perceptrons on MNIST-style digits.",
-    epilog=_examples("mlptrain train configs/smoke.yaml", "mlptrain eval runs/<run>/best.pt"),
+    epilog=examples("mlptrain train configs/smoke.yaml", "mlptrain eval runs/<run>/best.pt"),
 )
-
-
-# Parameters several commands take, alike.
-Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
-Overrides = Annotated[
-    Optional[list[str]],  # noqa: UP045 - typer reads the annotation at runtime
-    typer.Option(
-        "--set",
-        metavar="KEY=VALUE",
-        help="Override a config key (repeatable), e.g. train.lr=0.1.",
-        autocompletion=completion.settings,
-    ),
-]
-ConfigFile = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Argument(
-        metavar="CONFIG", help="YAML config file, e.g. configs/mnist.yaml.", autocompletion=completion.yaml_files
-    ),
-]
-Checkpoint = Annotated[
-    Path,
-    typer.Argument(
-        metavar="CHECKPOINT",
-        help="A checkpoint written by `mlptrain train`, e.g. runs/<run>/best.pt.",
-        autocompletion=completion.checkpoints,
-    ),
-]
 
 
 class SplitChoice(str, Enum):
@@ -106,6 +53,14 @@ class SplitChoice(str, Enum):
 
     test = "test"
     val = "val"
+
+
+class ExportFormat(str, Enum):
+    """What `export --format` accepts."""
+
+    onnx = "onnx"
+    pt2 = "pt2"
+    safetensors = "safetensors"
 
 
 def _show_version(value: bool) -> None:
@@ -218,10 +173,7 @@ def evaluate(
         SplitChoice,
         typer.Option(metavar="test|val", help="test: the held-back test set; val: the run's validation images."),
     ] = SplitChoice.test,
-    data_root: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--data-root", metavar="DIR", help="Where the dataset lives, if not where the run found it."),
-    ] = None,
+    data_root: DataRoot = None,
     device: Device = "auto",
     errors: Annotated[
         Optional[Path],  # noqa: UP045
@@ -245,6 +197,51 @@ def evaluate(
             typer.echo(json.dumps(result.to_json()))
         else:
             report.show_eval(report.make_console(), result)
+
+
+@_command(
+    None,
+    "mlptrain export runs/<run>/best.pt model.onnx",
+    "mlptrain export runs/<run>/best.pt model.safetensors --raw-pixels",
+    cls=bare_means("--raw-pixels", "1", ("1", "255")),
+)
+def export(
+    checkpoint: Checkpoint,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write: .onnx, .pt2 or .safetensors.")],
+    format_: Annotated[
+        Optional[ExportFormat],  # noqa: UP045
+        typer.Option("--format", metavar="onnx|pt2|safetensors", help="The format, if not the one OUT's suffix names."),
+    ] = None,
+    raw_pixels: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--raw-pixels",
+            metavar="[=255]",
+            help="Fold the normalisation into the first layer: the model takes pixels in [0, 1] (=255: 0-255).",
+        ),
+    ] = None,
+    batch: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--batch", min=1, metavar="N", help="A fixed batch size N instead of any (onnx, pt2)."),
+    ] = None,
+    data_root: DataRoot = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of lines.")] = False,
+) -> None:
+    """Write CHECKPOINT's model to OUT for other tools (ONNX, torch.export, safetensors), checked by loading it back."""
+    with exits.errors():
+        streams.announce(f"loading {checkpoint}", quiet=json_out)
+        from mlptrain import report
+        from mlptrain.export import export_checkpoint, pixel_scale
+
+        scale = pixel_scale(raw_pixels)
+        with exits.hint("or give --data-root DIR, the folder that holds MNIST/ or FashionMNIST/"):
+            result = export_checkpoint(
+                checkpoint, out, format_.value if format_ else None, scale, batch=batch, data_root=data_root
+            )
+        if json_out:
+            typer.echo(json.dumps(result.to_json()))
+        else:
+            report.show_export(report.make_console(), result)
 
 
 @_command(None, "mlptrain plot runs/<run> --out curves.svg")

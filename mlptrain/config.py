@@ -125,6 +125,7 @@ class TrainConfig:
 @dataclass
 class OutputConfig:
     dir: str = "runs"
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard/ (the tensorboard extra)
 
     def validate(self) -> None:
         _check(self.dir != "", "output.dir", "must not be empty")

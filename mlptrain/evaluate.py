@@ -17,6 +17,7 @@ from mlptrain.data import Split, class_names, load_eval_split
 from mlptrain.engine import confusion_matrix, predict_logits, score_logits
 from mlptrain.errors import DataError, WriteFailed
 from mlptrain.files import atomic_write_text
+from mlptrain.nn import MLP
 from mlptrain.plot import save_error_grid
 from mlptrain.runs import eval_record_path
 
@@ -80,13 +81,8 @@ def evaluate_checkpoint(
     ckpt, model = load_model(path, dev)
     config: Config = ckpt["config"]
     data_cfg = replace(config.data, root=str(data_root)) if data_root is not None else config.data
-    norm = ckpt["data"]
-    mean, std = float(norm["mean"]), float(norm["std"])
-    split_data = load_eval_split(data_cfg, split, config.seed, mean, std, dev)
-    if split_data.x.shape[1] != model.sizes[0]:
-        raise DataError(
-            f"{data_cfg.dataset} images have {split_data.x.shape[1]} pixels but the model expects {model.sizes[0]}"
-        )
+    mean, std = float(ckpt["data"]["mean"]), float(ckpt["data"]["std"])
+    split_data = checkpoint_split(ckpt, model, split, data_root, dev)
     logits = predict_logits(model, split_data, config.train.precision)  # (N, classes), as validation ran
     loss, accuracy = score_logits(logits, split_data.y)
     predicted = logits.argmax(1)  # as score_logits counts it, so the confusion's diagonal sums to its accuracy
@@ -110,6 +106,20 @@ def evaluate_checkpoint(
     if record:
         _record(result)
     return result
+
+
+def checkpoint_split(ckpt: dict, model: MLP, split: str, data_root: Path | None, device: torch.device) -> Split:
+    """The split (test, or val: the images the run held out) of the checkpoint's dataset, normalised as its run
+    normalised, on `device`; the dataset at `data_root` if given, else where the run found it."""
+    config: Config = ckpt["config"]
+    data_cfg = replace(config.data, root=str(data_root)) if data_root is not None else config.data
+    mean, std = float(ckpt["data"]["mean"]), float(ckpt["data"]["std"])
+    split_data = load_eval_split(data_cfg, split, config.seed, mean, std, device)
+    if split_data.x.shape[1] != model.sizes[0]:
+        raise DataError(
+            f"{data_cfg.dataset} images have {split_data.x.shape[1]} pixels but the model expects {model.sizes[0]}"
+        )
+    return split_data
 
 
 def _record(result: EvalResult) -> None:

@@ -19,8 +19,11 @@ from typing import BinaryIO
 from mlptrain.errors import ConfigError, WriteFailed
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[[Path], None] | None = None) -> None:
     """Write through a temp file of its own in the same folder, fsync it, then rename over `path`.
+
+    `check`, if given, reads the whole temp file back (by its path) before the rename: if it raises, the temp file
+    goes, `path` keeps what it held, and the exception carries on.
 
     A reader (or a crash at any moment) sees either the old file or the new one, never a mix. The temp file is
     created with O_EXCL (mkstemp), so a name planted beforehand (a symlink, say) is never followed; it carries this
@@ -41,6 +44,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
+            if check is not None:
+                check(tmp)
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)

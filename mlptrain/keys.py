@@ -48,6 +48,7 @@ MEANINGS = {
     "train.grad_clip_norm": "clip the global gradient norm (L2) to this before each step; 0 = off",
     "train.ema": "decay of the weights' moving average (e.g. 0.999) that validation, best.pt use; 0 = off",
     "output.dir": "where run folders go; relative to where the run starts",
+    "output.tensorboard": "also log to <run>/tensorboard/ for TensorBoard; needs pip install 'mlptrain[tensorboard]'",
 }
 
 

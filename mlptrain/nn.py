@@ -317,9 +317,10 @@ def build_model(cfg: ModelConfig, in_features: int, num_classes: int) -> MLP:
     return MLP([in_features, *cfg.hidden, num_classes], cfg.activation, cfg.dropout, cfg.bias, cfg.fused)
 
 
-def to_torch(model: MLP) -> nn.Sequential:
+def to_torch(model: MLP, dropout: bool = True) -> nn.Sequential:
     """The same network from torch.nn.Linear, activation and nn.Dropout modules, holding copies of `model`'s weights
-    (on its device): what a plain PyTorch script builds, to compare against or to hand on."""
+    (on its device): what a plain PyTorch script builds, to compare against or to hand on. `dropout=False` leaves
+    the Dropout modules out (what evaluation computes): Linear layers then sit at 0, 2, 4..."""
     layers: list[nn.Module] = []
     for i, ours in enumerate(model.layers):
         linear = nn.Linear(ours.in_features, ours.out_features, bias=ours.bias is not None)
@@ -327,6 +328,6 @@ def to_torch(model: MLP) -> nn.Sequential:
         layers.append(linear)
         if i < len(model.layers) - 1:
             layers.append(ACTIVATIONS[model.activation_name]())
-            if model.dropout_p > 0:
+            if dropout and model.dropout_p > 0:
                 layers.append(nn.Dropout(model.dropout_p))
     return nn.Sequential(*layers).to(model.layers[0].weight.device)

@@ -11,6 +11,7 @@ from pathlib import Path
 from mlptrain.config import Config, resolve_device
 from mlptrain.data import IDX_FILES, IN_FEATURES, NUM_CLASSES, raw_folder
 from mlptrain.errors import DataMissing
+from mlptrain.extras import check_config
 
 FLOAT_BYTES = 4  # parameters, their gradients and the optimizer's state are fp32 whatever train.precision is
 
@@ -31,6 +32,7 @@ class RunPlan:
 
 def plan_run(config: Config) -> RunPlan:
     """Check that `config` can start here (device, data files) and size its model; raises what training would."""
+    check_config(config)
     device = resolve_device(config.device)
     sizes = [IN_FEATURES, *config.model.hidden, NUM_CLASSES]
     layers = list(itertools.pairwise(sizes))

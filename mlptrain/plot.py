@@ -346,3 +346,32 @@ def _save(fig: Figure, path: Path) -> None:
         if e.reason.startswith("no space"):
             raise  # a failure (exit 1), not a bad path
         raise ConfigError(str(e)) from None
+
+
+def confusion_image(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str):
+    """The confusion matrix (rows true label, columns prediction) drawn as an RGB image: a uint8 array (H, W, 3),
+    each cell shaded by its share of its row and labelled with its count, for TensorBoard's image view."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(confusion, dtype=np.int64)  # (classes, classes)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # of each true class
+    n = len(counts)
+    fig = Figure(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if share[row, col] > 0.5 else ("#b00020" if row != col else "black"))  # fmt: skip
+    ticks = list(range(n))
+    slanted = max(map(len, class_names)) > 2  # Fashion-MNIST's names
+    ax.set_xticks(ticks, class_names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -22,6 +22,7 @@ from mlptrain.metrics import COLUMNS, LABELS, UNITS, metric_text
 if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print without it
     from mlptrain.bench.tables import Cell, Document
     from mlptrain.evaluate import EvalResult
+    from mlptrain.export import ExportResult
     from mlptrain.keys import KeyDoc
     from mlptrain.lrfind import RangeTest
     from mlptrain.plan import RunPlan
@@ -362,6 +363,23 @@ def show_keys(console: Console, docs: list[KeyDoc]) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def show_export(console: Console, result: ExportResult) -> None:
+    """`mlptrain export`: what was written, what it takes, and how it compared with the checkpoint."""
+    opset = f", opset {result.opset}" if result.opset is not None else ""
+    takes = {"normalized": "normalised pixels, (p/255 - mean) / std", "pixels-0-1": "pixels in [0, 1]"}
+    agree = "every prediction agrees" if not result.disagreements else f"{result.disagreements} predictions differ"
+    lines = [
+        f"wrote {result.path} ({result.format}{opset}, {result.bytes / 2**20:.2f} MiB) in {result.export_seconds:.1f}s",
+        f"input '{result.input_name}' ({result.batch or 'N'}, {result.sizes[0]}): "
+        + takes.get(result.input, "pixels in 0-255")
+        + f"; output '{result.output_name}' ({result.batch or 'N'}, {result.sizes[-1]})",
+        f"verified with {result.runtime} on {result.compared} in {result.verify_seconds:.1f}s: largest logit "
+        f"difference {result.max_abs_diff:.2g}, {agree}",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
 
 
 def show_plan(console: Console, plan: RunPlan) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_config, quote, read_yaml, with_values
 from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
+from mlptrain.extras import check_config
 from mlptrain.files import atomic_write_text, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import ranked
 from mlptrain.runs import LAST_FILE, RunSummary, Scores, is_run, read_run
@@ -229,7 +230,7 @@ class Sweep:
         start = len(self.trials) + 1
         for index, v in enumerate(values, start):
             described = ", ".join(f"{k}={json.dumps(x)}" for k, x in v.items())
-            with_values(base, v, source=f"{source}: trial {index} ({described})")
+            check_config(with_values(base, v, source=f"{source}: trial {index} ({described})"))  # extras too
         self.trials += [Trial(index, trial_name(index, v), v) for index, v in enumerate(values, start)]
 
 

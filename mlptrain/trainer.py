@@ -29,6 +29,7 @@ from mlptrain.engine import (
     grad_scaler,
 )
 from mlptrain.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
+from mlptrain.extras import check_config
 from mlptrain.files import atomic_write_text, folder_lock, held_signals
 from mlptrain.interrupt import AgreedStop, StopRequest, stop_on_signals
 from mlptrain.memory import check_run_fits
@@ -149,6 +150,7 @@ def train(
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
     """
     config = config.resolved()  # relative folders mean where the run starts; config.yaml records them absolute
+    check_config(config)
     with _processes(config) as processes, contextlib.ExitStack() as claim:
         world, output = processes.world, Path(config.output.dir)
         run_dir = distributed.run_on_main(
@@ -177,6 +179,7 @@ def resume(
         ckpt, config, run_dir = load_for_resume(path, overrides)
         if ckpt is None:  # stopped before its first epoch was saved: start it again, in its own folder
             return train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
+        check_config(config)
         with _processes(config) as processes:
             device = processes.device
             data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
@@ -311,12 +314,14 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
         cb = Callbacks()
     else:  # a run resumed after a kill -9 may have rows past its last.pt: the checkpoint is what counts
         write_metrics(session.run_dir / METRICS_FILE, session.history.epochs)
+    log = _tensorboard(session, cb)
+    cb = log or cb
     cb.run_started(_info(session))
     should_stop = AgreedStop(stop, world)
     epochs = config.train.epochs
     hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), cb.batch_done, should_stop)
     result = TrainResult(session.run_dir, session.history)
-    with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop):
+    with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop), log or contextlib.nullcontext():
         try:
             for stats in fit(session.state, session.data, config, hooks, world):
                 _record(session, stats, cb)
@@ -331,6 +336,16 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
     if world.is_main:
         plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
     return result
+
+
+def _tensorboard(session: _Session, cb: Callbacks) -> Callbacks | None:
+    """With output.tensorboard, rank 0's callbacks that also log to RUN/tensorboard/ (tblog.py); else None."""
+    if not (session.config.output.tensorboard and session.processes.world.is_main):
+        return None
+    from mlptrain.tblog import TensorBoardLog
+
+    state, data = session.state, session.data
+    return TensorBoardLog(cb, session.run_dir, state.optimizer, session.history, data.val, session.steps)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from mlptrain.interrupt import StopRequest
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
-COMMANDS = ["train", "eval", "plot", "predict", "runs", "sweep", "bench", "config"]
+COMMANDS = ["train", "eval", "export", "plot", "predict", "runs", "sweep", "bench", "config"]
 runner = CliRunner()
 
 
@@ -50,6 +50,7 @@ def test_usage_lines_read_as_click_writes_them():
     assert "Usage: mlptrain train [OPTIONS] [CONFIG]" in invoke("train", "-h").stdout
     assert re.search(r"Usage: mlptrain eval \[OPTIONS\] CHECKPOINT *\n", invoke("eval", "-h").stdout)
     assert "Usage: mlptrain predict [OPTIONS] CHECKPOINT IMAGE..." in invoke("predict", "-h").stdout
+    assert "Usage: mlptrain export [OPTIONS] CHECKPOINT OUT" in invoke("export", "-h").stdout
 
 
 def test_mlptrain_alone_prints_the_help_and_exits_2():

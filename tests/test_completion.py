@@ -60,7 +60,7 @@ assert 'torch' not in sys.modules, 'completion imported torch'
 
 def test_commands_complete(tmp_path):
     offered = complete("mlptrain ", tmp_path)
-    assert {"train", "eval", "config", "predict", "runs", "plot", "sweep", "bench"} <= set(offered)
+    assert {"train", "eval", "export", "config", "predict", "runs", "plot", "sweep", "bench"} <= set(offered)
 
 
 def test_train_offers_yaml_files_and_folders(tmp_path):

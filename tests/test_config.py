@@ -91,7 +91,7 @@ model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false, fused: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
         scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true,
         label_smoothing: 0.1, grad_clip_norm: 2, ema: 0.99}
-output: {dir: out}
+output: {dir: out, tensorboard: true}
 """
     config = load_config(make_config_file(tmp_path, text))
     assert config.to_dict() == {
@@ -132,7 +132,7 @@ output: {dir: out}
             "grad_clip_norm": 2.0,
             "ema": 0.99,
         },
-        "output": {"dir": "out"},
+        "output": {"dir": "out", "tensorboard": True},
     }
 
 
@@ -158,6 +158,13 @@ def test_augment_takes_its_kind_as_shorthand(tmp_path, text):
 def test_recipe_keys_are_validated(override, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(None, [override])
+
+
+def test_output_tensorboard_is_a_boolean_off_by_default():
+    assert load_config(None).output.tensorboard is False
+    assert load_config(None, ["output.tensorboard=true"]).output.tensorboard is True
+    with pytest.raises(ConfigError, match=r"output\.tensorboard"):
+        load_config(None, ["output.tensorboard=often"])
 
 
 def test_repo_has_configs():

@@ -10,18 +10,29 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mlptrain"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 # The library and the only modules of the package that may import it.
-# cli_recipe.py: the CLI's second module (augment, lr-find), since cli.py reached the 500-line limit below.
-OWNERS = {"rich": {"report.py", "live.py"}, "matplotlib": {"plot.py"}, "typer": {"cli.py", "cli_recipe.py"}}
+OWNERS = {
+    "rich": {"report.py", "live.py"},
+    "matplotlib": {"plot.py"},
+    "typer": {"cli.py", "cliparts.py", "cli_recipe.py"},  # cli_recipe: augment, lr-find
+    # The optional extras: each imported by the one module whose feature needs it (extras.py checks for them).
+    "onnx": {"export.py"},
+    "onnxscript": {"export.py"},
+    "onnxruntime": {"export.py"},
+    "safetensors": {"export.py"},
+    "tensorboard": {"tblog.py"},
+}
+# Parts of torch that need an optional extra, and the only modules that may import them.
+TORCH_PARTS = {"torch.utils.tensorboard": {"tblog.py"}, "torch.onnx": {"export.py"}}
 
 
-def imported(path: Path) -> set[str]:
-    """The top-level names of the packages `path` imports, anywhere in it."""
+def imported(path: Path, full: bool = False) -> set[str]:
+    """The top-level names of the packages `path` imports, anywhere in it (`full`: the whole dotted names)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name if full else alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
+            names.add(node.module if full else node.module.split(".")[0])
     return names
 
 
@@ -29,6 +40,12 @@ def imported(path: Path) -> set[str]:
 def test_each_library_has_its_owner(library):
     users = {path.name for path in MODULES if library in imported(path)}
     assert users <= OWNERS[library], f"{library} is imported by {sorted(users - OWNERS[library])}"
+
+
+@pytest.mark.parametrize("part", TORCH_PARTS)
+def test_torchs_optional_parts_have_their_owner(part):
+    users = {path.name for path in MODULES if any(n.startswith(part) for n in imported(path, full=True))}
+    assert users <= TORCH_PARTS[part], f"{part} is imported by {sorted(users - TORCH_PARTS[part])}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
