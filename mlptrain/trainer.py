@@ -225,7 +225,10 @@ def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict | None,
     ckpt_path = path / LAST_FILE if path.is_dir() else path
     if path.is_dir() and not ckpt_path.exists():
         if not (path / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{path} holds no {LAST_FILE} to resume from")
+            raise CheckpointError(
+                f"{path} holds no {LAST_FILE} to resume from, nor a {CONFIG_FILE} to start again from; "
+                f"start a run there with mlptrain train CONFIG --run-dir {path}"
+            )
         ckpt, config = None, load_config(path / CONFIG_FILE)
     else:
         ckpt = load_checkpoint(ckpt_path)
