@@ -133,7 +133,8 @@ def test_json_has_every_section_with_the_promised_sizes(quick_run):
         # than the step's, so no bound on the fraction belongs in a test).
         assert row["useful_flops"] == useful_flops(roof["sizes"], row["batch_size"])
         assert row["flops_per_second"] == pytest.approx(row["useful_flops"] / row["step_seconds"])
-        assert row["fraction"] == pytest.approx(row["flops_per_second"] / roof["peaks"][row["precision"]]) > 0
+        assert row["fraction"] == pytest.approx(row["flops_per_second"] / roof["peaks"][row["precision"]])
+        assert row["fraction"] > 0
 
     growth = out["growth"]
     assert [row["batch_size"] for row in growth["by_batch"]] == list(plan.growth_batches)
