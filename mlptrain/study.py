@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from mlptrain.interrupt import StopRequest
 
 STUDY_FILE = "study.db"
+WORKER_ENV = "MLPTRAIN_SWEEP_WORKER"  # k for the k-th worker --workers starts; "join" for one --join starts
+WORKERS = "mlptrain_workers"  # host:pid of each worker that ran the trial, in turn
 SURPLUS = "mlptrain_surplus"  # a tpe trial that racing workers asked for past the sweep's count; never run
 _FINAL = {"done": TrialState.COMPLETE, "failed": TrialState.FAIL, "pruned": TrialState.PRUNED}
 
@@ -45,7 +49,8 @@ def shown_url(url: str) -> str:
 
 
 def open_study(sweep: Sweep, create: bool = False) -> optuna.Study:
-    """The sweep's study, with its sampler and pruner (neither is stored: every worker makes them from the spec)."""
+    """The sweep's study, with its sampler and pruner (neither is stored: every worker makes them from the spec).
+    `create`: a new sweep's; a version-1 folder's study is made on first use."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(sweep)
     try:
@@ -54,6 +59,10 @@ def open_study(sweep: Sweep, create: bool = False) -> optuna.Study:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
         if create:
             optuna.create_study(storage=storage, study_name=sweep.study, direction=direction(sweep.monitor))
+        elif sweep.version == 1:
+            optuna.create_study(
+                storage=storage, study_name=sweep.study, direction=direction(sweep.monitor), load_if_exists=True
+            )
         return optuna.load_study(
             study_name=sweep.study, storage=storage, sampler=_sampler(sweep.spec), pruner=_pruner(sweep)
         )
@@ -72,9 +81,15 @@ def open_study(sweep: Sweep, create: bool = False) -> optuna.Study:
 def _sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     # A grid's and a random sweep's trials are all queued up front (see _add), so their sampler never samples;
     # queuing keeps today's order, folder names and draws, which --trials grows.
-    if spec.method == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.method != "tpe":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    # Each worker's sampler gets its own seed, or workers that start together would all draw the same trials:
+    # `seed` itself in the first worker (so one worker repeats a sweep exactly), `seed` + k in the others.
+    worker = os.environ.get(WORKER_ENV)
+    seed = (spec.seed + (int(worker) if worker and worker.isdigit() else os.getpid())) % 2**32 if worker else spec.seed
+    # Random draws first, then TPE: Optuna's 10 take most of a small sweep, so a third of it, at least 2.
+    startup = min(10, max(2, spec.trials // 3))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
 def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
@@ -317,6 +332,8 @@ def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbac
     trial.state, trial.reason = "running", ""
     sweep.record(trial)
     handle = optuna.Trial(study, _trial_id(study, trial.number))
+    ran_by = study._storage.get_trial(handle._trial_id).user_attrs.get(WORKERS, [])
+    handle.set_user_attr(WORKERS, [*ran_by, f"{socket.gethostname()}:{os.getpid()}"])  # who ran it (twice: resumed)
     if not resuming:
         _suggest(handle, distributions(sweep.spec.params))  # the study records the values (queued ones are fixed)
     config = sweep.config(trial)

@@ -8,6 +8,7 @@ import time: `mlptrain runs SWEEP_DIR` reads the manifest and the trials' small 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -194,6 +195,7 @@ def start(
         if resume is not None:
             raise ConfigError("--join and --resume: give one (both work on the sweep in SWEEP_DIR)")
         resume = join
+        os.environ.setdefault("MLPTRAIN_SWEEP_WORKER", "join")  # study.WORKER_ENV: its own sampler seed
     if (path is None) == (resume is None):
         raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
     if resume is not None and folder is not None:

@@ -29,7 +29,7 @@ def spread(folder: Path, workers: int, stop: StopRequest | None) -> Iterator[Sto
         return
     cores = _split(workers)
     _pin(cores[0])
-    children = [_start(folder, part) for part in cores[1:]]
+    children = [_start(folder, part, k) for k, part in enumerate(cores[1:], 1)]
     try:
         yield stop
     except BaseException:
@@ -58,8 +58,10 @@ def _pin(cores: list[int]) -> None:
         sys.modules["torch"].set_num_threads(len(cores))
 
 
-def _start(folder: Path, cores: list[int]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
+def _start(folder: Path, cores: list[int], k: int) -> subprocess.Popen:
+    from mlptrain.study import WORKER_ENV
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), WORKER_ENV: str(k)}
     pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
     return subprocess.Popen(
         [sys.executable, "-m", "mlptrain", "sweep", "--join", str(folder), "--quiet"],
