@@ -348,10 +348,12 @@ def runs(
             report.show_listing(report.make_console(), found)
         if out is not None:
             from mlptrain.plot import save_scores_plot
+            from mlptrain.sweep import draw_study
 
             save_scores_plot(out, found.scores(), str(folder))
-            if not json_out:
-                report.saved(report.make_console(), "plot", out)
+            drawn = [out, *draw_study(folder, out)]
+            for path in [] if json_out else drawn:
+                report.saved(report.make_console(), "plot", path)
 
 
 @_command(None, "mlptrain sweep configs/sweep.yaml --workers 2", "mlptrain sweep --resume runs/<sweep>")

@@ -372,6 +372,19 @@ def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbac
     cb.trial_done(trial, total)
 
 
+def progress(sweep: Sweep) -> tuple[list[tuple[int, float]], dict[str, float]]:
+    """The finished trials' (index, value) in order, and each swept key's importance (fANOVA; {} where Optuna
+    cannot compute it: fewer than two finished trials, or no key that varies)."""
+    study = open_study(sweep)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    history = [(t.number + 1, t.value) for t in done]
+    try:
+        importance = optuna.importance.get_param_importances(study) if len(done) >= 2 else {}
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        importance = {}
+    return history, dict(importance)
+
+
 def interrupted(sweep: Sweep, message: str, signum: int) -> Interrupted:
     done = sum(t.state == "done" for t in sweep.trials)
     return Interrupted(

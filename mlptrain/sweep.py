@@ -156,7 +156,7 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None, st
     """Plan the sweep in file `path` (see plan), then create the sweep folder, its manifest and its study."""
     path = Path(path)
     sweep = plan(path, trials)
-    sweep.storage = storage
+    sweep.storage, study = storage, engine()
     if folder is None:
         sweep.folder, made = new_run_dir(Path(sweep.base["output"]["dir"]), path.stem), True
     else:
@@ -171,8 +171,6 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None, st
                 )
             atomic_write_text(sweep.folder / "sweep.yaml", path.read_text(encoding="utf-8"))  # for the record
             sweep.save()
-            from mlptrain import study
-
             study.open_study(sweep, create=True)
     except BaseException:
         if made:  # nothing of the sweep could be written: leave no folder behind
@@ -207,6 +205,32 @@ def start(
     if path is not None:
         return create(path, folder=folder, trials=trials, storage=storage)
     return load(resume, trials=trials)
+
+
+def engine():
+    """study.py, the sweep engine; Optuna is an extra (mlptrain[sweep]) that a sweep needs and `runs` does not."""
+    try:
+        from mlptrain import study
+    except ImportError as e:
+        raise ConfigError(
+            f"mlptrain sweep runs on Optuna, which is not installed ({e}): pip install 'mlptrain[sweep]'"
+        ) from None
+    return study
+
+
+def draw_study(folder: Path, out: Path) -> list[Path]:
+    """`runs SWEEP_DIR --out FILE.png` also draws FILE-study.png (study.progress, plot.save_study_plot); nothing for
+    a folder that is not a sweep, or a version-1 sweep with no study yet."""
+    sweep = load(folder) if is_sweep(folder) else None
+    if sweep is None or (sweep.version == 1 and sweep.storage is None):
+        return []
+    from mlptrain.plot import save_study_plot
+
+    history, importance = engine().progress(sweep)
+    path = Path(out).with_name(f"{Path(out).stem}-study.png")
+    what = f"{sweep.spec.method}, {len(history)} of {sweep.total} trials done"
+    save_study_plot(path, history, importance, sweep.monitor, f"{folder}: {what}")
+    return [path]
 
 
 def is_sweep(folder: Path) -> bool:

@@ -25,6 +25,13 @@ TPE = {"method": "tpe", "trials": 4, "seed": 2, "params": {"train.lr": {"low": 1
        "model.hidden": [[8], [16]]}}  # fmt: skip
 
 
+# Six trials slow enough (batches of 5) that a second worker, a second or two to start, gets some of them.
+SHARED = {
+    "spec": {"params": {"train.lr": [0.1, 0.05, 0.02, 0.01, 0.005, 0.002], "model.hidden": [[8]]}},
+    "base": {**BASE, "train": {**BASE["train"], "batch_size": 5}},
+}
+
+
 def study_of(folder: Path, storage: str | None = None) -> optuna.Study:
     url = storage or f"sqlite:///{folder / 'study.db'}"
     return optuna.load_study(study_name=manifest(folder)["study"]["name"], storage=url)
@@ -66,8 +73,10 @@ def test_a_tpe_sweep_keeps_its_study_beside_the_trials_and_repeats_itself_in_one
         assert frozen.value == rows[frozen.number + 1]["value"]
         assert frozen.params["train.lr"] == rows[frozen.number + 1]["values"]["train.lr"]
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # train.monitor: val_acc
-    listed = invoke("runs", tmp_path / "a")
+    listed = invoke("runs", tmp_path / "a", "--out", tmp_path / "a.png")
     assert f"{tmp_path / 'a'} (tpe)" in listed.stdout
+    assert f"plot: {tmp_path / 'a-study.png'}" in listed.stdout  # the history and each key's importance
+    assert (tmp_path / "a-study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --trials grows a tpe sweep too
     assert invoke("sweep", "--resume", tmp_path / "a", "--trials", 5, "-q").exit_code == 0
     assert states(tmp_path / "a") == ["done"] * 5 and len(study_of(tmp_path / "a").trials) == 5
@@ -134,16 +143,16 @@ def start_sweep(args: list, **env) -> subprocess.Popen:
 
 
 def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path):
-    path = write_sweep(tmp_path, {"params": {"train.lr": [0.1, 0.05, 0.02, 0.01], "model.hidden": [[8]]}})
+    path = write_sweep(tmp_path, SHARED["spec"], SHARED["base"])
     proc = start_sweep([path, "--dir", tmp_path / "sw", "--workers", 2, "-q"])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert states(tmp_path / "sw") == ["done"] * 4
+    assert states(tmp_path / "sw") == ["done"] * 6
     study = study_of(tmp_path / "sw")
     ran_by = [t.user_attrs["mlptrain_workers"] for t in study.trials]
     assert all(len(workers) == 1 for workers in ran_by), ran_by  # no trial run twice
     assert len({workers[0] for workers in ran_by}) == 2  # both workers ran trials
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
 
 
 def holder(folder: Path) -> int | None:
