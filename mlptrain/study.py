@@ -206,7 +206,7 @@ def work(sweep: Sweep, cb: SweepCallbacks, stop: StopRequest | None = None) -> l
     stop = stop or StopRequest()
     study = open_study(sweep)
     with stop_on_signals(stop):
-        with sweep.lock(wait=2.0):  # another kind of writer holding the folder (train --run-dir) keeps us out
+        with sweep.lock(wait=5.0):  # another kind of writer holding the folder (train --run-dir) keeps us out
             sweep.refresh()
             sync(sweep, study)
         cb.sweep_started(sweep, sweep.total - sum(t.state in FINISHED for t in sweep.trials))

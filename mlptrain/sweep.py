@@ -169,9 +169,10 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None, st
                 raise ConfigError(
                     f"{folder} already holds a sweep; continue it with --resume {folder}, or pick another --dir"
                 )
+            made_study = study.open_study(sweep, create=True)  # first: a database that is not there leaves nothing
             atomic_write_text(sweep.folder / "sweep.yaml", path.read_text(encoding="utf-8"))  # for the record
             sweep.save()
-            study.open_study(sweep, create=True)
+            study.sync(sweep, made_study)  # the trials queued before any worker starts
     except BaseException:
         if made:  # nothing of the sweep could be written: leave no folder behind
             shutil.rmtree(sweep.folder, ignore_errors=True)

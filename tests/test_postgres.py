@@ -1,6 +1,6 @@
 """Workers on a real PostgreSQL study: a throw-away server from the system package (initdb + pg_ctl in a temp folder,
 as the unprivileged user `nobody` when the tests run as root), two workers on one sweep, then the server stopped.
-Skipped, not failed, where no server can start (no PostgreSQL installed, no psycopg2)."""
+Skipped, not failed, where no server can start (no PostgreSQL installed, no driver)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def server_bin() -> Path | None:
     return Path(candidates[0]).parent if candidates else None
 
 
+def sqlalchemy_version() -> tuple[int, ...]:
+    import sqlalchemy
+
+    return tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2] if p.isdigit())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,7 +46,7 @@ def free_port() -> int:
 @pytest.fixture
 def postgres() -> Iterator[str]:
     """A PostgreSQL server's URL for as long as the test runs."""
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg2" if sqlalchemy_version() < (2, 1) else "psycopg")
     bindir = server_bin()
     if bindir is None:
         pytest.skip("no PostgreSQL server installed (pg_ctl, initdb)")
@@ -64,7 +70,7 @@ def postgres() -> Iterator[str]:
         )  # fmt: skip
         if started.returncode != 0:
             pytest.skip(f"the PostgreSQL server did not start: {started.stdout.strip()[-300:]}")
-        yield f"postgresql+psycopg2://mlptrain@127.0.0.1:{port}/postgres"
+        yield f"postgresql://mlptrain@127.0.0.1:{port}/postgres"  # the plain form the README shows
     finally:
         with contextlib.suppress(Exception):
             subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
