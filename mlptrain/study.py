@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
+from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed, WriteFailed
 from mlptrain.files import folder_lock, make_dirs
 from mlptrain.metrics import direction
 from mlptrain.runs import LAST_FILE, is_run, read_run
@@ -75,6 +75,9 @@ def open_study(sweep: Sweep, create: bool = False) -> optuna.Study:
         raise ConfigError(f"{shown_url(url)} holds no study named {sweep.study!r}") from None
     except Exception as e:  # a driver that is not installed, a server that is not there, a bad URL
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "disk is full" in first or "No space left" in first:  # a failure (exit 1), not a bad input
+            where = shown_url(url)
+            raise WriteFailed(f"no space left on the device while writing {where}", where, "no space") from None
         raise ConfigError(f"cannot open the study at {shown_url(url)}: {type(e).__name__}: {first}") from None
 
 

@@ -33,10 +33,13 @@ def spread(folder: Path, workers: int, stop: StopRequest | None) -> Iterator[Sto
     try:
         yield stop
     except BaseException:
-        for child in children:  # Ctrl-C reached them from the terminal; a SIGTERM to this one only did not
-            if child.poll() is None:
-                with contextlib.suppress(OSError):
-                    child.send_signal(stop.signum or signal.SIGTERM)
+        # Ctrl-C reached them from the terminal (another SIGINT would be a second Ctrl-C: leave at once, unsaved);
+        # a SIGTERM, or an error, reached this one only: stop them as SIGTERM does, at a batch boundary.
+        if stop.signum != signal.SIGINT:
+            for child in children:
+                if child.poll() is None:
+                    with contextlib.suppress(OSError):
+                        child.send_signal(signal.SIGTERM)
         raise
     finally:
         for child in children:

@@ -185,3 +185,29 @@ def test_a_worker_killed_mid_trial_leaves_a_trial_the_others_continue_exactly(tm
         assert metrics(folder / t["dir"]) == metrics(reference_sweep / t["dir"])
     ran_by = study_of(folder).trials[killed["number"]].user_attrs["mlptrain_workers"]
     assert len(ran_by) == 2 and ran_by[0].endswith(f":{victim}")  # the killed worker, then the one that went on
+
+
+def test_sigterm_to_a_sweep_with_workers_stops_them_all_at_a_batch_boundary(tmp_path):
+    # Trials long enough (30 epochs, a few seconds) that both workers are inside one when the signal comes.
+    spec = {"params": {"train.lr": [0.05, 0.02, 0.01, 0.005]}}
+    path = write_sweep(tmp_path, spec, {**SLOW, "train": {**SLOW["train"], "epochs": 30}})
+    folder = tmp_path / "sw"
+    proc = start_sweep([path, "--dir", folder, "--workers", 2])
+    deadline, running = time.monotonic() + 120, []
+    while len(running) < 2:  # one trial per worker, each with an epoch saved
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+        trials = manifest(folder)["trials"] if (folder / "sweep.json").exists() else []
+        running = [t for t in trials if t["state"] == "running" and (folder / t["dir"] / "last.pt").exists()]
+    pids = {holder(folder / t["dir"]) for t in running} - {None}
+    proc.send_signal(signal.SIGTERM)  # to the first worker only: it passes the stop on
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert [states(folder)[t["index"] - 1] for t in running] == ["interrupted", "interrupted"]
+    assert "Traceback" not in err
+    for pid in pids - {proc.pid}:  # the other worker is gone too
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    out = invoke("sweep", "--resume", folder)
+    assert out.exit_code == 0, out.stderr
+    assert "(resuming from its last.pt)" in out.stdout and states(folder) == ["done"] * 4
