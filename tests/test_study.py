@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_in_fresh_python
 from test_sweep import BASE, REPO, SLOW, SLOW_SPEC, StopAfterTrial, invoke, manifest, metrics, write_sweep
 from test_sweep import reference_sweep as reference_sweep
 
@@ -211,3 +212,9 @@ def test_sigterm_to_a_sweep_with_workers_stops_them_all_at_a_batch_boundary(tmp_
     out = invoke("sweep", "--resume", folder)
     assert out.exit_code == 0, out.stderr
     assert "(resuming from its last.pt)" in out.stdout and states(folder) == ["done"] * 4
+
+
+def test_help_and_listing_a_sweep_load_neither_torch_nor_optuna(tmp_path):
+    folder = tmp_path / "sw"
+    assert invoke("sweep", write_sweep(tmp_path, {"params": {"train.lr": [0.1]}}), "--dir", folder, "-q").exit_code == 0
+    cli_in_fresh_python(["--help"], ["sweep", "--help"], ["runs", folder], forbid=("torch", "optuna"))
