@@ -1,5 +1,5 @@
-"""The sweep engine, on Optuna (the only module besides workers.py that imports it): the study that samples values,
-prunes and coordinates any number of workers, and one worker's loop: claim a trial, train it as an ordinary run
+"""The sweep engine, on Optuna (the only module that imports it): the study that samples values, prunes and
+coordinates any number of workers, and one worker's loop: claim a trial, train it as an ordinary run
 folder, report each epoch's monitored metric and the result back to the study.
 """
 
