@@ -218,3 +218,17 @@ def test_help_and_listing_a_sweep_load_neither_torch_nor_optuna(tmp_path):
     folder = tmp_path / "sw"
     assert invoke("sweep", write_sweep(tmp_path, {"params": {"train.lr": [0.1]}}), "--dir", folder, "-q").exit_code == 0
     cli_in_fresh_python(["--help"], ["sweep", "--help"], ["runs", folder], forbid=("torch", "optuna"))
+
+
+def test_a_hyperband_sweep_runs_with_its_settings(tmp_path):
+    spec = {"method": "random", "trials": 4, "seed": 1, "pruner": {"name": "hyperband", "reduction_factor": 2},
+            "params": {"train.lr": {"low": 1e-6, "high": 0.2, "log": True}}}  # fmt: skip
+    folder = tmp_path / "sw"
+    path = write_sweep(tmp_path, spec, {**BASE, "train": {**BASE["train"], "epochs": 4}})
+    out = invoke("sweep", path, "--dir", folder)
+    assert out.exit_code == 0, out.stderr
+    assert manifest(folder)["spec"]["pruner"] == {"name": "hyperband", "min_epochs": 1, "reduction_factor": 2}
+    assert set(states(folder)) <= {"done", "pruned"} and states(folder)[0] == "done"
+    assert [t.state.name for t in study_of(folder).trials] == [
+        {"done": "COMPLETE", "pruned": "PRUNED"}[s] for s in states(folder)
+    ]
