@@ -345,13 +345,15 @@ def runs(
             report.show_listing(report.make_console(), found)
         if out is not None:
             from mlptrain.plot import save_scores_plot
+            from mlptrain.sweep import draw_study
 
             save_scores_plot(out, found.scores(), str(folder))
-            if not json_out:
-                report.saved(report.make_console(), "plot", out)
+            drawn = [out, *draw_study(folder, out)]
+            for path in [] if json_out else drawn:
+                report.saved(report.make_console(), "plot", path)
 
 
-@_command(None, "mlptrain sweep configs/sweep.yaml", "mlptrain sweep --resume runs/<sweep>")
+@_command(None, "mlptrain sweep configs/sweep.yaml --workers 2", "mlptrain sweep --resume runs/<sweep>")
 def sweep(
     sweep_file: Annotated[
         Optional[Path],  # noqa: UP045
@@ -373,21 +375,27 @@ def sweep(
     ] = None,
     trials: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--trials", metavar="N", help="Random sweeps: run N trials (with --resume: grow to N)."),
+        typer.Option("--trials", metavar="N", help="Random and tpe sweeps: run N trials (with --resume: grow to N)."),
+    ] = None,
+    storage: Annotated[Optional[str], typer.Option(metavar="URL", help="The study's database URL.")] = None,  # noqa: UP045
+    workers: Annotated[int, typer.Option(metavar="N", help="Run N trials at a time here, CPU threads split.")] = 1,
+    join: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--join", metavar="SWEEP_DIR", help="One more worker on a running sweep (shows its trials only)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON list, an object per trial, and nothing else.")
     ] = False,
 ) -> None:
-    """Train one run per combination of values (grid) or per random draw; resumable; then the trials, best first."""
+    """Train one run per grid point, random draw or TPE sample, on Optuna; resumable; then the trials, best first."""
     with exits.errors():
         from mlptrain import live, report
         from mlptrain import sweep as sweep_
 
-        job = sweep_.start(sweep_file, resume, folder=dir_, trials=trials)
+        job = sweep_.start(sweep_file, resume, folder=dir_, trials=trials, storage=storage, join=join)
         with exits.live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
-            sweep_.run(job, callbacks=reporter)
+            job.trials = sweep_.run(job, callbacks=reporter, workers=workers)
         table = sweep_.table(job.folder)
         if json_out:
             typer.echo(json.dumps(table.to_json()))

@@ -184,11 +184,12 @@ _held: dict[tuple[int, int], int] = {}  # (device, inode) of each folder this pr
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
     """Be the one process writing into `folder` while the block runs; another one gets a ConfigError naming the
     folder and the holder's PID. The lock is the OS's (flock): it dies with its process, so a kill -9 never leaves
     a folder stuck; the lock file goes when the block ends. Taking the lock also removes the temp files that dead
-    writers left behind. Re-entrant within a process (a sweep holds its folder while each trial holds its own)."""
+    writers left behind. Re-entrant within a process (a sweep holds its folder while each trial holds its own).
+    `wait`: seconds to wait for a holder to let go before refusing (the short locks of a sweep's manifest)."""
     folder = Path(folder)
     key = _folder_key(folder)
     if key in _held:
@@ -198,7 +199,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    fd = _acquire(folder)
+    fd = _acquire(folder, wait)
     _held[key] = 1
     try:
         remove_stale_temp_files(folder)
@@ -219,9 +220,10 @@ def _folder_key(folder: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _acquire(folder: Path) -> int:
+def _acquire(folder: Path, wait: float = 0.0) -> int:
     """Open and flock folder/LOCK_FILE, then write our PID into it; never follows a planted symlink."""
     path = folder / LOCK_FILE
+    deadline = time.monotonic() + wait
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
@@ -234,7 +236,11 @@ def _acquire(folder: Path) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ConfigError(_in_use(folder, fd)) from None
+                if time.monotonic() >= deadline:
+                    raise ConfigError(_in_use(folder, fd)) from None
+                os.close(fd)
+                time.sleep(0.05)
+                continue
             if _same_file(fd, path):  # not removed (and made anew) by the holder we waited on
                 with contextlib.suppress(OSError):  # only for the message another writer gets (a full disk...)
                     os.ftruncate(fd, 0)

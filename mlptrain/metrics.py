@@ -85,6 +85,11 @@ def is_better(monitor: str, value: float, best: float | None) -> bool:
     return value > best if _HIGHER_IS_BETTER[monitor] else value < best
 
 
+def direction(monitor: str) -> str:
+    """Which way `monitor` improves, in the words of an optimiser: 'maximize' (val_acc) or 'minimize' (val_loss)."""
+    return "maximize" if _HIGHER_IS_BETTER[monitor] else "minimize"
+
+
 def best_index(values: Iterable[float | None], monitor: str) -> int | None:
     """The position of the best of `values` by is_better (the first of equals); None if none counts."""
     best, found = None, None

@@ -1,5 +1,6 @@
-"""Figures as image files: a run's training curves, runs' scores against their settings, a grid of the test
-images a model got most wrong, the bench's cost growth, the learning-rate range test and augmented images.
+"""Figures as image files: a run's training curves, runs' scores against their settings, a sweep's history and
+parameter importance, a grid of the test images a model got most wrong, the bench's cost growth, the learning-rate
+range test and augmented images.
 
 matplotlib draws them headless (the Agg canvas, no pyplot and no display), imported inside each function:
 it takes about a second to load and only these figures need it.
@@ -243,6 +244,43 @@ def save_error_grid(
     if count == 0:
         ax.text(0.5, 0.5, "no misclassified images", ha="center", fontsize=12, transform=ax.transAxes)
     fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def save_study_plot(
+    path: Path, history: Sequence[tuple[int, float]], importance: dict[str, float], metric: str, title: str
+) -> None:
+    """`mlptrain runs SWEEP_DIR --out`: each finished trial's value and the best so far against the trial number,
+    and (where the study could compute them) each swept key's importance to the value."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from mlptrain.metrics import is_better
+
+    fig = Figure(figsize=(12 if importance else 7, 4.2), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2 if importance else 1, squeeze=False)[0]
+    scale = 100 if UNITS[metric] == "fraction" else 1
+    xs, ys = [n for n, _ in history], [v * scale for _, v in history]
+    best, running = None, []
+    for y in ys:
+        best = y if best is None or is_better(metric, y / scale, best / scale) else best
+        running.append(best)
+    ax = axes[0]
+    ax.scatter(xs, ys, color=TRAIN_COLOR, alpha=0.8, zorder=2, label="trial")
+    ax.step(xs, running, where="post", color=BEST_COLOR, label="best so far")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric.replace("_", " ") + (" (%)" if scale == 100 else ""))
+    ax.set_title("history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    if importance:
+        keys = sorted(importance, key=importance.get)
+        axes[1].barh(keys, [importance[k] for k in keys], color=TRAIN_COLOR)
+        axes[1].set_xlabel("importance (fANOVA, sums to 1)")
+        axes[1].set_title("parameter importance")
+        axes[1].grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
     _save(fig, path)
 
 

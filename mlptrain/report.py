@@ -284,6 +284,9 @@ def _setting(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+_STATE_STYLE = {"failed": "red", "pruned": "dim"}
+
+
 def show_sweep(console: Console, table: SweepTable) -> None:
     """A sweep's trials, best first on the monitored metric, with the swept keys that vary and the best marked."""
     metric = table.monitor.replace("_", " ")
@@ -306,14 +309,15 @@ def show_sweep(console: Console, table: SweepTable) -> None:
             ]
         )
     if console.is_terminal:
-        grid = Table(title=str(table.folder), title_justify="left", header_style="bold")
+        grid = Table(title=f"{table.folder} ({table.method})", title_justify="left", header_style="bold")
         for i, name in enumerate(header):
             grid.add_column(name, justify="right", style="cyan" if 0 < i <= len(table.keys) else None)
         for cells, row in zip(rows, table.rows, strict=True):
-            grid.add_row(*cells, style="bold green" if row.best else "red" if row.trial.state == "failed" else None)
+            state = row.trial.state
+            grid.add_row(*cells, style="bold green" if row.best else _STATE_STYLE.get(state))
         console.print(grid)
     else:
-        console.print(str(table.folder), markup=False)
+        console.print(f"{table.folder} ({table.method})", markup=False)
         console.print(plain_table(header, rows, left=0), markup=False)
     for row in table.rows:
         if row.trial.state == "failed":

@@ -1,170 +1,41 @@
-"""Sweeps: a base config and the values to try, expanded into trials that run one after another, each an ordinary
-run folder under the sweep folder, whose manifest (sweep.json, written atomically) lets a stopped sweep carry on.
+"""Sweeps: the sweep file (a base config, the values to try, the method and pruner), the sweep folder and its
+manifest (sweep.json: each trial's run folder, values, state and Optuna trial number), and the table of trials.
 
-No torch at import time: `mlptrain runs SWEEP_DIR` reads the manifest and the trials' small files only.
+The study that samples, prunes and coordinates workers is study.py's (the only optuna user). No torch or optuna at
+import time: `mlptrain runs SWEEP_DIR` reads the manifest and the trials' small files only.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import random
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlptrain.config import Config, did_you_mean, key_problem, kind_of, load_config, quote, read_yaml, with_values
-from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
+from mlptrain.config import Config, load_config, read_yaml, with_values
+from mlptrain.errors import ConfigError
 from mlptrain.extras import check_config
 from mlptrain.files import atomic_write_text, folder_lock, make_dirs, new_run_dir
 from mlptrain.metrics import ranked
-from mlptrain.runs import LAST_FILE, RunSummary, Scores, is_run, read_run
+from mlptrain.runs import RunSummary, Scores, is_run, read_run
+from mlptrain.sweep_spec import DRAWN, MAX_TRIALS, METHODS, PRUNERS, Spec, check_trials, parse_spec  # noqa: F401
 
 if TYPE_CHECKING:
     from mlptrain.interrupt import StopRequest
     from mlptrain.trainer import Callbacks
 
 MANIFEST = "sweep.json"
-FORMAT_VERSION = 1
-METHODS = ("grid", "random")
-SPEC_KEYS = ("base", "method", "params", "trials", "seed")
-RANGE_KEYS = ("low", "high", "log")
-# pending -> running -> done | failed | interrupted; a kill -9 leaves "running" behind, which --resume handles.
-FINISHED = ("done", "failed")
+FORMAT_VERSION = 2  # 2: the trials are an Optuna study's (1: before; such a folder moves into a study on --resume)
+READABLE_VERSIONS = (1, 2)
+# pending -> running -> done | failed | pruned | interrupted; a kill -9 leaves "running" behind, which the next
+# worker or --resume continues from its last.pt.
+FINISHED = ("done", "failed", "pruned")
+LOCK_WAIT = 60.0  # seconds a worker waits for another to finish writing the manifest
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-MAX_TRIALS = 10_000  # trials in one sweep
 _NAME_LIMIT = 120  # characters of a trial folder name; the index at its front keeps shortened names apart
-
-
-@dataclass
-class Spec:
-    """A sweep file, validated: which base config, and how to pick the values of each swept key."""
-
-    base: str  # as the sweep file names it, relative to the sweep file
-    method: str
-    params: dict[str, list | dict]  # dotted key -> values to try, or (random only) a range {low, high, log}
-    trials: int | None = None  # random only
-    seed: int = 0  # random only
-
-    def expand(self) -> list[dict[str, Any]]:
-        """Each trial's values: every combination for grid (the first key varies slowest), else `trials` draws.
-
-        A random sweep draws trial after trial from one generator seeded with `seed`, so the first N trials of
-        a longer sweep are the N trials of a shorter one (which is what lets --trials extend a sweep).
-        """
-        keys = list(self.params)
-        if self.method == "grid":
-            return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.params.values())]
-        rng = random.Random(self.seed)
-        return [{key: _draw(rng, self.params[key]) for key in keys} for _ in range(self.trials)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """As a sweep file would say it (parse_spec reads it back)."""
-        extra = {"trials": self.trials, "seed": self.seed} if self.method == "random" else {}
-        return {"base": self.base, "method": self.method, "params": self.params, **extra}
-
-
-def parse_spec(raw: Any, source: str, trials: int | None = None) -> Spec:
-    """Validate a sweep file's content (everything but the trials' configs); `trials` is --trials N."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping (base, method, params...), got {kind_of(raw)}")
-    for key in raw:
-        if key not in SPEC_KEYS:
-            raise ConfigError(f"{source}: unknown key {quote(key)}{did_you_mean(str(key), SPEC_KEYS)}")
-    base = raw.get("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{source}: base: name the base config file (relative to the sweep file), got {quote(base)}")
-    method = raw.get("method", "grid")
-    if method not in METHODS:
-        raise ConfigError(f"{source}: method: {quote(method)} is not one of grid, random")
-    spec = Spec(base=base, method=method, params=_params(raw.get("params"), method, source))
-    if method == "grid":
-        for key in ("trials", "seed"):
-            if key in raw:
-                raise ConfigError(f"{source}: {key}: only a random sweep takes {key}; a grid runs every combination")
-        if trials is not None:
-            raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {source} is a grid")
-        combinations = math.prod(len(values) for values in spec.params.values())
-        if combinations > MAX_TRIALS:
-            raise ConfigError(
-                f"{source}: params: the grid has {combinations:,} combinations, more than a sweep may run "
-                f"({MAX_TRIALS:,}); sweep fewer values, or draw trials at random (method: random)"
-            )
-        return spec
-    spec.trials = trials if trials is not None else raw.get("trials")
-    if not _is_int(spec.trials) or spec.trials < 1:
-        raise ConfigError(f"{source}: trials: a random sweep needs a number of trials >= 1, got {quote(spec.trials)}")
-    check_trials(spec.trials, f"--trials {trials}" if trials is not None else f"{source}: trials")
-    spec.seed = raw.get("seed", 0)
-    if not _is_int(spec.seed) or not 0 <= spec.seed < 2**63:
-        raise ConfigError(f"{source}: seed: must be an integer in [0, 2**63), got {quote(spec.seed)}")
-    return spec
-
-
-def check_trials(trials: int, where: str) -> None:
-    """Refuse more trials than a sweep may run: each is a training run, and each config is checked up front."""
-    if trials > MAX_TRIALS:
-        raise ConfigError(f"{where}: {trials:,} trials, more than a sweep may run ({MAX_TRIALS:,})")
-
-
-def _params(params: Any, method: str, source: str) -> dict[str, list | dict]:
-    if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{source}: params: map each config key to the values to try, e.g. train.lr: [0.01, 0.1]")
-    for key, values in params.items():
-        where = f"{source}: params: {key}"
-        problem = key_problem(str(key))
-        if problem:
-            raise ConfigError(f"{source}: params: {problem}")
-        if isinstance(values, dict) and method == "random":
-            _check_range(values, where)
-        elif not isinstance(values, list):
-            also = "" if method == "grid" else " or a range {low: ..., high: ..., log: true}"
-            raise ConfigError(f"{where}: expected a list of values to try{also}, got {kind_of(values)} {quote(values)}")
-        elif not values:
-            raise ConfigError(f"{where}: the list of values to try is empty")
-    return params
-
-
-def _check_range(r: dict, where: str) -> None:
-    for key in r:
-        if key not in RANGE_KEYS:
-            raise ConfigError(f"{where}: unknown range key {quote(key)}{did_you_mean(str(key), RANGE_KEYS)}")
-    for key in ("low", "high"):
-        value = r.get(key)
-        if not _is_number(value):
-            raise ConfigError(f"{where}: {key}: a range needs a finite number, got {quote(value)}")
-    if not r["low"] < r["high"]:
-        raise ConfigError(f"{where}: low must be below high, got low={quote(r['low'])} high={quote(r['high'])}")
-    if not isinstance(r.get("log", False), bool):
-        raise ConfigError(f"{where}: log: expected true or false, got {quote(r['log'])}")
-    if r.get("log") and r["low"] <= 0:
-        raise ConfigError(f"{where}: a log range needs low > 0, got {quote(r['low'])}")
-
-
-def _draw(rng: random.Random, values: list | dict) -> Any:
-    """One value: a list's item, or a number in a range: uniform, or log-uniform with `log`; integers if both
-    ends are integers (e.g. train.batch_size: {low: 32, high: 512, log: true})."""
-    if isinstance(values, list):
-        return values[rng.randrange(len(values))]
-    low, high = values["low"], values["high"]
-    if values.get("log"):
-        x = math.exp(rng.uniform(math.log(low), math.log(high)))
-    else:
-        x = rng.uniform(low, high)
-    if _is_int(low) and _is_int(high):
-        return min(max(round(x), low), high)
-    return x
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
 
 
 def trial_name(index: int, values: dict[str, Any]) -> str:
@@ -194,8 +65,9 @@ class Trial:
     index: int  # from 1, in the order the sweep runs them
     dir: str  # the run folder's name inside the sweep folder
     values: dict[str, Any]  # the swept keys' values
-    state: str = "pending"  # pending, running, interrupted, done, failed
-    reason: str = ""  # why it failed
+    state: str = "pending"  # pending, running, interrupted, done, failed, pruned
+    reason: str = ""  # why it failed, or the epoch it was pruned at
+    number: int | None = None  # its Optuna trial's number in the study (index - 1); None in a version-1 folder
 
 
 @dataclass
@@ -207,17 +79,42 @@ class Sweep:
     spec: Spec
     base: dict[str, Any]  # the base config, resolved (defaults filled in)
     trials: list[Trial] = field(default_factory=list)
+    storage: str | None = None  # the study's database URL; None: SWEEP_DIR/study.db
+    study: str = ""  # the study's name in its storage
+    version: int = FORMAT_VERSION  # of the manifest as read: 1 until the folder is moved into a study
 
     @property
     def monitor(self) -> str:
         return self.base["train"]["monitor"]
+
+    @property
+    def total(self) -> int:
+        """How many trials the sweep runs in all."""
+        return len(self.trials) if self.spec.method == "grid" else self.spec.trials
+
+    def lock(self, wait: float = LOCK_WAIT):
+        """The short lock a worker holds while it reads, claims in, or writes the manifest."""
+        return folder_lock(self.folder, wait=wait)
+
+    def refresh(self) -> None:
+        """Read the trials back from the manifest, as the other workers have left it (under self.lock())."""
+        self.trials = load(self.folder).trials
+
+    def record(self, trial: Trial) -> None:
+        """Write `trial` into the manifest, keeping what the other workers wrote of theirs."""
+        with self.lock():
+            mine = {t.index: t for t in load(self.folder).trials}
+            mine[trial.index] = trial
+            self.trials = sorted(mine.values(), key=lambda t: t.index)
+            self.save()
 
     def config(self, trial: Trial) -> Config:
         return with_values(Config.from_dict(self.base), trial.values, source=f"trial {trial.dir}")
 
     def save(self) -> None:
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.version,
+            "study": {"storage": self.storage, "name": self.study},
             "spec": self.spec.to_dict(),
             "base_config": self.base,
             "trials": [asdict(t) for t in self.trials],
@@ -231,7 +128,13 @@ class Sweep:
         for index, v in enumerate(values, start):
             described = ", ".join(f"{k}={json.dumps(x)}" for k, x in v.items())
             check_config(with_values(base, v, source=f"{source}: trial {index} ({described})"))  # extras too
-        self.trials += [Trial(index, trial_name(index, v), v) for index, v in enumerate(values, start)]
+        self.trials += [
+            Trial(index, trial_name(index, v), v, number=index - 1) for index, v in enumerate(values, start)
+        ]
+
+    def check(self, trial: Trial, source: str) -> None:
+        """Validate one trial's config (a tpe trial, sampled as the sweep runs), its extras too."""
+        check_config(with_values(Config.from_dict(self.base), trial.values, source=f"{source}: trial {trial.index}"))
 
 
 def plan(path: Path, trials: int | None = None) -> Sweep:
@@ -243,26 +146,34 @@ def plan(path: Path, trials: int | None = None) -> Sweep:
         raise ConfigError(f"{path}: base: config file not found: {base_path} (the path is relative to the sweep file)")
     sweep = Sweep(folder=Path(), spec=spec, base=load_config(base_path).to_dict())
     sweep.add_trials(spec.expand(), str(path))
+    if spec.method == "tpe":  # its trials are sampled later: check the ends of every range and every listed value
+        for key, values in spec.params.items():
+            for value in values if isinstance(values, list) else (values["low"], values["high"]):
+                with_values(Config.from_dict(sweep.base), {key: value}, source=f"{path}: params: {key}")
     return sweep
 
 
-def create(path: Path, folder: Path | None = None, trials: int | None = None) -> Sweep:
-    """Plan the sweep in file `path` (see plan), then create the sweep folder and its manifest."""
+def create(path: Path, folder: Path | None = None, trials: int | None = None, storage: str | None = None) -> Sweep:
+    """Plan the sweep in file `path` (see plan), then create the sweep folder, its manifest and its study."""
     path = Path(path)
     sweep = plan(path, trials)
+    sweep.storage, study = storage, engine()
     if folder is None:
         sweep.folder, made = new_run_dir(Path(sweep.base["output"]["dir"]), path.stem), True
     else:
         sweep.folder = Path(folder)
         made = make_dirs(sweep.folder)
+    sweep.study = sweep.folder.resolve().name
     try:
-        with folder_lock(sweep.folder):
+        with sweep.lock(wait=2.0):
             if (sweep.folder / MANIFEST).exists():
                 raise ConfigError(
                     f"{folder} already holds a sweep; continue it with --resume {folder}, or pick another --dir"
                 )
+            made_study = study.open_study(sweep, create=True)  # first: a database that is not there leaves nothing
             atomic_write_text(sweep.folder / "sweep.yaml", path.read_text(encoding="utf-8"))  # for the record
             sweep.save()
+            study.sync(sweep, made_study)  # the trials queued before any worker starts
     except BaseException:
         if made:  # nothing of the sweep could be written: leave no folder behind
             shutil.rmtree(sweep.folder, ignore_errors=True)
@@ -270,15 +181,58 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None) ->
     return sweep
 
 
-def start(path: Path | None, resume: Path | None, folder: Path | None = None, trials: int | None = None) -> Sweep:
-    """`mlptrain sweep`: a new sweep of the file `path`, or the one in folder `resume` to carry on (one of them)."""
+def start(
+    path: Path | None,
+    resume: Path | None,
+    folder: Path | None = None,
+    trials: int | None = None,
+    storage: str | None = None,
+    join: Path | None = None,
+) -> Sweep:
+    """`mlptrain sweep`: a new sweep of the file `path`, or the one in folder `resume` (or `join`: the same, as one
+    more worker) to carry on; one of them."""
+    if join is not None:
+        if resume is not None:
+            raise ConfigError("--join and --resume: give one (both work on the sweep in SWEEP_DIR)")
+        resume = join
+        os.environ.setdefault("MLPTRAIN_SWEEP_WORKER", "join")  # study.WORKER_ENV: its own sampler seed
     if (path is None) == (resume is None):
         raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
     if resume is not None and folder is not None:
         raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
+    if resume is not None and storage is not None:
+        raise ConfigError("--resume uses the storage the sweep was started with; --storage does not apply")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials}: must be at least 1")
-    return create(path, folder=folder, trials=trials) if path is not None else load(resume, trials=trials)
+    if path is not None:
+        return create(path, folder=folder, trials=trials, storage=storage)
+    return load(resume, trials=trials)
+
+
+def engine():
+    """study.py, the sweep engine; Optuna is an extra (mlptrain[sweep]) that a sweep needs and `runs` does not."""
+    try:
+        from mlptrain import study
+    except ImportError as e:
+        raise ConfigError(
+            f"mlptrain sweep runs on Optuna, which is not installed ({e}): pip install 'mlptrain[sweep]'"
+        ) from None
+    return study
+
+
+def draw_study(folder: Path, out: Path) -> list[Path]:
+    """`runs SWEEP_DIR --out FILE.png` also draws FILE-study.png (study.progress, plot.save_study_plot); nothing for
+    a folder that is not a sweep, or a version-1 sweep with no study yet."""
+    sweep = load(folder) if is_sweep(folder) else None
+    if sweep is None or (sweep.version == 1 and sweep.storage is None):
+        return []
+    from mlptrain.plot import save_study_plot
+
+    history, importance = engine().progress(sweep)
+    path = Path(out).with_name(f"{Path(out).stem}-study.png")
+    what = f"{sweep.spec.method}, {len(history)} of {sweep.total} trials done"
+    save_study_plot(path, history, importance, sweep.monitor, f"{folder}: {what}")
+    return [path]
 
 
 def is_sweep(folder: Path) -> bool:
@@ -294,24 +248,36 @@ def load(folder: Path, trials: int | None = None) -> Sweep:
         raise ConfigError(f"{folder}: {what}")
     try:
         raw = json.loads(manifest.read_text(encoding="utf-8"))
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"{manifest}: format version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
+        version = raw.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise ConfigError(f"{manifest}: format version {version!r}, expected {FORMAT_VERSION}")
         spec = parse_spec(raw["spec"], str(manifest))
-        sweep = Sweep(folder, spec, Config.from_dict(raw["base_config"], str(manifest)).to_dict())
+        sweep = Sweep(folder, spec, Config.from_dict(raw["base_config"], str(manifest)).to_dict(), version=version)
         sweep.trials = [_trial(t, folder, manifest) for t in raw["trials"]]
+        study = raw.get("study") or {"storage": None, "name": folder.resolve().name}
+        sweep.storage, sweep.study = study["storage"], str(study["name"])
+        if sweep.storage is not None and not isinstance(sweep.storage, str):
+            raise TypeError("study.storage is not a URL")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ConfigError(f"{manifest}: unreadable ({type(e).__name__}: {e})") from None
     if trials is not None:
-        if spec.method != "random":
-            raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {folder} is a grid")
-        if trials < len(sweep.trials):
-            raise ConfigError(f"--trials {trials}: {folder} already has {len(sweep.trials)} trials; it can only grow")
-        check_trials(trials, f"--trials {trials}")
-        spec.trials = trials
-        sweep.add_trials(spec.expand()[len(sweep.trials) :], f"--trials {trials}")
-        with folder_lock(folder):
-            sweep.save()
+        _grow(sweep, trials)
     return sweep
+
+
+def _grow(sweep: Sweep, trials: int) -> None:
+    """--trials N on --resume: a random or tpe sweep grows to N trials (the study learns of them as they run)."""
+    folder, spec = sweep.folder, sweep.spec
+    if spec.method not in DRAWN:
+        raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {folder} is a grid")
+    if trials < spec.trials:
+        raise ConfigError(f"--trials {trials}: {folder} already has {spec.trials} trials; it can only grow")
+    check_trials(trials, f"--trials {trials}")
+    spec.trials = trials
+    with sweep.lock(wait=2.0):
+        sweep.refresh()
+        sweep.add_trials(spec.expand()[len(sweep.trials) :], f"--trials {trials}")
+        sweep.save()
 
 
 def _trial(raw: dict[str, Any], folder: Path, manifest: Path) -> Trial:
@@ -347,73 +313,18 @@ class SweepCallbacks:
         pass
 
 
-def run(sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest | None = None) -> list[Trial]:
-    """Run every trial not yet done or failed, in order, updating the manifest around each.
+def run(
+    sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest | None = None, workers: int = 1
+) -> list[Trial]:
+    """Work on the sweep until no trial is left to run (study.work), with `workers` - 1 more worker processes
+    beside this one; returns the trials as the manifest has them."""
+    from mlptrain import study
+    from mlptrain import workers as workers_
 
-    A trial that fails (its loss diverged, or it crashed) is recorded as failed with its reason and the sweep goes
-    on. A signal stops the running trial at a batch boundary, saved to its last.pt, and raises Interrupted.
-    """
-    from mlptrain.interrupt import StopRequest, stop_on_signals
-
-    cb = callbacks or SweepCallbacks()
-    stop = stop or StopRequest()
-    total = len(sweep.trials)
-    with folder_lock(sweep.folder), stop_on_signals(stop):
-        cb.sweep_started(sweep, sum(t.state not in FINISHED for t in sweep.trials))
-        for trial in sweep.trials:
-            if trial.state in FINISHED:
-                continue
-            if stop():  # a signal between trials
-                message = f"{stop.name}: the sweep stopped before trial {trial.index}/{total}"
-                raise _interrupted(sweep, message, stop.signum)
-            _run_trial(sweep, trial, cb, stop, total)
-    return sweep.trials
-
-
-def _run_trial(sweep: Sweep, trial: Trial, cb: SweepCallbacks, stop: StopRequest, total: int) -> None:
-    from mlptrain import trainer
-
-    run_dir = sweep.folder / trial.dir
-    before = trial.state
-    # A trial stopped mid-way ("interrupted", or "running" after a kill -9) goes on from its last.pt; one killed
-    # before its first epoch was saved starts again, cleanly.
-    resuming = before != "pending" and (run_dir / LAST_FILE).is_file()
-    trial.state, trial.reason = "running", ""
-    sweep.save()
-    callbacks = cb.trial_started(trial, total, resuming)
-    try:
-        if resuming:
-            trainer.resume(run_dir, callbacks=callbacks, stop=stop)
-        else:
-            trainer.train(sweep.config(trial), run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
-        trial.state = "done"
-    except Interrupted as e:
-        trial.state = "interrupted"
-        sweep.save()
-        raise _interrupted(sweep, f"sweep trial {trial.index}/{total}, {e}", e.exit_code - 128) from None
-    except KeyboardInterrupt:  # a second Ctrl-C: its last.pt holds the last finished epoch
-        trial.state = "interrupted"
-        sweep.save()
-        raise
-    except RunFailed as e:
-        trial.state, trial.reason = "failed", str(e)
-    except MlptrainError:  # bad input (e.g. the dataset is missing): every trial would fail alike, so stop
-        trial.state = before
-        sweep.save()
-        raise
-    except Exception as e:  # a crash inside one trial does not stop the others
-        trial.state, trial.reason = "failed", f"{type(e).__name__}: {e}"
-    sweep.save()
-    cb.trial_done(trial, total)
-
-
-def _interrupted(sweep: Sweep, message: str, signum: int) -> Interrupted:
-    done = sum(t.state == "done" for t in sweep.trials)
-    return Interrupted(
-        f"{message} ({done} of {len(sweep.trials)} trials done)",
-        resume_command=f"mlptrain sweep --resume {sweep.folder}",
-        signum=signum,
-    )
+    if workers < 1 or workers > workers_.MAX_WORKERS:
+        raise ConfigError(f"--workers {workers}: must be in [1, {workers_.MAX_WORKERS}]")
+    with workers_.spread(sweep.folder, workers, stop) as stop:
+        return study.work(sweep, callbacks or SweepCallbacks(), stop)
 
 
 # --- reading a sweep back ------------------------------------------------------------------------------------
@@ -437,6 +348,7 @@ class TrialRow:
             "run": self.trial.dir,
             "state": self.trial.state,
             "reason": self.trial.reason or None,
+            "number": self.trial.number,
             "best": self.best,
             "monitor": monitor,
             "value": self.value,
@@ -453,6 +365,7 @@ class TrialRow:
 @dataclass
 class SweepTable:
     folder: Path
+    method: str  # grid, random or tpe: how the trials' values were picked
     monitor: str
     keys: list[str]  # the swept keys whose values differ between trials
     rows: list[TrialRow]  # best first on `monitor`; trials without a number yet last, in order
@@ -485,4 +398,4 @@ def table(folder: Path) -> SweepTable:
     if done:
         done[0].best = True
     varied = [k for k in sweep.spec.params if len({json.dumps(t.values[k]) for t in sweep.trials}) > 1]
-    return SweepTable(sweep.folder, monitor, varied, rows)
+    return SweepTable(sweep.folder, sweep.spec.method, monitor, varied, rows)

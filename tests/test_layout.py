@@ -20,6 +20,8 @@ OWNERS = {
     "onnxruntime": {"export.py"},
     "safetensors": {"export.py"},
     "tensorboard": {"tblog.py"},
+    "optuna": {"study.py"},  # the sweep engine
+    "sqlalchemy": {"study.py"},  # Optuna's storage
 }
 # Parts of torch that need an optional extra, and the only modules that may import them.
 TORCH_PARTS = {"torch.utils.tensorboard": {"tblog.py"}, "torch.onnx": {"export.py"}}
