@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlptrain.config import Config, load_config, read_yaml, with_values
+from mlptrain.config import Config, load_config, quote, read_yaml, with_values
 from mlptrain.errors import ConfigError
 from mlptrain.extras import check_config
 from mlptrain.files import atomic_write_text, folder_lock, make_dirs, new_run_dir
@@ -288,15 +288,10 @@ def _trial(raw: dict[str, Any], folder: Path, manifest: Path) -> Trial:
     inside = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
     if not inside or not (folder / name).resolve().parent == folder.resolve():
         raise ConfigError(
-            f"{manifest}: trial {trial.index}'s folder {_quoted(name)} is not a folder inside {folder}; "
+            f"{manifest}: trial {trial.index}'s folder {quote(name)} is not a folder inside {folder}; "
             "refusing to write outside the sweep"
         )
     return trial
-
-
-def _quoted(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class SweepCallbacks:

@@ -160,6 +160,7 @@ def train(
         if world.is_main:
             clear_run(run_dir)  # --force over an old run: none of it stays
             atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
+            write_metrics(run_dir / METRICS_FILE, [])  # the header; resume rewrites it from last.pt (_repair)
         session = _new_session(config, run_dir, processes, data)
         return _run(session, callbacks or Callbacks(), stop or StopRequest())
 
@@ -315,8 +316,6 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
     config, world = session.config, session.processes.world
     if not world.is_main:
         cb = Callbacks()
-    else:  # a run resumed after a kill -9 may have rows past its last.pt: the checkpoint is what counts
-        write_metrics(session.run_dir / METRICS_FILE, session.history.epochs)
     log = _tensorboard(session, cb)
     cb = log or cb
     cb.run_started(_info(session))

@@ -7,6 +7,7 @@ must be treated as read-only: a test that needs a broken dataset copies one into
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 import torch
 
 from mlptrain.data import idx_bytes as mlptrain_idx_bytes
+from mlptrain.interrupt import StopRequest
 from mlptrain.synthetic import make_digits
+from mlptrain.trainer import Callbacks
 
 IDX_NAMES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -123,3 +126,21 @@ def cli_in_fresh_python(*argvs: list[str], forbid: tuple[str, ...] = ("torch",))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out
+
+
+class StopAt(Callbacks):
+    """Asks for a stop at (epoch, batch); batch 0 means right after that epoch finished."""
+
+    def __init__(self, stop: StopRequest, epoch: int, batch: int):
+        self.stop, self.at, self.epoch = stop, (epoch, batch), 0
+
+    def epoch_started(self, epoch, epochs, steps, done):
+        self.epoch = epoch
+
+    def batch_done(self, step):
+        if (self.epoch, step) == self.at:
+            self.stop.request(signal.SIGINT)
+
+    def epoch_done(self, stats, is_best):
+        if (stats.epoch, 0) == self.at:
+            self.stop.request(signal.SIGTERM)

@@ -95,17 +95,23 @@ def test_batch_size_must_divide_over_the_processes():
 # --- two real processes ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> tuple[Path, dict]:
-    """TINY in 2 processes through torchrun itself: (its run folder, its --json output)."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    config = write_config(tmp / "c.yaml", {**TINY, "output": {"dir": str(tmp / "runs")}})
+def torchrun_train(config: Path) -> subprocess.CompletedProcess:
+    """`mlptrain train CONFIG --json` in 2 processes through torchrun itself; it must succeed."""
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
          "-m", "mlptrain", "train", str(config), "--json"],
         capture_output=True, text=True, env=worker_env(), cwd=REPO, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, dict]:
+    """TINY in 2 processes through torchrun itself: (its run folder, its --json output)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    config = write_config(tmp / "c.yaml", {**TINY, "output": {"dir": str(tmp / "runs")}})
+    out = torchrun_train(config)
     folders = list((tmp / "runs").iterdir())
     assert len(folders) == 1, folders  # rank 0 alone made one
     lines = out.stdout.strip().splitlines()
@@ -246,12 +252,7 @@ def test_each_process_augments_its_own_share_deterministically(tmp_path):
     results = []
     for attempt in ("a", "b"):
         config = write_config(tmp_path / f"{attempt}.yaml", {**raw, "output": {"dir": str(tmp_path / attempt)}})
-        out = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-             "-m", "mlptrain", "train", str(config), "--json"],
-            capture_output=True, text=True, env=worker_env(), cwd=REPO, timeout=300,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
+        out = torchrun_train(config)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     drop = ("train_seconds", "val_seconds", "samples_per_second")
     a, b = ([{k: v for k, v in e.items() if k not in drop} for e in r["epochs"]] for r in results)

@@ -5,13 +5,13 @@ run writes no step twice; a sweep's trials log apart; no host sync is added; a m
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import StopAt
 from typer.testing import CliRunner
 
 from mlptrain import sweep, trainer
@@ -103,18 +103,6 @@ def test_the_hparams_hold_the_config(logged):
     assert hparams["train.lr"].number_value == pytest.approx(0.1)
     assert hparams["model.hidden"].string_value == "[32]"
     assert hparams["data.dataset"].string_value == "synthetic"
-
-
-class StopAt(trainer.Callbacks):
-    def __init__(self, stop: StopRequest, epoch: int, batch: int):
-        self.stop, self.at, self.epoch = stop, (epoch, batch), 0
-
-    def epoch_started(self, epoch, epochs, steps, done):
-        self.epoch = epoch
-
-    def batch_done(self, step):
-        if (self.epoch, step) == self.at:
-            self.stop.request(signal.SIGINT)
 
 
 @pytest.mark.parametrize(("epoch", "batch"), [(2, 5), (1, STEPS)])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import StopAt
 from typer.testing import CliRunner
 
 from mlptrain import evaluate, trainer
@@ -58,24 +59,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
-
-
-class StopAt(trainer.Callbacks):
-    """Asks for a stop at (epoch, batch); batch 0 means right after that epoch finished."""
-
-    def __init__(self, stop: StopRequest, epoch: int, batch: int):
-        self.stop, self.at, self.epoch = stop, (epoch, batch), 0
-
-    def epoch_started(self, epoch, epochs, steps, done):
-        self.epoch = epoch
-
-    def batch_done(self, step):
-        if (self.epoch, step) == self.at:
-            self.stop.request(signal.SIGINT)
-
-    def epoch_done(self, stats, is_best):
-        if (stats.epoch, 0) == self.at:
-            self.stop.request(signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
