@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlptrain import eager
 from mlptrain.augment import Augmenter
 from mlptrain.config import Config, TrainConfig
 from mlptrain.data import (
@@ -92,9 +93,9 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         options = {"betas": (cfg.momentum, 0.999)}
     try:
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **options)
+        return eager.make_optimizer(cls, params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **options)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
+        return eager.make_optimizer(cls, params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
@@ -241,7 +242,7 @@ def train_step(
         loss, logits = model.backprop(x, y, label_smoothing)
         if clip is not None:
             clip_grad_norm(optimizer, *clip)
-        optimizer.step()
+        eager.step(optimizer)
         return loss, logits
     zero_grad(optimizer)
     loss, logits = backward(model, x, y, precision, scaler, label_smoothing)
@@ -250,7 +251,7 @@ def train_step(
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip_grad_norm(optimizer, *clip)
     if scaler is None:
-        optimizer.step()
+        eager.step(optimizer)
     else:  # fp16: skip a step whose gradients overflowed, and adapt the scale
         scaler.step(optimizer)
         scaler.update()

@@ -113,13 +113,10 @@ def cli_in_fresh_python(*argvs: list[str], forbid: tuple[str, ...] = ("torch",))
     """
     code = (
         "import sys\n"
-        "from mlptrain.cli import main\n"
+        "from mlptrain.cli import _run\n"  # not main(), which leaves with os._exit once torch is loaded
         f"for argv in {[list(map(str, a)) for a in argvs]!r}:\n"
         "    sys.argv = ['mlptrain', *argv]\n"
-        "    try:\n"
-        "        main()\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code == 0, (argv, e.code)\n"
+        "    assert _run() == 0, argv\n"
         f"loaded = [m for m in {list(forbid)!r} if m in sys.modules]\n"
         "assert not loaded, f'imported {loaded}'\n"
     )

@@ -49,11 +49,8 @@ def complete(words: str, tmp_path=None) -> list[str]:
 # Completes, then fails if torch was imported: completion runs on every TAB and must answer at once.
 COMPLETE_WITHOUT_TORCH = """
 import sys
-from mlptrain.cli import main
-try:
-    main()
-except SystemExit:
-    pass
+from mlptrain.cli import _run  # not main(), which would leave with os._exit, skipping the check, if torch loaded
+_run()
 assert 'torch' not in sys.modules, 'completion imported torch'
 """
 

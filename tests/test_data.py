@@ -4,6 +4,8 @@ validation split, batches, every broken-dataset error, and the synthetic digits.
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -19,8 +21,10 @@ from mlptrain.data import (
     Split,
     batches,
     check_idx_file,
+    class_names,
     epoch_order,
     load_eval_split,
+    load_images,
     load_training_data,
     normalize,
     raw_folder,
@@ -479,3 +483,38 @@ def test_the_idx_writer_matches_torchvision(tmp_path):
         library_write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     ds = datasets.MNIST(tmp_path, train=True, download=False)
     assert torch.equal(ds.data, images) and torch.equal(ds.targets, labels)
+
+
+@pytest.mark.parametrize("shape", [(5, 28, 28), (3, 7, 11), (1, 1, 1)])
+def test_the_idx_reader_matches_torchvision(tmp_path, shape):
+    from torchvision.datasets import MNIST
+
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (shape[0],), generator=torch.Generator().manual_seed(2))
+    raw = Path(tmp_path) / "MNIST" / "raw"
+    for prefix in ("train", "t10k"):
+        library_write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        library_write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    theirs = MNIST(tmp_path, train=False, download=False)
+    ours = load_images(DataConfig(dataset="mnist", root=str(tmp_path), download=False), train=False)
+    assert ours[0].dtype == theirs.data.dtype and ours[1].dtype == theirs.targets.dtype
+    assert torch.equal(ours[0], theirs.data) and torch.equal(ours[1], theirs.targets)
+
+
+def test_fashion_class_names_are_torchvisions():
+    from torchvision.datasets import FashionMNIST
+
+    assert class_names("fashion-mnist") == list(FashionMNIST.classes)
+
+
+def test_reading_idx_files_does_not_import_torchvision(mnist_root):
+    code = (
+        "import sys\n"
+        "from mlptrain.config import DataConfig\n"
+        "from mlptrain.data import load_images\n"
+        f"images, labels = load_images(DataConfig(dataset='mnist', root={str(mnist_root)!r}), train=True)\n"
+        "assert len(images) == len(labels) > 0\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
