@@ -6,10 +6,7 @@ torch is imported inside the commands, so `--help`, `--version`, `config` and sh
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -113,7 +110,6 @@ def train(
     """Train an MLP as CONFIG describes, or resume a run; keep the best checkpoint (on validation) and the last."""
     with exits.errors():
         streams.announce(f"loading {config or resume}", quiet=quiet or json_out)
-        from mlptrain import distributed, live, report, trainer
         from mlptrain.config import load_config
         from mlptrain.errors import ConfigError
 
@@ -121,7 +117,9 @@ def train(
             raise ConfigError("give a CONFIG file to start a run, or --resume RUN to continue one (not both)")
         if resume is not None and (run_dir is not None or force):
             raise ConfigError("--resume continues a run in its own folder; --run-dir and --force do not apply")
-        cfg = load_config(config, set_ or []) if config is not None else None
+        cfg = load_config(config, set_ or []) if config is not None else None  # a bad config is said before torch
+        from mlptrain import distributed, live, report, trainer
+
         if dry_run:
             return _dry_run(cfg, resume, set_ or [])
         if nproc > 1:
@@ -456,34 +454,9 @@ from mlptrain import cli_recipe  # noqa: E402, F401 - registers augment and lr-f
 
 
 def main() -> None:
-    """Entry point: run the command and exit with its code.
-
-    Once torch is loaded the process leaves with os._exit after running the atexit handlers and flushing its
-    output, skipping the interpreter's teardown of thousands of modules: that took 1.0 s after a smoke run's last
-    line here. A torchrun worker needs it most, as multiprocessing's own workers do: a gloo thread may still be
-    releasing the last collective's tensors when Python finalizes, and taking the GIL then aborts the process
-    ("terminate called without an active exception", seen in about one resumed --nproc 2 run in ten here).
-    Every file a command writes is fsynced before this point.
-    """
+    """Entry point: run the command and exit with its code (exits.leave: at once, once torch is loaded)."""
     exit_on_sigterm()
-    code = _run()
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        code = streams.reader_left()
-    if "torch" in sys.modules or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _leave_now(code)
-    raise SystemExit(code)
-
-
-def _leave_now(code: int) -> None:
-    import atexit
-
-    atexit._run_exitfuncs()  # what a normal exit runs first (logging's and TensorBoard's flushes among them)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
+    exits.leave(_run())
 
 
 def _run() -> int:
