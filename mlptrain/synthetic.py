@@ -35,7 +35,7 @@ def glyph_templates() -> torch.Tensor:
     return templates / 255.0
 
 
-def make_digits(n: int, seed: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def make_digits(n: int, seed: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """n images (n, 28, 28) uint8 and labels (n,) int64, a deterministic function of (n, seed)."""
     g = torch.Generator().manual_seed(seed)
     templates = glyph_templates()

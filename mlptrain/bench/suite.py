@@ -21,6 +21,9 @@ from mlptrain.bench.cases import (
     mlp_sizes,
 )
 from mlptrain.bench.harness import Plan, busy_cpu_seconds, device_name, plan
+from mlptrain.bench.startup import StartupResult, bench_startup
+
+STARTUP_ROUNDS = {False: 5, True: 1}  # rounds of the start-up section, full and --quick
 
 
 @dataclass
@@ -35,6 +38,7 @@ class BenchResult:
     epoch: EpochResult | None = None
     roofline: RooflineResult | None = None
     growth: GrowthResult | None = None
+    startup: StartupResult | None = None  # whole commands as processes, against import torch
     seconds: float = 0.0  # the whole bench, wall clock
     # How many cores' worth of CPU other processes used, on average, while the bench ran (the machine's busy time
     # from /proc/stat, steal included, minus this process's); None off Linux. On a shared machine this is what
@@ -56,6 +60,7 @@ class BenchResult:
             "epoch": self.epoch.to_json() if self.epoch else None,
             "roofline": self.roofline.to_json() if self.roofline else None,
             "growth": self.growth.to_json() if self.growth else None,
+            "startup": self.startup.to_json() if self.startup else None,
         }
 
 
@@ -92,4 +97,8 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
     if busy0 is not None and busy1 is not None:
         others = (busy1 - busy0) - (time.process_time() - own0)
         result.other_cores = max(others, 0.0) / result.seconds
+    # Last, and outside the other-cores count: its commands are other processes, by design.
+    stage("start-up: whole commands against import torch")
+    result.startup = bench_startup(STARTUP_ROUNDS[quick])
+    result.seconds = time.perf_counter() - t0
     return result
