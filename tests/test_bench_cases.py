@@ -125,7 +125,7 @@ def test_json_has_every_section_with_the_promised_sizes(quick_run):
     assert epoch["speedups"]["compiled_vs_eager"] is None
 
     roof = out["roofline"]
-    assert roof["sizes"] == [784, 512, 256, 10] and roof["goal"] == 0.5
+    assert roof["sizes"] == [784, 512, 256, 10] and roof["goal"] == 0.7
     assert [row["batch_size"] for row in roof["rows"]] == list(plan.roofline_batches)
     assert {row["precision"] for row in roof["rows"]} == set(roof["peaks"]) == {"fp32"}
     for row in roof["rows"]:

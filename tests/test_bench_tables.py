@@ -10,8 +10,17 @@ from pathlib import Path
 from rich.console import Console
 
 from mlptrain import report
-from mlptrain.bench.cases import LAYER_GOAL, ROOFLINE_GOAL_BATCH, LayerResult, RooflineResult, RooflineRow
-from mlptrain.bench.tables import Document, Table, _meets, layer_table, roofline_table
+from mlptrain.bench.cases import (
+    EPOCH_GOALS,
+    LAYER_GOAL,
+    ROOFLINE_GOAL_BATCH,
+    EpochLoop,
+    EpochResult,
+    LayerResult,
+    RooflineResult,
+    RooflineRow,
+)
+from mlptrain.bench.tables import Document, Table, _meets, epoch_table, layer_table, roofline_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +57,27 @@ def test_roofline_is_judged_only_from_the_goal_batch_up():
     rows = [RooflineRow("fp32", b, 0.001, 10**9, 10**12, 0.4) for b in (ROOFLINE_GOAL_BATCH // 2, ROOFLINE_GOAL_BATCH)]
     table = roofline_table(RooflineResult(sizes=[784, 512, 256, 10], matmul_size=2048, peaks={"fp32": 1e12}, rows=rows))
     assert [row[-1] for row in table.rows] == [("0.40", None), ("0.40", False)]
+
+
+def test_epoch_goals_judge_the_plain_and_tutorial_loops_against_ours():
+    assert EPOCH_GOALS == {"plain": 1.25, "tutorial": 7.0}
+    loops = [
+        EpochLoop("ours", "ours", 2, "fp32", 1.0, 16.7),
+        EpochLoop("ours_1_thread", "one thread", 1, "fp32", 3.0, 50.0),
+        EpochLoop("plain", "plain", 2, "fp32", 1.249, 20.8),
+        EpochLoop("tutorial", "tutorial", 2, "fp32", 7.0, 117.0),
+        *(EpochLoop(name, name, 2, "fp32") for name in ("ours_bf16", "ours_fp16", "ours_compiled", "ours_augmented")),
+    ]
+    table = epoch_table(
+        EpochResult(sizes=[784, 128, 64, 10], batch_size=64, samples=60_000, scaled_to=60_000, loops=loops)
+    )
+    relative = table.columns.index("time ÷ ours")
+    assert [row[relative] for row in table.rows] == ["1.00×", "3.00×", ("1.25×", True), ("7.00×", True), *"----"]
+    loops[2].seconds_per_epoch, loops[3].seconds_per_epoch = 1.2, 6.9
+    table = epoch_table(
+        EpochResult(sizes=[784, 128, 64, 10], batch_size=64, samples=60_000, scaled_to=60_000, loops=loops)
+    )
+    assert [row[relative] for row in table.rows][2:4] == [("1.20×", False), ("6.90×", False)]
 
 
 def document() -> Document:

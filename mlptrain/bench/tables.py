@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mlptrain.bench.cases import LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH
+from mlptrain.bench.cases import EPOCH_GOALS, LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH
 from mlptrain.bench.startup import EVAL_GOAL_SECONDS, MEMORY_GOAL_MB, TRAIN_GOAL_SECONDS
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def epoch_table(epoch: EpochResult) -> Table:
                 loop.precision,
                 "-" if loop.seconds_per_epoch is None else f"{loop.seconds_per_epoch:.2f}",
                 "-" if loop.us_per_sample is None else f"{loop.us_per_sample:.1f}",
-                "-" if relative is None else f"{relative:.2f}×",
+                "-" if relative is None else _times(relative, EPOCH_GOALS.get(loop.name)),
                 loop.description + (f"; {loop.note}" if loop.note else ""),
             ]
         )
@@ -179,7 +179,8 @@ def epoch_table(epoch: EpochResult) -> Table:
         f"seconds per {epoch.scaled_to:,} samples{scaled}",
         columns=["loop", "threads", "precision", "s/epoch", "µs/sample", "time ÷ ours", "what"],
         rows=rows,
-        notes=["Speed-ups (above 1: the first is faster): " + "; ".join(said) + "."] if said else [],
+        notes=(["Speed-ups (above 1: the first is faster): " + "; ".join(said) + "."] if said else [])
+        + ["Goals: " + ", ".join(f"the {name} loop ≥ {goal}× ours" for name, goal in EPOCH_GOALS.items()) + "."],
         left=frozenset({"loop", "precision", "what"}),
     )
 
@@ -271,6 +272,11 @@ def startup_table(startup: StartupResult) -> Table:
         ],
         left=frozenset({"command", "loads torch"}),
     )
+
+
+def _times(value: float, goal: float | None) -> Cell:
+    """A ratio shown as 1.27×, judged against `goal` (None: no goal applies) as shown."""
+    return f"{value:.2f}×" if goal is None else (f"{value:.2f}×", _meets(value, goal))
 
 
 def _threads(n: int) -> str:
