@@ -336,17 +336,19 @@ def test_compile_trains_like_eager(tmp_path):
 
 
 # What TINY trained to before data.augment, label smoothing, clipping, EMA and the weights-only weight decay
-# existed (commit 840fa7a): with every one of them off, training must stay bitwise what it was.
+# existed (commit 840fa7a): with every one of them off, training must stay bitwise what it was. Re-pinned once
+# since, when the synthetic digits started rendering in chunks of 1024 (other images, same kind): the old values
+# still came out bit for bit from the old images with the new code (eager.step), checked before re-pinning.
 TODAYS_METRICS = [
-    ("2.046978271484375", "1.6483201599121093", "0.405"),
-    ("1.73693017578125", "1.4374949645996093", "0.49"),
-    ("1.42408740234375", "1.3561172485351562", "0.52"),
+    ("1.99799365234375", "1.6611277770996093", "0.415"),
+    ("1.7026298828125", "1.4565840148925782", "0.495"),
+    ("1.3829893798828126", "1.3943028259277344", "0.57"),
 ]
 TODAYS_WEIGHT_SUMS = {
-    "layers.0.weight": -46.44486105350563,
-    "layers.0.bias": -0.666972392507887,
-    "layers.1.weight": 0.20870068744989112,
-    "layers.1.bias": 0.5851240959018469,
+    "layers.0.weight": -37.49754448452438,
+    "layers.0.bias": -0.7661115315277129,
+    "layers.1.weight": 0.20870128367096186,
+    "layers.1.bias": 0.5851240567862988,
 }
 
 
