@@ -158,7 +158,7 @@ def load_images(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tenso
 
         n = cfg.synthetic_size if train else max(1, cfg.synthetic_size // 6)
         return make_digits(n, seed=_SYNTHETIC_SEEDS["train" if train else "test"])
-    return _load_torchvision(cfg, train)
+    return _load_idx_files(cfg, train)
 
 
 def raw_folder(cfg: DataConfig) -> Path:
@@ -166,7 +166,7 @@ def raw_folder(cfg: DataConfig) -> Path:
     return Path(cfg.root) / _TORCHVISION_CLASS[cfg.dataset] / "raw"
 
 
-def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_idx_files(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     folder = raw_folder(cfg)
     _unpack_gzipped(folder)
     missing = [name for name in IDX_FILES if not (folder / name).exists()]
@@ -181,7 +181,7 @@ def _load_torchvision(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch
             + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"
             " data.download: true online"
         )
-    for name in IDX_FILES:  # torchvision looks at all four, and would block on a pipe
+    for name in IDX_FILES:  # all four, before any is read: a pipe would block the read
         problem = file_problem(folder / name, "IDX file")
         if problem:
             raise DataError(problem)

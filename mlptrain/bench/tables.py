@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mlptrain.bench.cases import EPOCH_GOALS, LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH
-from mlptrain.bench.startup import EVAL_GOAL_SECONDS, MEMORY_GOAL_MB, TRAIN_GOAL_SECONDS
+from mlptrain.bench.startup import EVAL_GOAL_SECONDS, LIGHT, MEMORY_GOAL_MB, TRAIN_GOAL_SECONDS
 
 if TYPE_CHECKING:
     from mlptrain.bench.cases import EpochResult, GrowthResult, GrowthRow, LayerResult, RooflineResult
@@ -254,8 +254,8 @@ def startup_table(startup: StartupResult) -> Table:
         if name == "train":
             extra = startup.extra_memory(name)
             memory = f"{cost.median_peak_mb:,.0f} ({extra:+,.0f})", extra <= MEMORY_GOAL_MB
-        loads: Cell = {None: "", True: "yes", False: ("no", True)}[cost.loads_torch]
-        if name in ("runs", "plot", "config", "--help"):
+        loads: Cell = {None: "", True: "yes", False: "no"}[cost.loads_torch]
+        if name in LIGHT:  # must not load torch
             loads = ("no", True) if cost.loads_torch is False else ("yes", False)
         work = f"{cost.median_work:.2f}" if cost.work_seconds else ""
         rows.append([name, f"{cost.median_seconds:.2f}", work, over, memory, loads])
