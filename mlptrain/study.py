@@ -168,9 +168,7 @@ def _sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     alone (so any worker, a resume or --trials growth draws what one worker would have); TPE's on the trials
     finished before too."""
     if spec.method == "grid":  # trial n is combination n of the grid, shuffled by the seed
-        return _Grid(
-            {key: d.choices for key, d in distributions(spec.params).items()}, seed=spec.seed % 2**32
-        )
+        return _Grid({key: d.choices for key, d in distributions(spec.params).items()}, seed=spec.seed % 2**32)
     if spec.method == "random":
         return _NumberedRandom(spec.seed)
     # Each worker's sampler gets its own seed, or workers that start together would all draw the same trials:

@@ -13,7 +13,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 OWNERS = {
     "rich": {"report.py", "live.py"},
     "matplotlib": {"plot.py"},
-    "typer": {"cli.py", "cliparts.py", "cli_recipe.py", "cli_sweep.py"},  # cli_recipe: augment, lr-find; cli_sweep: sweep
+    "typer": {"cli.py", "cliparts.py", "cli_recipe.py", "cli_sweep.py"},  # cli_recipe: augment, lr-find; cli_sweep
     # The optional extras: each imported by the one module whose feature needs it (extras.py checks for them).
     "onnx": {"export.py"},
     "onnxscript": {"export.py"},
