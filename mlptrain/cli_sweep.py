@@ -13,6 +13,27 @@ import typer
 from mlptrain import completion, exits
 from mlptrain.cli import _command
 
+SweepDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--dir",
+        metavar="DIR",
+        help="Write the sweep here, not in <output.dir>/<name>-<time> (--join URL: <output.dir>/<study>).",
+    ),
+]
+Join = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--join",
+        metavar="SWEEP_DIR|URL",
+        help="One more worker on a sweep: its folder, or its study's database URL from any machine.",
+    ),
+]
+StudyName = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(metavar="NAME", help="With --join URL: the study, where the database holds several."),
+]
+
 
 @_command(
     None,
@@ -29,14 +50,7 @@ def sweep(
             autocompletion=completion.yaml_files,
         ),
     ] = None,
-    dir_: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--dir",
-            metavar="DIR",
-            help="Write the sweep here, not in <output.dir>/<name>-<time> (--join URL: <output.dir>/<study>).",
-        ),
-    ] = None,
+    dir_: SweepDir = None,
     resume: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", metavar="SWEEP_DIR", help="Carry on the sweep in SWEEP_DIR where it stopped."),
@@ -47,18 +61,8 @@ def sweep(
     ] = None,
     storage: Annotated[Optional[str], typer.Option(metavar="URL", help="The study's database URL.")] = None,  # noqa: UP045
     workers: Annotated[int, typer.Option(metavar="N", help="Run N trials at a time here, CPU threads split.")] = 1,
-    join: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--join",
-            metavar="SWEEP_DIR|URL",
-            help="One more worker on a sweep: its folder, or its study's database URL from any machine.",
-        ),
-    ] = None,
-    study: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(metavar="NAME", help="With --join URL: the study, where the database holds several."),
-    ] = None,
+    join: Join = None,
+    study: StudyName = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON list, an object per trial, and nothing else.")
