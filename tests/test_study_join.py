@@ -154,14 +154,17 @@ def test_a_dead_worker_s_trial_on_another_host_is_run_again_from_its_start(tmp_p
         study_name="sw", storage=url, sampler=study._sampler(sweep.load(tmp_path / "a" / "sw").spec)
     )
     dists = study.distributions(spec["params"])
-    remote = []
-    for paused in (False, True):  # two trials a worker on another host started, then died (or was stopped)
+    remote, home = [], sweep.load(tmp_path / "a" / "sw")
+    for paused in (False, True):  # two trials a worker on machine A started, then died (or was stopped)
         asked = there.ask()
-        study.suggest(asked, dists)
+        drawn = study.suggest(asked, dists)
         asked.set_user_attr(study.HOST, "elsewhere")
         asked.set_user_attr(study.PAUSED, paused)
         there._storage.record_heartbeat(asked._trial_id)
         remote.append(asked.number)
+        n = asked.number
+        home.record(sweep.Trial(n + 1, sweep.trial_name(n + 1, drawn), drawn, "running", number=n))
+    (tmp_path / "a").rename(tmp_path / "gone")  # machine A is out of reach
     time.sleep(2.5)  # SQLite's clock counts whole seconds
     out = invoke("sweep", "--join", url, "--dir", tmp_path / "b")
     assert out.exit_code == 0, out.stderr
@@ -176,3 +179,10 @@ def test_a_dead_worker_s_trial_on_another_host_is_run_again_from_its_start(tmp_p
     mine = manifest(tmp_path / "b")["trials"]
     assert again[0].number in {t["number"] for t in mine} and all(t["state"] == "done" for t in mine)
     assert remote[1] not in {t["number"] for t in mine}
+    monkeypatch.setattr(study, "GRACE", 120)
+    back = invoke("sweep", "--resume", tmp_path / "gone" / "sw", "-q")  # machine A back: its own --resume
+    assert back.exit_code == 1, back.stderr  # the trial that ran again elsewhere counts as failed here
+    home = manifest(tmp_path / "gone" / "sw")["trials"]
+    assert [(t["number"], t["state"]) for t in home] == [(remote[0], "failed"), (remote[1], "done")]
+    assert home[0]["reason"] == f"its worker stopped answering; trial {again[0].number + 1} ran it again"
+    assert optuna.load_study(study_name="sw", storage=url).trials[remote[1]].state.name == "COMPLETE"
