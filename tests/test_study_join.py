@@ -142,7 +142,8 @@ def test_join_by_url_problems_are_one_line(tmp_path):
         out = invoke("sweep", "--join", bad)
         assert out.exit_code == 2 and "cannot open the study at" in out.stderr, out.stderr
         assert "secret" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert invoke("sweep", "--join", url, "--study", "sw-2", "-q").exit_code == 0  # and joining works
+    out = invoke("sweep", "--join", url, "--study", "sw-2", "--dir", tmp_path / "joined", "-q")
+    assert out.exit_code == 0, out.stderr  # and joining works
 
 
 def test_a_dead_worker_s_trial_on_another_host_is_run_again_from_its_start(tmp_path, monkeypatch):
