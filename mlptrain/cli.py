@@ -352,58 +352,7 @@ def runs(
                 report.saved(report.make_console(), "plot", path)
 
 
-@_command(None, "mlptrain sweep configs/sweep.yaml --workers 2", "mlptrain sweep --resume runs/<sweep>")
-def sweep(
-    sweep_file: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Argument(
-            metavar="SWEEP",
-            help="A sweep file, e.g. configs/sweep.yaml (not with --resume).",
-            autocompletion=completion.yaml_files,
-        ),
-    ] = None,
-    dir_: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--dir", metavar="DIR", help="Write the sweep exactly here instead of <output.dir>/<name>-<time>."
-        ),
-    ] = None,
-    resume: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--resume", metavar="SWEEP_DIR", help="Carry on the sweep in SWEEP_DIR where it stopped."),
-    ] = None,
-    trials: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--trials", metavar="N", help="Random and tpe sweeps: run N trials (with --resume: grow to N)."),
-    ] = None,
-    storage: Annotated[Optional[str], typer.Option(metavar="URL", help="The study's database URL.")] = None,  # noqa: UP045
-    workers: Annotated[int, typer.Option(metavar="N", help="Run N trials at a time here, CPU threads split.")] = 1,
-    join: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--join", metavar="SWEEP_DIR", help="One more worker on a running sweep (shows its trials only)."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON list, an object per trial, and nothing else.")
-    ] = False,
-) -> None:
-    """Train one run per grid point, random draw or TPE sample, on Optuna; resumable; then the trials, best first."""
-    with exits.errors():
-        from mlptrain import live, report
-        from mlptrain import sweep as sweep_
-
-        job = sweep_.start(sweep_file, resume, folder=dir_, trials=trials, storage=storage, join=join)
-        with exits.live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
-            job.trials = sweep_.run(job, callbacks=reporter, workers=workers)
-        table = sweep_.table(job.folder)
-        if json_out:
-            typer.echo(json.dumps(table.to_json()))
-        else:
-            report.show_sweep(report.make_console(), table)
-        failed = sum(t.state == "failed" for t in job.trials)
-        if failed:
-            report.error(f"{failed} of {len(job.trials)} trials failed; the others ran (see the table)")
-            raise SystemExit(1)
+from mlptrain import cli_sweep  # noqa: E402, F401 - registers sweep on `app`, here, so that it is listed after runs
 
 
 @_command(None, "mlptrain bench --quick --out bench.md")

@@ -1,8 +1,9 @@
 """Sweeps: the sweep file (a base config, the values to try, the method and pruner), the sweep folder and its
-manifest (sweep.json: each trial's run folder, values, state and Optuna trial number), and the table of trials.
+manifest (sweep.json: the study it belongs to, each trial's run folder, values, state and Optuna trial number),
+starting, resuming or joining one (by folder or by the study's database URL), and the table of trials.
 
-The study that samples, prunes and coordinates workers is study.py's (the only optuna user). No torch or optuna at
-import time: `mlptrain runs SWEEP_DIR` reads the manifest and the trials' small files only.
+The study that samples, prunes and coordinates workers is study.py's and study_worker.py's (the only optuna users).
+No torch or optuna at import time: `mlptrain runs SWEEP_DIR` reads the manifest and the trials' small files only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mlptrain.files import atomic_write_text, folder_lock, make_dirs, new_run_di
 from mlptrain.metrics import ranked
 from mlptrain.runs import RunSummary, Scores, is_run, read_run
 from mlptrain.sweep_spec import DRAWN, MAX_TRIALS, METHODS, PRUNERS, Spec, check_trials, parse_spec  # noqa: F401
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # `--join postgresql://...`, not a folder
 
 if TYPE_CHECKING:
     from mlptrain.interrupt import StopRequest
@@ -68,6 +71,7 @@ class Trial:
     state: str = "pending"  # pending, running, interrupted, done, failed, pruned
     reason: str = ""  # why it failed, or the epoch it was pruned at
     number: int | None = None  # its Optuna trial's number in the study (index - 1); None in a version-1 folder
+    # A folder joined by URL holds only the trials its own workers ran: its indexes have gaps.
 
 
 @dataclass
@@ -80,7 +84,7 @@ class Sweep:
     base: dict[str, Any]  # the base config, resolved (defaults filled in)
     trials: list[Trial] = field(default_factory=list)
     storage: str | None = None  # the study's database URL; None: SWEEP_DIR/study.db
-    study: str = ""  # the study's name in its storage
+    study: str = ""  # the study's name in its storage: the sweep folder's, made unique (study.open_study)
     version: int = FORMAT_VERSION  # of the manifest as read: 1 until the folder is moved into a study
 
     @property
@@ -89,8 +93,8 @@ class Sweep:
 
     @property
     def total(self) -> int:
-        """How many trials the sweep runs in all."""
-        return len(self.trials) if self.spec.method == "grid" else self.spec.trials
+        """How many trials the sweep runs in all, over every worker."""
+        return self.spec.size
 
     def lock(self, wait: float = LOCK_WAIT):
         """The short lock a worker holds while it reads, claims in, or writes the manifest."""
@@ -121,40 +125,35 @@ class Sweep:
         }
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
-    def add_trials(self, values: list[dict[str, Any]], source: str) -> None:
-        """Append trials, after validating every one of their configs: a bad value is refused before any runs."""
-        base = Config.from_dict(self.base)
-        start = len(self.trials) + 1
-        for index, v in enumerate(values, start):
-            described = ", ".join(f"{k}={json.dumps(x)}" for k, x in v.items())
-            check_config(with_values(base, v, source=f"{source}: trial {index} ({described})"))  # extras too
-        self.trials += [
-            Trial(index, trial_name(index, v), v, number=index - 1) for index, v in enumerate(values, start)
-        ]
-
     def check(self, trial: Trial, source: str) -> None:
         """Validate one trial's config (a tpe trial, sampled as the sweep runs), its extras too."""
         check_config(with_values(Config.from_dict(self.base), trial.values, source=f"{source}: trial {trial.index}"))
 
 
 def plan(path: Path, trials: int | None = None) -> Sweep:
-    """Read and validate sweep file `path`, its base config and every trial's config; no folder yet."""
+    """Read and validate sweep file `path`, its base config and what its trials' configs can be: every combination
+    of a grid, each listed value and both ends of each range of a random or tpe sweep; no folder yet."""
     path = Path(path)
     spec = parse_spec(read_yaml(path, "sweep file", "configs/sweep.yaml"), str(path), trials)
     base_path = path.parent / spec.base
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: config file not found: {base_path} (the path is relative to the sweep file)")
     sweep = Sweep(folder=Path(), spec=spec, base=load_config(base_path).to_dict())
-    sweep.add_trials(spec.expand(), str(path))
-    if spec.method == "tpe":  # its trials are sampled later: check the ends of every range and every listed value
-        for key, values in spec.params.items():
-            for value in values if isinstance(values, list) else (values["low"], values["high"]):
-                with_values(Config.from_dict(sweep.base), {key: value}, source=f"{path}: params: {key}")
+    base = Config.from_dict(sweep.base)
+    if spec.method == "grid":
+        for n, values in enumerate(spec.combinations(), 1):
+            described = ", ".join(f"{k}={json.dumps(x)}" for k, x in values.items())
+            check_config(with_values(base, values, source=f"{path}: combination {n} ({described})"))  # extras too
+        return sweep
+    for key, values in spec.params.items():  # the sampler draws the trials as they run
+        for value in values if isinstance(values, list) else (values["low"], values["high"]):
+            check_config(with_values(base, {key: value}, source=f"{path}: params: {key}"))
     return sweep
 
 
 def create(path: Path, folder: Path | None = None, trials: int | None = None, storage: str | None = None) -> Sweep:
-    """Plan the sweep in file `path` (see plan), then create the sweep folder, its manifest and its study."""
+    """Plan the sweep in file `path` (see plan), then create the sweep folder, its manifest and its study (which
+    holds the spec and the resolved base config, for workers that join it by URL)."""
     path = Path(path)
     sweep = plan(path, trials)
     sweep.storage, study = storage, engine()
@@ -170,15 +169,40 @@ def create(path: Path, folder: Path | None = None, trials: int | None = None, st
                 raise ConfigError(
                     f"{folder} already holds a sweep; continue it with --resume {folder}, or pick another --dir"
                 )
-            made_study = study.open_study(sweep, create=True)  # first: a database that is not there leaves nothing
+            study.open_study(sweep, create=True)  # first: a database that is not there leaves nothing
             atomic_write_text(sweep.folder / "sweep.yaml", path.read_text(encoding="utf-8"))  # for the record
             sweep.save()
-            study.sync(sweep, made_study)  # the trials queued before any worker starts
     except BaseException:
         if made:  # nothing of the sweep could be written: leave no folder behind
             shutil.rmtree(sweep.folder, ignore_errors=True)
         raise
     return sweep
+
+
+def joined(url: str, name: str | None, folder: Path | None = None, trials: int | None = None) -> Sweep:
+    """`sweep --join URL [--study NAME]`: one more worker on the study at `url`, from any machine. The study says
+    what to run; this worker's trials go into a local sweep folder (`folder`, or <output.dir>/<study name>),
+    an ordinary one that --resume rejoins."""
+    name, spec, base = engine().find(url, name)
+    sweep = Sweep(Path(folder) if folder is not None else Path(base["output"]["dir"]) / name, spec, base)
+    sweep.storage, sweep.study = url, name
+    made = make_dirs(sweep.folder)
+    try:
+        with sweep.lock(wait=2.0):
+            if not is_sweep(sweep.folder):
+                sweep.save()
+                return load(sweep.folder, trials=trials)
+    except BaseException:
+        if made:
+            shutil.rmtree(sweep.folder, ignore_errors=True)
+        raise
+    here = load(sweep.folder, trials=trials)
+    if (here.storage, here.study) != (url, name):
+        where = "SWEEP_DIR/study.db" if here.storage is None else engine().shown_url(here.storage)
+        raise ConfigError(
+            f"{sweep.folder} holds a sweep of study {here.study!r} in {where}, not this one; pick another --dir"
+        )
+    return here
 
 
 def start(
@@ -187,26 +211,39 @@ def start(
     folder: Path | None = None,
     trials: int | None = None,
     storage: str | None = None,
-    join: Path | None = None,
+    join: str | None = None,
+    study: str | None = None,
 ) -> Sweep:
-    """`mlptrain sweep`: a new sweep of the file `path`, or the one in folder `resume` (or `join`: the same, as one
-    more worker) to carry on; one of them."""
+    """`mlptrain sweep`: a new sweep of the file `path`, the one in folder `resume` to carry on, or `join` (a sweep
+    folder, the same as `resume` as one more worker; or a study's URL, see joined); one of them."""
+    by_url = join is not None and bool(_SCHEME.match(join)) and not Path(join).exists()
+    if study is not None and not by_url:
+        raise ConfigError("--study picks a study in the storage that --join URL names; it goes with --join URL")
     if join is not None:
-        if resume is not None:
-            raise ConfigError("--join and --resume: give one (both work on the sweep in SWEEP_DIR)")
-        resume = join
+        if resume is not None or path is not None:
+            raise ConfigError("--join starts one more worker on a sweep: give no SWEEP file, nor --resume")
         os.environ.setdefault("MLPTRAIN_SWEEP_WORKER", "join")  # study.WORKER_ENV: its own sampler seed
+        if storage is not None:
+            raise ConfigError("--join uses the storage the sweep was started with; --storage does not apply")
+        if by_url:
+            _check_trials(trials)
+            return joined(join, study, folder, trials)
+        resume = Path(join)
     if (path is None) == (resume is None):
         raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
     if resume is not None and folder is not None:
         raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
     if resume is not None and storage is not None:
         raise ConfigError("--resume uses the storage the sweep was started with; --storage does not apply")
-    if trials is not None and trials < 1:
-        raise ConfigError(f"--trials {trials}: must be at least 1")
+    _check_trials(trials)
     if path is not None:
         return create(path, folder=folder, trials=trials, storage=storage)
     return load(resume, trials=trials)
+
+
+def _check_trials(trials: int | None) -> None:
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials {trials}: must be at least 1")
 
 
 def engine():
@@ -266,17 +303,16 @@ def load(folder: Path, trials: int | None = None) -> Sweep:
 
 
 def _grow(sweep: Sweep, trials: int) -> None:
-    """--trials N on --resume: a random or tpe sweep grows to N trials (the study learns of them as they run)."""
+    """--trials N on --resume: a random or tpe sweep grows to N trials (the sampler draws them as they run)."""
     folder, spec = sweep.folder, sweep.spec
     if spec.method not in DRAWN:
         raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {folder} is a grid")
     if trials < spec.trials:
         raise ConfigError(f"--trials {trials}: {folder} already has {spec.trials} trials; it can only grow")
     check_trials(trials, f"--trials {trials}")
-    spec.trials = trials
+    spec.trials = trials  # the study learns of it as this worker starts (study.sync), and so every worker
     with sweep.lock(wait=2.0):
         sweep.refresh()
-        sweep.add_trials(spec.expand()[len(sweep.trials) :], f"--trials {trials}")
         sweep.save()
 
 
@@ -311,15 +347,15 @@ class SweepCallbacks:
 def run(
     sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest | None = None, workers: int = 1
 ) -> list[Trial]:
-    """Work on the sweep until no trial is left to run (study.work), with `workers` - 1 more worker processes
-    beside this one; returns the trials as the manifest has them."""
-    from mlptrain import study
+    """Work on the sweep until no trial is left to run (study_worker.work), with `workers` - 1 more worker
+    processes beside this one; returns the trials as the manifest has them."""
+    from mlptrain import study_worker
     from mlptrain import workers as workers_
 
     if workers < 1 or workers > workers_.MAX_WORKERS:
         raise ConfigError(f"--workers {workers}: must be in [1, {workers_.MAX_WORKERS}]")
     with workers_.spread(sweep.folder, workers, stop) as stop:
-        return study.work(sweep, callbacks or SweepCallbacks(), stop)
+        return study_worker.work(sweep, callbacks or SweepCallbacks(), stop)
 
 
 # --- reading a sweep back ------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ swept key (a list, or a range {low, high, log}), the trial count and seed, and t
 from __future__ import annotations
 
 import itertools
+import json
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from mlptrain.config import did_you_mean, key_problem, kind_of, quote
 from mlptrain.errors import ConfigError
 
 METHODS = ("grid", "random", "tpe")
-DRAWN = ("random", "tpe")  # the methods that take trials and seed, and ranges
+DRAWN = ("random", "tpe")  # the methods that take trials, and ranges (every method takes seed)
 SPEC_KEYS = ("base", "method", "params", "trials", "seed", "pruner")
 RANGE_KEYS = ("low", "high", "log")
 # The pruners and their settings (each a whole number; the defaults here).
@@ -33,26 +33,25 @@ class Spec:
     method: str
     params: dict[str, list | dict]  # dotted key -> values to try, or (random, tpe) a range {low, high, log}
     trials: int | None = None  # random and tpe
-    seed: int = 0  # random and tpe: seeds the draws, or the TPE sampler
+    seed: int = 0  # seeds the sampler: the grid's order, the random draws, the TPE sampler
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})  # name and settings, all filled in
 
-    def expand(self) -> list[dict[str, Any]]:
-        """Each trial's values: every combination for grid (the first key varies slowest), else `trials` draws.
+    def combinations(self) -> list[dict[str, Any]]:
+        """A grid's every combination, the first key varying slowest (checked before any runs; the study's
+        GridSampler runs them, in an order its seed shuffles). Values listed twice count once."""
+        choices = [list({json.dumps(v): v for v in values}.values()) for values in self.params.values()]
+        return [dict(zip(self.params, combo, strict=True)) for combo in itertools.product(*choices)]
 
-        A random sweep draws trial after trial from one generator seeded with `seed`, so the first N trials of
-        a longer sweep are the N trials of a shorter one (which is what lets --trials extend a sweep).
-        """
-        keys = list(self.params)
-        if self.method == "tpe":  # the study samples each trial as the one before it finishes
-            return []
-        if self.method == "grid":
-            return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.params.values())]
-        rng = random.Random(self.seed)
-        return [{key: _draw(rng, self.params[key]) for key in keys} for _ in range(self.trials)]
+    @property
+    def size(self) -> int:
+        """How many trials the sweep runs in all: a grid's combinations, else `trials`."""
+        if self.method != "grid":
+            return self.trials
+        return math.prod(len({json.dumps(v) for v in values}) for values in self.params.values())
 
     def to_dict(self) -> dict[str, Any]:
         """As a sweep file would say it (parse_spec reads it back)."""
-        extra = {"trials": self.trials, "seed": self.seed} if self.method in DRAWN else {}
+        extra = {"trials": self.trials, "seed": self.seed} if self.method in DRAWN else {"seed": self.seed}
         if self.pruner["name"] != "none":
             extra["pruner"] = self.pruner
         return {"base": self.base, "method": self.method, "params": self.params, **extra}
@@ -73,15 +72,17 @@ def parse_spec(raw: Any, source: str, trials: int | None = None) -> Spec:
         raise ConfigError(f"{source}: method: {quote(method)} is not one of {', '.join(METHODS)}")
     spec = Spec(base=base, method=method, params=_params(raw.get("params"), method, source))
     spec.pruner = _pruner(raw.get("pruner", "none"), f"{source}: pruner")
+    spec.seed = raw.get("seed", 0)
+    if not _is_int(spec.seed) or not 0 <= spec.seed < 2**63:
+        raise ConfigError(f"{source}: seed: must be an integer in [0, 2**63), got {quote(spec.seed)}")
     if method == "grid":
-        for key in ("trials", "seed"):
-            if key in raw:
-                raise ConfigError(
-                    f"{source}: {key}: only a random sweep (or tpe) takes {key}; a grid runs every combination"
-                )
+        if "trials" in raw:
+            raise ConfigError(
+                f"{source}: trials: only a random sweep (or tpe) takes trials; a grid runs every combination"
+            )
         if trials is not None:
             raise ConfigError(f"--trials {trials}: only a random sweep takes --trials; {source} is a grid")
-        combinations = math.prod(len(values) for values in spec.params.values())
+        combinations = spec.size
         if combinations > MAX_TRIALS:
             raise ConfigError(
                 f"{source}: params: the grid has {combinations:,} combinations, more than a sweep may run "
@@ -92,9 +93,6 @@ def parse_spec(raw: Any, source: str, trials: int | None = None) -> Spec:
     if not _is_int(spec.trials) or spec.trials < 1:
         raise ConfigError(f"{source}: trials: a {method} sweep needs a number of trials >= 1, got {quote(spec.trials)}")
     check_trials(spec.trials, f"--trials {trials}" if trials is not None else f"{source}: trials")
-    spec.seed = raw.get("seed", 0)
-    if not _is_int(spec.seed) or not 0 <= spec.seed < 2**63:
-        raise ConfigError(f"{source}: seed: must be an integer in [0, 2**63), got {quote(spec.seed)}")
     return spec
 
 
@@ -152,21 +150,6 @@ def _check_range(r: dict, where: str) -> None:
         raise ConfigError(f"{where}: log: expected true or false, got {quote(r['log'])}")
     if r.get("log") and r["low"] <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, got {quote(r['low'])}")
-
-
-def _draw(rng: random.Random, values: list | dict) -> Any:
-    """One value: a list's item, or a number in a range: uniform, or log-uniform with `log`; integers if both
-    ends are integers (e.g. train.batch_size: {low: 32, high: 512, log: true})."""
-    if isinstance(values, list):
-        return values[rng.randrange(len(values))]
-    low, high = values["low"], values["high"]
-    if values.get("log"):
-        x = math.exp(rng.uniform(math.log(low), math.log(high)))
-    else:
-        x = rng.uniform(low, high)
-    if _is_int(low) and _is_int(high):
-        return min(max(round(x), low), high)
-    return x
 
 
 def _is_int(x: Any) -> bool:

@@ -243,7 +243,7 @@ CASES = [
     ("sweep-unknown-param", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.lrr: [1]}\n")],
      ["sweep.yaml", "params", "did you mean 'train.lr'"]),
     ("sweep-bad-value", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.epochs: [1, ten]}\n")],
-     ["sweep.yaml", "trial 2", "train.epochs", "'ten'"]),
+     ["sweep.yaml", "combination 2", "train.epochs", "'ten'"]),
     ("sweep-empty-list", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.lr: []}\n")],
      ["train.lr", "empty"]),
     ("sweep-scalar", lambda t, c, m: ["sweep", sweep_file(t, "base: base.yaml\nparams: {train.lr: 0.1}\n")],

@@ -13,14 +13,14 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 OWNERS = {
     "rich": {"report.py", "live.py"},
     "matplotlib": {"plot.py"},
-    "typer": {"cli.py", "cliparts.py", "cli_recipe.py"},  # cli_recipe: augment, lr-find
+    "typer": {"cli.py", "cliparts.py", "cli_recipe.py", "cli_sweep.py"},  # cli_recipe: augment, lr-find; cli_sweep
     # The optional extras: each imported by the one module whose feature needs it (extras.py checks for them).
     "onnx": {"export.py"},
     "onnxscript": {"export.py"},
     "onnxruntime": {"export.py"},
     "safetensors": {"export.py"},
     "tensorboard": {"tblog.py"},
-    "optuna": {"study.py"},  # the sweep engine
+    "optuna": {"study.py", "study_worker.py"},  # the sweep engine: the study, one worker
     "sqlalchemy": {"study.py"},  # Optuna's storage
 }
 # Parts of torch that need an optional extra, and the only modules that may import them.

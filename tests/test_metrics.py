@@ -172,6 +172,8 @@ def test_runs_and_a_sweep_pick_the_first_of_equal_runs_and_skip_nans(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"dataset": "synthetic"}}))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     job = sweep.create(tmp_path / "sweep.yaml", folder=tmp_path / "sw")
+    drawn = enumerate(job.spec.combinations(), 1)  # as if the sampler had drawn them in the order listed
+    job.trials = [sweep.Trial(i, sweep.trial_name(i, v), v, number=i - 1) for i, v in drawn]
     for trial, epochs in zip(job.trials, best_scores, strict=True):
         write_run(job.folder / trial.dir, epochs)
         trial.state = "done"

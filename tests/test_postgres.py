@@ -1,5 +1,6 @@
 """Workers on a real PostgreSQL study: a throw-away server from the system package (initdb + pg_ctl in a temp folder,
-as the unprivileged user `nobody` when the tests run as root), two workers on one sweep, then the server stopped.
+as the unprivileged user `nobody` when the tests run as root), two workers on one sweep (one joined by the URL
+alone, from another folder), then the server stopped.
 Skipped, not failed, where no server can start (no PostgreSQL installed, no driver)."""
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_study import SHARED, start_sweep, states
-from test_sweep import manifest, write_sweep
+from test_study import SHARED, start_sweep
+from test_sweep import REPO, manifest, write_sweep
 
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.postgres
@@ -77,16 +80,31 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_two_workers_share_a_study_in_postgresql(tmp_path, postgres):
+def test_two_workers_share_a_study_in_postgresql_one_joined_by_url(tmp_path, postgres):
     path = write_sweep(tmp_path, SHARED["spec"], SHARED["base"])
-    proc = start_sweep([path, "--dir", tmp_path / "sw", "--storage", postgres, "--workers", 2, "-q"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert states(tmp_path / "sw") == ["done"] * 6
-    assert manifest(tmp_path / "sw")["study"]["storage"] == postgres
+    proc = start_sweep([path, "--dir", tmp_path / "sw", "--storage", postgres, "-q"])
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "sw" / "sweep.json").exists():  # the study is made before the manifest is written
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    (tmp_path / "b").mkdir()  # another machine: the URL alone, none of the first one's files
+    joined = subprocess.Popen(
+        [sys.executable, "-m", "mlptrain", "sweep", "--join", postgres, "--dir", "here", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path / "b",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    for worker in (proc, joined):
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    folders = (tmp_path / "sw", tmp_path / "b" / "here")
+    assert all(manifest(folder)["study"] == {"storage": postgres, "name": "sw"} for folder in folders)
     assert not (tmp_path / "sw" / "study.db").exists()
+    trials = [t for folder in folders for t in manifest(folder)["trials"]]
+    assert sorted(t["number"] for t in trials) == list(range(6))  # each trial in one folder, six in all
+    assert all(t["state"] == "done" for t in trials)
     study = optuna.load_study(study_name="sw", storage=postgres)
     ran_by = [t.user_attrs["mlptrain_workers"] for t in study.trials]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
     assert all(len(workers) == 1 for workers in ran_by), ran_by  # no trial run twice
     assert len({workers[0] for workers in ran_by}) == 2
+    assert all(manifest(folder)["trials"] for folder in folders)  # both workers ran trials

@@ -39,6 +39,11 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+# The seed whose shuffle of the grids these tests use keeps them in the order listed (tests/test_study.py checks
+# that a grid's seed orders it).
+GRID_AS_LISTED = 5
+
+
 def write_sweep(folder: Path, spec: dict, base: dict = BASE) -> Path:
     """A base config and a sweep file over it, side by side in `folder`; returns the sweep file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,8 +69,8 @@ def test_grid_expands_every_combination_first_key_slowest():
     spec = sweep.parse_spec(
         {"base": "b.yaml", "params": {"train.lr": [0.01, 0.05, 0.1], "model.hidden": [[128, 64], [512, 256]]}}, "s"
     )
-    assert spec.method == "grid"
-    values = spec.expand()
+    assert spec.method == "grid" and spec.size == 6
+    values = spec.combinations()  # what is validated before any runs, in this order (the sampler shuffles it)
     assert values == [
         {"train.lr": lr, "model.hidden": hidden} for lr in (0.01, 0.05, 0.1) for hidden in ([128, 64], [512, 256])
     ]
@@ -83,12 +88,13 @@ def test_trial_names_are_safe_in_a_path_and_deterministic():
 
 def test_the_example_sweep_file_is_valid():
     job = sweep.plan(REPO / "configs" / "sweep.yaml")
-    assert job.spec.method == "grid" and job.base["name"] == "smoke"
-    assert [t.dir for t in job.trials] == [
+    assert job.spec.method == "grid" and job.base["name"] == "smoke" and job.total == 6
+    assert [sweep.trial_name(i, v) for i, v in enumerate(job.spec.combinations(), 1)] == [
         f"{i:03d}-lr={lr}-hidden={h}" for i, (lr, h) in enumerate(((0.03, 64), (0.03, 256), (0.1, 64), (0.1, 256),
                                                                    (0.3, 64), (0.3, 256)), 1)
     ]  # fmt: skip
-    assert all(job.config(t).train.lr == t.values["train.lr"] for t in job.trials)
+    trials = [sweep.Trial(i, sweep.trial_name(i, v), v) for i, v in enumerate(job.spec.combinations(), 1)]
+    assert all(job.config(t).train.lr == t.values["train.lr"] for t in trials)
 
 
 RANDOM = {
@@ -104,8 +110,26 @@ RANDOM = {
 }
 
 
+def draws(raw: dict, restart: int | None = None) -> list[dict]:
+    """The values the sweep's sampler gives its trials, one after another in one study (in memory, nothing
+    trained); `restart`: a fresh sampler from that trial on, as a resumed or another worker makes."""
+    optuna = pytest.importorskip("optuna")
+    from mlptrain import study
+
+    spec = sweep.parse_spec({"base": "b.yaml", **raw}, "s")
+    dists, drawn = study.distributions(spec.params), []
+    made = optuna.create_study(sampler=study._sampler(spec))
+    for n in range(spec.size):
+        if n == restart:
+            made.sampler = study._sampler(spec)
+        asked = made.ask()
+        drawn.append(study.suggest(asked, dists))
+        made.tell(asked, 0.0)
+    return drawn
+
+
 def random_values(**changes) -> list[dict]:
-    return sweep.parse_spec({"base": "b.yaml", **RANDOM, **changes}, "s").expand()
+    return draws({**RANDOM, **changes})
 
 
 def test_random_is_reproducible_with_its_seed_and_differs_with_another():
@@ -113,6 +137,7 @@ def test_random_is_reproducible_with_its_seed_and_differs_with_another():
     assert first == random_values()
     assert first != random_values(seed=8)
     assert random_values(trials=10) == first[:10]  # what lets --trials grow a sweep without changing its start
+    assert draws(RANDOM, restart=13) == first  # a resumed worker, or another one, draws what one worker would
     lrs = [v["train.lr"] for v in first]
     assert all(1e-4 <= lr <= 1.0 for lr in lrs)
     # Log-uniform: about half below the geometric middle, 0.01; a uniform draw would put ~1% there.
@@ -126,7 +151,8 @@ def test_random_is_reproducible_with_its_seed_and_differs_with_another():
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [
-        ({"params": {"train.lr": [0.1]}, "seed": 1}, "seed: only a random sweep"),
+        ({"params": {"train.lr": [0.1]}, "trials": 3}, "trials: only a random sweep (or tpe) takes trials"),
+        ({"params": {"train.lr": [0.1]}, "seed": 0.5}, "seed: must be an integer"),
         ({"params": {"train.lr": {"low": 0.1, "high": 1}}}, "expected a list of values to try, got a mapping"),
         ({"method": "random", "params": {"train.lr": [0.1]}}, "trials: a random sweep needs a number of trials"),
         ({"method": "random", "trials": 0, "params": {"train.lr": [0.1]}}, "got 0"),
@@ -151,7 +177,7 @@ def test_spec_problems_name_the_key(spec, needle):
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     # lr 1e6 makes the loss NaN in epoch 1 (RunFailed inside the trial); the trial after it still runs.
-    path = write_sweep(tmp_path, {"params": {"train.lr": [0.1, 1e6, 0.05]}})
+    path = write_sweep(tmp_path, {"params": {"train.lr": [0.1, 1e6, 0.05]}, "seed": GRID_AS_LISTED})
     out = invoke("sweep", path, "--dir", tmp_path / "sw")
     assert out.exit_code == 1, out.stderr
     assert (
@@ -204,7 +230,7 @@ def test_every_trial_is_validated_before_any_runs(tmp_path):
     out = invoke("sweep", path, "--dir", tmp_path / "sw")
     assert out.exit_code == 2
     assert out.stderr.strip() == (
-        f"mlptrain: error: {path}: trial 2 (model.hidden=[16], model.dropout=1.5): model.dropout: "
+        f"mlptrain: error: {path}: combination 2 (model.hidden=[16], model.dropout=1.5): model.dropout: "
         "must be in [0, 1), got 1.5"
     )
     assert not (tmp_path / "sw").exists()
@@ -221,7 +247,7 @@ def test_dir_holding_a_sweep_is_refused_and_trials_extend_a_random_sweep(tmp_pat
     assert invoke("sweep", "--resume", folder, "--trials", 2, "-q").exit_code == 0
     grown = manifest(folder)["trials"]
     assert grown[0] == first[0] and [t["state"] for t in grown] == ["done", "done"]
-    assert grown[1]["values"] == sweep.parse_spec({**spec, "trials": 2, "base": "b"}, "s").expand()[1]
+    assert grown[1]["values"] == draws({**spec, "trials": 2})[1]
     out = invoke("sweep", "--resume", folder, "--trials", 1)
     assert out.exit_code == 2 and "already has 2 trials; it can only grow" in out.stderr
 
@@ -231,7 +257,7 @@ def test_dir_holding_a_sweep_is_refused_and_trials_extend_a_random_sweep(tmp_pat
 # Slow enough (batches of 4) that a signal sent after trial 1's first epoch lands inside trial 1.
 SLOW = {**BASE, "data": {**BASE["data"], "synthetic_size": 1200, "val_size": 200}, "train": {**BASE["train"],
         "epochs": 3, "batch_size": 4}}  # fmt: skip
-SLOW_SPEC = {"params": {"train.lr": [0.05, 0.02]}}
+SLOW_SPEC = {"params": {"train.lr": [0.05, 0.02]}, "seed": GRID_AS_LISTED}
 
 
 @pytest.fixture(scope="module")
@@ -262,10 +288,10 @@ def test_resume_after_a_trial_is_stopped_mid_way(tmp_path, reference_sweep, sig,
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
-    trials = manifest(folder)["trials"]
-    assert [t["state"] for t in trials] == ["running" if sig == signal.SIGKILL else "interrupted", "pending"]
+    trials = manifest(folder)["trials"]  # trial 2 is not drawn yet
+    assert [t["state"] for t in trials] == ["running" if sig == signal.SIGKILL else "interrupted"]
     assert (folder / trials[0]["dir"] / "last.pt").is_file()
-    assert not (folder / trials[1]["dir"]).exists()
+    assert [p.name for p in folder.glob("0*")] == [trials[0]["dir"]]
     if sig == signal.SIGINT:
         assert "Traceback" not in err
         assert err.strip().splitlines()[-1] == f"resume with: mlptrain sweep --resume {folder}"
@@ -273,7 +299,8 @@ def test_resume_after_a_trial_is_stopped_mid_way(tmp_path, reference_sweep, sig,
     out = invoke("sweep", "--resume", folder)
     assert out.exit_code == 0, out.stderr
     assert f"trial 1/2 {trials[0]['dir']} (resuming from its last.pt)" in out.stdout
-    assert [t["state"] for t in manifest(folder)["trials"]] == ["done", "done"]
+    trials = manifest(folder)["trials"]
+    assert [t["state"] for t in trials] == ["done", "done"]
     for t in trials:  # exactly the numbers of the sweep that was never stopped
         assert metrics(folder / t["dir"]) == metrics(reference_sweep / t["dir"])
     assert all(math.isfinite(float(row[1])) for row in metrics(folder / trials[1]["dir"]))
@@ -290,7 +317,7 @@ class StopAfterTrial(sweep.SweepCallbacks):
             self.stop.request(signal.SIGINT)
 
 
-def test_a_stop_between_trials_leaves_the_next_one_pending(tmp_path):
+def test_a_stop_between_trials_leaves_the_next_one_to_run(tmp_path):
     from mlptrain.errors import Interrupted
     from mlptrain.interrupt import StopRequest
 
@@ -301,7 +328,7 @@ def test_a_stop_between_trials_leaves_the_next_one_pending(tmp_path):
     assert info.value.exit_code == 130
     assert str(info.value) == "SIGINT: the sweep stopped before trial 2/2 (1 of 2 trials done)"
     assert info.value.resume_command == f"mlptrain sweep --resume {tmp_path / 'sw'}"
-    assert [t["state"] for t in manifest(tmp_path / "sw")["trials"]] == ["done", "pending"]
+    assert [t["state"] for t in manifest(tmp_path / "sw")["trials"]] == ["done"]  # the next is drawn when run
     assert [t.state for t in sweep.run(sweep.load(tmp_path / "sw"))] == ["done", "done"]
 
 
@@ -316,7 +343,8 @@ def test_a_crashing_trial_is_failed_and_bad_data_stops_the_sweep(tmp_path, monke
         return real_train(config, **kwargs)
 
     monkeypatch.setattr(trainer, "train", train_that_crashes)
-    job = sweep.create(write_sweep(tmp_path, {"params": {"train.lr": [0.05, 0.1]}}), folder=tmp_path / "sw")
+    spec = {"params": {"train.lr": [0.05, 0.1]}, "seed": GRID_AS_LISTED}
+    job = sweep.create(write_sweep(tmp_path, spec), folder=tmp_path / "sw")
     trials = sweep.run(job)
     assert [(t.state, t.reason) for t in trials] == [("failed", "RuntimeError: out of memory"), ("done", "")]
 
