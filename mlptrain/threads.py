@@ -117,9 +117,10 @@ def adapts(config: Config, device: torch.device, world: World = SINGLE) -> bool:
     return config.threads == "auto" and device.type == "cpu" and world.local_size == 1
 
 
-def recheck(load: CoreLoad, current: ThreadChoice) -> ThreadChoice:
+def recheck(current: ThreadChoice, load: CoreLoad | None = None) -> ThreadChoice:
     """auto's count again, from the load since the last look (an epoch): set and returned. After less than
     MIN_WINDOW the current count stays (the window grows into the next epoch): a short epoch never waits."""
+    load = load or LOAD
     if load.seconds() < MIN_WINDOW:
         return current
     choice = choose(min(DEFAULT_THREADS, cpu_cores()), load.others())

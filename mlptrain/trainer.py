@@ -39,7 +39,7 @@ from mlptrain.plot import plot_run
 from mlptrain.recipe import WeightAverage
 from mlptrain.rng import seed_everything
 from mlptrain.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
-from mlptrain.threads import LOAD, ThreadChoice, adapts, configure_threads, recheck
+from mlptrain.threads import ThreadChoice, adapts, configure_threads, recheck
 
 
 @dataclass
@@ -351,7 +351,7 @@ def _recheck_threads(session: _Session, epoch: int, cb: Callbacks) -> None:
     processes = session.processes
     if epoch > session.config.train.epochs or not adapts(session.config, processes.device, processes.world):
         return
-    choice = recheck(LOAD, processes.threads)
+    choice = recheck(processes.threads)
     if choice.threads != processes.threads.threads:
         cb.threads_changed(epoch, choice.threads, choice.why)
     session.processes = Processes(processes.world, processes.device, choice)
