@@ -8,6 +8,7 @@ thread); its column is then timed at its choice, interleaved with the two fixed 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -26,8 +27,8 @@ from mlptrain.nn import MLP
 THREADS_GOAL = 0.8  # auto's samples/s over the faster of one thread and all cores, at least
 # configs/smoke.yaml's model, configs/mnist.yaml's, and a wide one: (name, hidden, batch size)
 THREAD_MODELS = (("smoke", (256,), 128), ("mnist", (1024, 512), 128), ("wide", (2048, 2048), 512))
-# The competing process: spins until killed, or until the bench is gone (its parent changes), so it never outlives it
-BUSY = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+# The competing process: spins until killed, or until the bench (argv[1], its parent) is gone, so it never outlives it
+BUSY = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    pass\n"
 BUSY_START_SECONDS = 0.3  # for the busy process to start spinning before anything is measured
 QUICK_REPEATS = 3  # --quick: the wide model's steps are long, and CI runs it (5 repeats took 20 s here, 3 take 14)
 LOOK_SECONDS = 0.2  # of steps at one thread, over which auto measures the load before it chooses
@@ -81,7 +82,10 @@ def bench_threads(plan: Plan) -> ThreadsResult:
 def busy_process() -> Iterator[subprocess.Popen]:
     """One process spinning on this process's cores for the block; killed and waited for however the block ends."""
     child = subprocess.Popen(
-        [sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-c", BUSY, str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(BUSY_START_SECONDS)
