@@ -2,7 +2,7 @@
 other processes are keeping busy now, measured from /proc/stat and measured again after every epoch.
 
 Several threads wait for each other at every one of a step's operations, so a thread whose core another process
-holds stalls the whole step (one busy process made a 2-thread step 2-14× slower than a 1-thread one here), while
+holds stalls the whole step (beside one busy process, 2 threads trained 1.4-20× slower than 1 here), while
 on free cores more threads are faster at every size measured (README, Performance, has the figures and the
 `mlptrain bench` section that repeats them). mlptrain/__init__.py makes the results bitwise independent of the count.
 """
