@@ -55,6 +55,7 @@ def quick_run(tmp_path_factory):
             dataclasses.replace(harness.QUICK, repeats=1, min_seconds=0.001, epoch_samples=300, epoch_repeats=1),
         )
         mp.setattr("mlptrain.bench.cases.WARMUP_BATCHES", 1)
+        mp.setattr("mlptrain.bench.threads.MIN_SECONDS", 0.001)
         mp.setattr(
             "mlptrain.bench.threads.THREAD_MODELS", (("smoke", (16,), 8), ("mnist", (32, 16), 8), ("wide", (64,), 8))
         )

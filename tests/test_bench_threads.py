@@ -72,6 +72,7 @@ def test_the_busy_process_leaves_when_the_bench_is_killed():
 def test_rows_for_each_model_as_the_machine_is_then_beside_a_busy_process(monkeypatch):
     monkeypatch.setattr(section, "THREAD_MODELS", TINY_MODELS)
     monkeypatch.setattr(section, "LOOK_SECONDS", 0.01)
+    monkeypatch.setattr(section, "MIN_SECONDS", 0.001)
     started = []
     real = section.busy_process
 

@@ -31,6 +31,7 @@ THREAD_MODELS = (("smoke", (256,), 128), ("mnist", (1024, 512), 128), ("wide", (
 BUSY = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    pass\n"
 BUSY_START_SECONDS = 0.3  # for the busy process to start spinning before anything is measured
 QUICK_REPEATS = 3  # --quick: the wide model's steps are long, and CI runs it (5 repeats took 20 s here, 3 take 14)
+MIN_SECONDS = 0.2  # a timed round at least: at the plan's 0.02 s, scheduler slices under load swamped the smoke model
 LOOK_SECONDS = 0.2  # of steps at one thread, over which auto measures the load before it chooses
 
 
@@ -120,7 +121,9 @@ def _measure(
     counts = {"1": 1, "all": cores, "auto": choice.threads}
     calls = dict.fromkeys(counts, step)
     repeats = QUICK_REPEATS if plan == QUICK else plan.repeats
-    seconds = median_seconds(calls, device, repeats, warmup=1, min_seconds=plan.min_seconds, threads=counts)
+    seconds = median_seconds(
+        calls, device, repeats, warmup=1, min_seconds=max(plan.min_seconds, MIN_SECONDS), threads=counts
+    )
     return ThreadsRow(
         model=name,
         sizes=sizes,
