@@ -15,7 +15,7 @@ MEANINGS = {
     "name": "run folders are <output.dir>/<name>-<timestamp>",
     "seed": "weights, validation split, data order and dropout all follow it",
     "device": "auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)",
-    "threads": "CPU threads for torch: auto (by the size of the work, see Performance) or N, at most 4 per core",
+    "threads": "CPU threads for torch: auto (the cores others leave free, see Performance) or N, at most 4 per core",
     "data.dataset": "the last is drawn with PIL, seeded, and needs no files",
     "data.root": "files in <root>/MNIST/raw/ or <root>/FashionMNIST/raw/; relative to where the run starts",
     "data.download": "let torchvision download missing files",

@@ -45,8 +45,7 @@ class TrainReporter:
             return
         t = info.config.train
         arch = "→".join(map(str, info.sizes)) if self.live else "-".join(map(str, info.sizes))
-        threads = f"{info.threads} thread" + ("s" if info.threads != 1 else "")
-        device = f"{info.device} ({threads})" if info.device == "cpu" else info.device
+        device = f"{info.device} · threads {info.threads} ({info.threads_why})" if info.device == "cpu" else info.device
         lines = [
             ("run", str(info.run_dir)),
             ("device", device),
@@ -113,6 +112,11 @@ class TrainReporter:
                 f"lr={stats.lr:.4g} time={stats.train_seconds:.2f}s samples/s={stats.samples_per_second:.0f}"
                 + (" best" if is_best else "")
             )
+
+    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
+        if not self.quiet:
+            line = f"threads {threads} ({why}) from epoch {epoch}"
+            self.console.print(f"[dim]{line}[/]" if self.live else line)
 
     # --- the end ----------------------------------------------------------------------------------------
 

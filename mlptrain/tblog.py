@@ -64,6 +64,9 @@ class TensorBoardLog(Callbacks):
         self._epoch(stats, self.history)
         self.writer.flush()
 
+    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
+        self.inner.threads_changed(epoch, threads, why)
+
     def __enter__(self) -> TensorBoardLog:
         return self
 

@@ -39,7 +39,7 @@ from mlptrain.plot import plot_run
 from mlptrain.recipe import WeightAverage
 from mlptrain.rng import seed_everything
 from mlptrain.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
-from mlptrain.threads import configure_threads
+from mlptrain.threads import ThreadChoice, adapts, configure_threads, recheck
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RunInfo:
     run_dir: Path
     device: str
     threads: int
+    threads_why: str  # how auto chose, or that the count was set: `2 cores, 1 busy`, `as set`
     dataset: str
     sizes: list[int]
     parameters: int
@@ -73,6 +74,9 @@ class Callbacks:
 
     def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
         pass
+
+    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
+        """`threads: auto` measured the load again after epoch - 1 and trains epoch `epoch` at `threads`."""
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Processes:
 
     world: World
     device: torch.device
-    threads: int
+    threads: ThreadChoice
 
 
 @dataclass
@@ -327,6 +331,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
         try:
             for stats in fit(session.state, session.data, config, hooks, world):
                 _record(session, stats, cb)
+                _recheck_threads(session, stats.epoch + 1, cb)
                 if should_stop.now() and stats.epoch < epochs:
                     raise _stopped(session, stop)
                 if _finished(session) and stats.epoch < epochs:
@@ -338,6 +343,18 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
     if world.is_main:
         plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
     return result
+
+
+def _recheck_threads(session: _Session, epoch: int, cb: Callbacks) -> None:
+    """`threads: auto` on a CPU follows the load: the count for `epoch`, from the cores others kept busy during the
+    last one (the results do not depend on it, see mlptrain/__init__.py)."""
+    processes = session.processes
+    if epoch > session.config.train.epochs or not adapts(session.config, processes.device, processes.world):
+        return
+    choice = recheck(processes.threads)
+    if choice.threads != processes.threads.threads:
+        cb.threads_changed(epoch, choice.threads, choice.why)
+    session.processes = Processes(processes.world, processes.device, choice)
 
 
 def _tensorboard(session: _Session, cb: Callbacks) -> Callbacks | None:
@@ -418,7 +435,8 @@ def _info(session: _Session) -> RunInfo:
     return RunInfo(
         run_dir=session.run_dir,
         device=str(session.processes.device),
-        threads=session.processes.threads,
+        threads=session.processes.threads.threads,
+        threads_why=session.processes.threads.why,
         dataset=config.data.dataset,
         sizes=model.sizes,
         parameters=sum(p.numel() for p in model.parameters()),

@@ -55,11 +55,18 @@ def quick_run(tmp_path_factory):
             dataclasses.replace(harness.QUICK, repeats=1, min_seconds=0.001, epoch_samples=300, epoch_repeats=1),
         )
         mp.setattr("mlptrain.bench.cases.WARMUP_BATCHES", 1)
+        mp.setattr("mlptrain.bench.threads.MIN_SECONDS", 0.001)
+        mp.setattr(
+            "mlptrain.bench.threads.THREAD_MODELS", (("smoke", (16,), 8), ("mnist", (32, 16), 8), ("wide", (64,), 8))
+        )
         mp.setattr(suite, "run", run)
         result = runner.invoke(app, ["bench", "--quick", "--json", "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert torch.get_num_threads() == threads  # the 1-thread measurements restore the count
     return result, captured["result"], out
+
+
+MODELS = ("smoke", "mnist", "wide")
 
 
 def numbers(value, path="$"):
@@ -123,6 +130,9 @@ def test_json_has_every_section_with_the_promised_sizes(quick_run):
     for key in ("ours_vs_plain", "ours_vs_tutorial", "one_thread_vs_all", "bf16_vs_fp32", "unaugmented_vs_augmented"):
         assert epoch["speedups"][key] > 0
     assert epoch["speedups"]["compiled_vs_eager"] is None
+
+    rows = out["auto_threads"]["rows"]  # the threads section's own sizes: tests/test_bench_threads.py
+    assert [(row["model"], row["competing"]) for row in rows] == [(m, c) for c in (False, True) for m in MODELS]
 
     roof = out["roofline"]
     assert roof["sizes"] == [784, 512, 256, 10] and roof["goal"] == 0.7

@@ -22,6 +22,7 @@ from mlptrain.bench.cases import (
 )
 from mlptrain.bench.harness import Plan, busy_cpu_seconds, device_name, plan
 from mlptrain.bench.startup import StartupResult, bench_startup
+from mlptrain.bench.threads import ThreadsResult, bench_threads
 
 STARTUP_ROUNDS = {False: 5, True: 1}  # rounds of the start-up section, full and --quick
 
@@ -39,6 +40,7 @@ class BenchResult:
     roofline: RooflineResult | None = None
     growth: GrowthResult | None = None
     startup: StartupResult | None = None  # whole commands as processes, against import torch
+    auto_threads: ThreadsResult | None = None  # CPU only
     seconds: float = 0.0  # the whole bench, wall clock
     # How many cores' worth of CPU other processes used, on average, while the bench ran (the machine's busy time
     # from /proc/stat, steal included, minus this process's); None off Linux. On a shared machine this is what
@@ -61,6 +63,7 @@ class BenchResult:
             "roofline": self.roofline.to_json() if self.roofline else None,
             "growth": self.growth.to_json() if self.growth else None,
             "startup": self.startup.to_json() if self.startup else None,
+            "auto_threads": self.auto_threads.to_json() if self.auto_threads else None,
         }
 
 
@@ -77,7 +80,7 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
         quick=quick,
         plan=work,
     )
-    t0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), time.process_time()
+    t0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), _own_cpu_seconds()
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -90,15 +93,24 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
             result.roofline = bench_roofline(device, work)
             stage("cost growth")
             result.growth = bench_growth(device, work)
+            if device.type == "cpu":
+                stage("threads: 1, all cores and auto, as the machine is and beside a busy process")
+                result.auto_threads = bench_threads(work)
     finally:
         torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - t0
     busy1 = busy_cpu_seconds()
     if busy0 is not None and busy1 is not None:
-        others = (busy1 - busy0) - (time.process_time() - own0)
+        others = (busy1 - busy0) - (_own_cpu_seconds() - own0)
         result.other_cores = max(others, 0.0) / result.seconds
     # Last, and outside the other-cores count: its commands are other processes, by design.
     stage("start-up: whole commands against import torch")
     result.startup = bench_startup(STARTUP_ROUNDS[quick])
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _own_cpu_seconds() -> float:
+    """This process's CPU time and its finished children's: the threads section's busy process is the bench's own."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 
 from mlptrain.bench.cases import EPOCH_GOALS, LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH
 from mlptrain.bench.startup import EVAL_GOAL_SECONDS, LIGHT, MEMORY_GOAL_MB, TRAIN_GOAL_SECONDS
+from mlptrain.bench.threads import THREADS_GOAL
 
 if TYPE_CHECKING:
     from mlptrain.bench.cases import EpochResult, GrowthResult, GrowthRow, LayerResult, RooflineResult
     from mlptrain.bench.startup import StartupResult
     from mlptrain.bench.suite import BenchResult
+    from mlptrain.bench.threads import ThreadsResult
 
 Cell = str | tuple[str, bool | None]
 
@@ -82,6 +84,8 @@ def bench_tables(result: BenchResult) -> list[Table]:
         tables += growth_tables(result.growth, result.threads)
     if result.startup is not None:
         tables.append(startup_table(result.startup))
+    if result.auto_threads is not None:
+        tables.append(threads_table(result.auto_threads))
     return tables
 
 
@@ -277,6 +281,46 @@ def startup_table(startup: StartupResult) -> Table:
 def _times(value: float, goal: float | None) -> Cell:
     """A ratio shown as 1.27×, judged against `goal` (None: no goal applies) as shown."""
     return f"{value:.2f}×" if goal is None else (f"{value:.2f}×", _meets(value, goal))
+
+
+def threads_table(result: ThreadsResult) -> Table:
+    """auto against the faster of one thread and all cores, per model, as the machine was and beside a busy process."""
+    rows: list[list[Cell]] = [
+        [
+            row.model,
+            _arch(row.sizes),
+            str(row.batch_size),
+            "1 busy process" if row.competing else "none added",
+            f"{row.samples_per_second_1_thread:,.0f}",
+            f"{row.samples_per_second_all:,.0f}",
+            f"{row.samples_per_second_auto:,.0f}",
+            f"{row.auto_threads} ({row.auto_why})",
+            _goal(row.ratio, THREADS_GOAL),
+        ]
+        for row in result.rows
+    ]
+    return Table(
+        title=f"Threads: samples/s of our training step at 1 thread, at all {result.cores} cores and at threads: auto",
+        columns=[
+            "config",
+            "model",
+            "batch",
+            "competing",
+            "1 thread",
+            _threads(result.cores),
+            "auto",
+            "auto chose",
+            "auto ÷ best",
+        ],
+        rows=rows,
+        notes=[
+            "competing: 'none added' is the machine as it was; '1 busy process' is a `while True: pass` process the "
+            "bench started beside it. auto chose as a run does, from the load it measured while this process "
+            "trained at one thread; then the three columns were timed interleaved. auto ÷ best: auto over the faster "
+            f"of the two fixed counts, goal ≥ {THREADS_GOAL}.",
+        ],
+        left=frozenset({"config", "model", "competing", "auto chose"}),
+    )
 
 
 def _threads(n: int) -> str:
