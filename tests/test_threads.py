@@ -166,6 +166,29 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path, restore_threads):
     assert int(metrics[0][-1]["clipped_steps"]) > 0  # the clipping did cut
 
 
+@pytest.mark.skipif(threads.cpu_cores() < 2, reason="needs two cores")
+@pytest.mark.parametrize("batch", [16, 64, 128, 1024])
+def test_each_layer_product_gives_the_same_bits_at_one_and_two_threads(restore_threads, batch):
+    # The README's claim, shape by shape: batch >= 16 and layers wider than 16 (here 32 to 2048, and the 10 outputs).
+    # Under MKL_CBWR unset, the weight gradient into the 10 outputs differs at every batch, and this test fails.
+    gen = torch.Generator().manual_seed(batch)
+    widths = [32, 128, 784, 2048]
+    for n_in in widths:
+        for n_out in [10, *widths]:
+            x, w = torch.randn(batch, n_in, generator=gen), torch.randn(n_out, n_in, generator=gen)
+            b, g = torch.randn(n_out, generator=gen), torch.randn(batch, n_out, generator=gen)
+            products = {
+                "forward": lambda: torch.addmm(b, x, w.t()),
+                "input gradient": lambda: g.mm(w),
+                "weight gradient": lambda: torch.mm(g.t(), x, out=torch.empty(n_out, n_in)),
+            }
+            for name, product in products.items():
+                torch.set_num_threads(1)
+                one = product()
+                torch.set_num_threads(2)
+                assert torch.equal(one, product()), (name, batch, n_in, n_out)
+
+
 def test_the_package_asks_mkl_for_results_independent_of_threads():
     code = "import os, mlptrain; print(os.environ['MKL_CBWR'])"
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
