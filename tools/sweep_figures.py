@@ -88,8 +88,9 @@ def pruning(root: Path) -> None:
         trials, seconds = sweep(root / f"prune-{name}", spec, base)
         pruned = [t for t in trials if t["state"] == "pruned"]
         top = best(trials)
+        lrs = ", ".join(f"{t['values']['train.lr']:g}" for t in pruned)
         print(
-            f"  pruner {name}: {len(pruned)} pruned (lr {', '.join(f'{t['values']['train.lr']:g}' for t in pruned)}), "
+            f"  pruner {name}: {len(pruned)} pruned (lr {lrs}), "
             f"{sum(t['epochs'] for t in trials)} epochs trained, {seconds:.1f} s in all, "
             f"best lr {top['values']['train.lr']:g} at {100 * top['best_val_acc']:.1f}%",
             flush=True,
