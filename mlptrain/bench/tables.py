@@ -82,10 +82,10 @@ def bench_tables(result: BenchResult) -> list[Table]:
         tables.append(roofline_table(result.roofline))
     if result.growth is not None:
         tables += growth_tables(result.growth, result.threads)
-    if result.startup is not None:
-        tables.append(startup_table(result.startup))
     if result.auto_threads is not None:
         tables.append(threads_table(result.auto_threads))
+    if result.startup is not None:
+        tables.append(startup_table(result.startup))
     return tables
 
 
