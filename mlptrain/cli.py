@@ -368,8 +368,17 @@ def bench(
         Optional[Path],  # noqa: UP045
         typer.Option("--out", metavar="FILE.md", help="Also write a markdown report there, and its plot as FILE.png."),
     ] = None,
+    only: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--only",
+            metavar="SECTION",
+            help="Run only this section (again for more): layer, epoch, roofline, growth, threads, startup.",
+        ),
+    ] = None,
 ) -> None:
-    """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth."""
+    """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth, threads
+    under load, whole-command start-up."""
     with exits.errors():
         from mlptrain import live, plot, report
         from mlptrain.config import resolve_device
@@ -384,19 +393,23 @@ def bench(
         from mlptrain.bench import suite
         from mlptrain.bench.tables import bench_document
 
+        for name in only or []:
+            if name not in suite.SECTIONS:
+                raise ConfigError(f"--only {name}: no such section; the sections are {', '.join(suite.SECTIONS)}")
         with live.BenchProgress(report.make_console(stderr=True)) as progress:
-            result = suite.run(target, quick=quick, on_stage=progress)
+            result = suite.run(target, quick=quick, on_stage=progress, sections=only or suite.SECTIONS)
         document = bench_document(result)
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:
             report.show_document(report.make_console(), document)
         if out is not None:
-            png = out.with_suffix(".png")
-            plot.save_bench_plot(png, result)
-            atomic_write_text(out, report.markdown(document, figure=png.name))
+            png = out.with_suffix(".png") if result.growth is not None else None  # the plot is the growth section's
+            if png is not None:
+                plot.save_bench_plot(png, result)
+            atomic_write_text(out, report.markdown(document, figure=png.name if png else None))
             if not json_out:
-                report.make_console().print(f"wrote {out} and {png}")
+                report.make_console().print(f"wrote {out}" + (f" and {png}" if png else ""))
 
 
 from mlptrain import cli_recipe  # noqa: E402, F401 - registers augment and lr-find on `app`

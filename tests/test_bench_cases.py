@@ -202,6 +202,31 @@ def test_out_must_name_a_markdown_file(tmp_path):
     assert "bench:" not in result.stderr  # refused before measuring anything
 
 
+def test_only_runs_the_sections_named_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        harness,
+        "QUICK",
+        dataclasses.replace(harness.QUICK, repeats=1, min_seconds=0.001, epoch_samples=300, epoch_repeats=1),
+    )
+    out = tmp_path / "bench.md"
+    args = ["bench", "--quick", "--json", "--device", "cpu", "--only", "roofline", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    numbers_ = json.loads(result.stdout)
+    assert numbers_["roofline"] is not None and numbers_["sections"] == ["roofline"]
+    assert numbers_["layer"] == [] and all(numbers_[k] is None for k in ("epoch", "growth", "auto_threads", "startup"))
+    report = out.read_text()
+    assert "--only roofline" in report and "Roofline" in report and "Epoch" not in report
+    assert not out.with_suffix(".png").exists()  # the plot is the growth section's
+
+
+def test_only_an_unknown_section_is_refused_before_measuring():
+    result = runner.invoke(app, ["bench", "--quick", "--only", "epochs"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--only epochs" in lines[0] and "epoch, roofline" in lines[0]
+
+
 def test_useful_flops_counts_forward_weight_and_input_gradients():
     # forward 2·(784·512 + 512·256 + 256·10), the same for weight gradients, input gradients without layer 1
     per_sample = 2 * 535_040 + 2 * 535_040 + 2 * 133_632

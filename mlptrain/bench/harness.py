@@ -20,6 +20,10 @@ from mlptrain.engine import synchronize
 SETTLE_SECONDS = 0.1  # of work at a new thread count before timing resumes
 
 
+# The bench's sections, in the order they run (`mlptrain bench --only` takes these names; threads is CPU-only).
+SECTIONS = ("layer", "epoch", "roofline", "growth", "threads", "startup")
+
+
 @dataclass(frozen=True)
 class Plan:
     """How much work a bench run does; QUICK and FULL below are what `--quick` and the default run."""

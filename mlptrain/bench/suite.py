@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,7 +20,7 @@ from mlptrain.bench.cases import (
     bench_roofline,
     mlp_sizes,
 )
-from mlptrain.bench.harness import Plan, busy_cpu_seconds, device_name, plan
+from mlptrain.bench.harness import SECTIONS, Plan, busy_cpu_seconds, device_name, plan
 from mlptrain.bench.startup import StartupResult, bench_startup
 from mlptrain.bench.threads import ThreadsResult, bench_threads
 
@@ -39,6 +39,7 @@ class BenchResult:
     epoch: EpochResult | None = None
     roofline: RooflineResult | None = None
     growth: GrowthResult | None = None
+    sections: tuple[str, ...] = SECTIONS  # those run, in SECTIONS' order
     startup: StartupResult | None = None  # whole commands as processes, against import torch
     auto_threads: ThreadsResult | None = None  # CPU only
     seconds: float = 0.0  # the whole bench, wall clock
@@ -58,6 +59,7 @@ class BenchResult:
             "cpu_count": os.cpu_count(),
             "other_cores": self.other_cores,
             "plan": asdict(self.plan),
+            "sections": list(self.sections),
             "layer": [case.to_json() for case in self.layer],
             "epoch": self.epoch.to_json() if self.epoch else None,
             "roofline": self.roofline.to_json() if self.roofline else None,
@@ -67,8 +69,17 @@ class BenchResult:
         }
 
 
-def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], None] | None = None) -> BenchResult:
-    """Run every section on `device` and return the numbers. Thread count and RNG state are restored after."""
+def run(
+    device: torch.device,
+    quick: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+    sections: Collection[str] = SECTIONS,
+) -> BenchResult:
+    """Run `sections` (all by default, in SECTIONS' order) on `device` and return the numbers. Thread count and RNG
+    state are restored after."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown bench sections {sorted(unknown)}; the sections are {', '.join(SECTIONS)}")
     work = plan(quick)
     stage = on_stage or (lambda _: None)
     threads = torch.get_num_threads()
@@ -79,21 +90,25 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
         threads=threads,
         quick=quick,
         plan=work,
+        sections=tuple(name for name in SECTIONS if name in sections),
     )
     t0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), _own_cpu_seconds()
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            for hidden, batch_size in work.layer_cases:
+            for hidden, batch_size in work.layer_cases if "layer" in sections else []:
                 stage(f"layer: MLP {mlp_sizes(hidden)} at batch {batch_size}")
                 result.layer += bench_layer(device, hidden, batch_size, work)
-            stage(f"epoch: {work.epoch_samples:,} samples, ours / plain / tutorial")
-            result.epoch = bench_epoch(device, work, stage)
-            stage("roofline")
-            result.roofline = bench_roofline(device, work)
-            stage("cost growth")
-            result.growth = bench_growth(device, work)
-            if device.type == "cpu":
+            if "epoch" in sections:
+                stage(f"epoch: {work.epoch_samples:,} samples, ours / plain / tutorial")
+                result.epoch = bench_epoch(device, work, stage)
+            if "roofline" in sections:
+                stage("roofline")
+                result.roofline = bench_roofline(device, work)
+            if "growth" in sections:
+                stage("cost growth")
+                result.growth = bench_growth(device, work)
+            if "threads" in sections and device.type == "cpu":
                 stage("threads: 1, all cores and auto, as the machine is and beside a busy process")
                 result.auto_threads = bench_threads(work)
     finally:
@@ -103,10 +118,10 @@ def run(device: torch.device, quick: bool = False, on_stage: Callable[[str], Non
     if busy0 is not None and busy1 is not None:
         others = (busy1 - busy0) - (_own_cpu_seconds() - own0)
         result.other_cores = max(others, 0.0) / result.seconds
-    # Last, and outside the other-cores count: its commands are other processes, by design.
-    stage("start-up: whole commands against import torch")
-    result.startup = bench_startup(STARTUP_ROUNDS[quick])
-    result.seconds = time.perf_counter() - t0
+    if "startup" in sections:  # last, and outside the other-cores count: its commands are other processes, by design
+        stage("start-up: whole commands against import torch")
+        result.startup = bench_startup(STARTUP_ROUNDS[quick])
+        result.seconds = time.perf_counter() - t0
     return result
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mlptrain.bench.cases import EPOCH_GOALS, LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH
+from mlptrain.bench.harness import SECTIONS
 from mlptrain.bench.startup import EVAL_GOAL_SECONDS, LIGHT, MEMORY_GOAL_MB, TRAIN_GOAL_SECONDS
 from mlptrain.bench.threads import THREADS_GOAL
 
@@ -46,6 +47,8 @@ class Document:
 
 def bench_document(result: BenchResult) -> Document:
     command = f"mlptrain bench --device {result.device}" + (" --quick" if result.quick else "")
+    if len(result.sections) < len(SECTIONS):
+        command += "".join(f" --only {name}" for name in result.sections)
     return Document(
         title="mlptrain bench",
         command=command,
