@@ -280,7 +280,10 @@ def show_runs(console: Console, folder: Path, runs: list[RunSummary], keys: list
 
 
 def _setting(value) -> str:
-    """A config value as YAML would write it inline: 0.1, [256, 128], true, onecycle."""
+    """A config value as YAML would write it inline: 0.1, [256, 128], true, onecycle; a float to 4 significant
+    digits, as trial folders name it (a drawn 0.18879413151821905 reads 0.1888; --json keeps every digit)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return value if isinstance(value, str) else json.dumps(value)
 
 

@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -133,6 +134,17 @@ def _create(sweep: Sweep, storage: optuna.storages.RDBStorage) -> None:
     raise ConfigError(f"{shown_url(storage_url(sweep))} already holds studies {sweep.study!r} to -{_STUDY_NAMES}")
 
 
+def _must_exist(url: str) -> None:
+    """A joined SQLite database must be there already: opening one that is not would make an empty file."""
+    from sqlalchemy.engine import make_url  # Optuna's own dependency
+
+    with opening(url):
+        parsed = make_url(url)
+    local = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if local and not Path(parsed.database).is_file():
+        raise ConfigError(f"{shown_url(url)}: no such database file {parsed.database}")
+
+
 def described(sweep: Sweep) -> dict[str, Any]:
     """What the study keeps of its sweep (SWEEP_ATTR): enough for a worker on any machine to build its Sweep."""
     return {"spec": sweep.spec.to_dict(), "base_config": sweep.base, "origin": f"{socket.gethostname()}:{sweep.folder}"}
@@ -141,6 +153,7 @@ def described(sweep: Sweep) -> dict[str, Any]:
 def find(url: str, name: str | None) -> tuple[str, Spec, dict[str, Any]]:
     """`sweep --join URL [--study NAME]`: the study's name, spec and base config, read from the storage alone.
     Without a name, the storage must hold exactly one mlptrain study."""
+    _must_exist(url)
     with opening(url):
         studies = {s.study_name: s.user_attrs.get(SWEEP_ATTR) for s in _storage(url).get_all_studies()}
     ours = sorted(n for n, attrs in studies.items() if isinstance(attrs, dict))

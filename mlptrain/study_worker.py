@@ -248,6 +248,9 @@ class _Reporting:
     def batch_done(self, step: int) -> None:
         self.inner.batch_done(step)
 
+    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
+        self.inner.threads_changed(epoch, threads, why)
+
     def epoch_done(self, stats: Any, is_best: bool) -> None:
         self.inner.epoch_done(stats, is_best)
         value = getattr(stats, self.monitor)

@@ -124,11 +124,15 @@ def test_two_workers_join_by_url_from_another_folder_and_run_each_trial_once(tmp
 def test_join_by_url_problems_are_one_line(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     out = invoke("sweep", "--join", url)
+    assert out.exit_code == 2 and out.stderr.strip().endswith(f"no such database file {tmp_path / 'study.db'}")
+    assert not (tmp_path / "study.db").exists()  # not made empty by asking
+    optuna.create_study(storage=url, study_name="not-ours")  # a database with a study that no sweep made
+    out = invoke("sweep", "--join", url)
     assert out.exit_code == 2 and "holds no mlptrain sweep" in out.stderr
     for name in ("one", "two"):
         sweep.create(write_sweep(tmp_path / name, {"params": {"train.lr": [0.1]}}), folder=tmp_path / name / "sw",
                      storage=url)  # fmt: skip
-    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["sw", "sw-2"]  # made unique
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["not-ours", "sw", "sw-2"]  # made unique
     out = invoke("sweep", "--join", url)
     assert out.exit_code == 2
     assert out.stderr.strip() == f"mlptrain: error: {url} holds 2 sweeps (sw, sw-2); pick one with --study NAME"

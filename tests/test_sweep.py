@@ -225,6 +225,33 @@ def test_the_table_shows_only_the_keys_that_vary_and_marks_the_best(tmp_path):
     cli_in_fresh_python(["runs", tmp_path / "sw"])  # the manifest and small files only: no torch, so instant
 
 
+def test_the_table_shows_drawn_floats_to_four_digits_and_json_keeps_them_whole(tmp_path):
+    spec = {"method": "random", "trials": 2, "seed": 5, "params": {"train.lr": {"low": 0.01, "high": 0.2}}}
+    assert invoke("sweep", write_sweep(tmp_path, spec), "--dir", tmp_path / "sw", "-q").exit_code == 0
+    drawn = [t["values"]["train.lr"] for t in json.loads(invoke("runs", tmp_path / "sw", "--json").stdout)]
+    assert len(drawn) == 2 and all(len(repr(lr)) > 8 for lr in drawn)  # draws, not round numbers
+    table = invoke("runs", tmp_path / "sw").stdout
+    for lr in drawn:
+        assert f" {lr:.4g} " in table and repr(lr) not in table
+
+
+def test_a_trial_whose_thread_count_changes_between_epochs_runs_on(tmp_path, monkeypatch):
+    # threads: auto re-checks the load after each epoch; a change is reported through the sweep's callbacks too.
+    from mlptrain import trainer
+    from mlptrain.threads import ThreadChoice
+
+    def recheck(current, load=None):
+        return ThreadChoice(current.threads % 2 + 1, "2 cores, as the test says")
+
+    monkeypatch.setattr(trainer, "recheck", recheck)
+    monkeypatch.setattr(trainer, "adapts", lambda *args: True)
+    path = write_sweep(tmp_path, {"params": {"train.lr": [0.1, 0.05]}})
+    out = invoke("sweep", path, "--dir", tmp_path / "sw")
+    assert out.exit_code == 0, out.stderr
+    assert [t["state"] for t in manifest(tmp_path / "sw")["trials"]] == ["done", "done"]
+    assert "from epoch 2" in out.stdout  # the change, as a run's own output says it
+
+
 def test_every_trial_is_validated_before_any_runs(tmp_path):
     path = write_sweep(tmp_path, {"params": {"model.hidden": [[16], [8]], "model.dropout": [0.1, 1.5]}})
     out = invoke("sweep", path, "--dir", tmp_path / "sw")
