@@ -77,8 +77,9 @@ def bench_header(result: BenchResult) -> list[str]:
 
 
 def bench_tables(result: BenchResult) -> list[Table]:
-    """A table per section that ran: layer, epoch, roofline, and cost growth by batch size and by width."""
-    tables = [layer_table(result.layer)]
+    """A table per section that ran: layer, epoch, roofline, cost growth by batch size and by width, threads,
+    start-up."""
+    tables = [layer_table(result.layer)] if result.layer else []
     if result.epoch is not None:
         tables.append(epoch_table(result.epoch))
     if result.roofline is not None:
