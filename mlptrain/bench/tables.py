@@ -268,7 +268,7 @@ def startup_table(startup: StartupResult) -> Table:
         work = f"{cost.median_work:.2f}" if cost.work_seconds else ""
         rows.append([name, f"{cost.median_seconds:.2f}", work, over, memory, loads])
     return Table(
-        title="Start-up: whole commands as a user waits for them, against python -c 'import torch'",
+        title="Start-up: whole commands, against python -c 'import torch'",
         columns=["command", "wall s", "train+val s", "overhead s", "peak MB", "loads torch"],
         rows=rows,
         notes=[
