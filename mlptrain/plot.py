@@ -276,7 +276,9 @@ def save_study_plot(
     ax.legend(fontsize=9)
     if importance:
         keys = sorted(importance, key=importance.get)
-        axes[1].barh(keys, [importance[k] for k in keys], color=TRAIN_COLOR)
+        bars = axes[1].barh(keys, [importance[k] for k in keys], color=TRAIN_COLOR)
+        axes[1].bar_label(bars, fmt="%.2f", padding=3)  # a key of importance 0 has no bar: its 0.00 says so
+        axes[1].set_xlim(0, max(1.0, max(importance.values())) * 1.1)
         axes[1].set_xlabel("importance (fANOVA, sums to 1)")
         axes[1].set_title("parameter importance")
         axes[1].grid(axis="x", alpha=0.3)
