@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mlptrain import study as study_
+from mlptrain.callbacks import Callbacks, Relay
 from mlptrain.errors import ConfigError, Interrupted, MlptrainError, RunFailed
 from mlptrain.files import folder_lock, make_dirs
 from mlptrain.runs import LAST_FILE, read_run
@@ -232,27 +233,16 @@ class _Pruned(Exception):
         self.epoch = epoch
 
 
-class _Reporting:
+class _Reporting(Relay):
     """The trial's run callbacks, plus each epoch's monitored metric reported to the study; raises _Pruned at an
     epoch boundary (after the epoch's checkpoints are written) when the pruner says the trial is hopeless."""
 
-    def __init__(self, inner: Any, handle: optuna.Trial, monitor: str, epochs: int):
-        self.inner, self.handle, self.monitor, self.epochs = inner, handle, monitor, epochs
-
-    def run_started(self, info: Any) -> None:
-        self.inner.run_started(info)
-
-    def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.inner.epoch_started(epoch, epochs, steps, done)
-
-    def batch_done(self, step: int) -> None:
-        self.inner.batch_done(step)
-
-    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
-        self.inner.threads_changed(epoch, threads, why)
+    def __init__(self, inner: Callbacks, handle: optuna.Trial, monitor: str, epochs: int):
+        super().__init__(inner)
+        self.handle, self.monitor, self.epochs = handle, monitor, epochs
 
     def epoch_done(self, stats: Any, is_best: bool) -> None:
-        self.inner.epoch_done(stats, is_best)
+        super().epoch_done(stats, is_best)
         value = getattr(stats, self.monitor)
         if not math.isfinite(value):
             return  # a diverged epoch: the run fails on its own
@@ -283,14 +273,14 @@ def _started(sweep: Sweep, study: optuna.Study, claim: Claim) -> tuple[optuna.Tr
 
 
 def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbacks, stop: StopRequest) -> None:
-    from mlptrain import trainer
+    from mlptrain import trainer  # torch: imported by the first trial, after the other workers started
 
     trial, total = claim.trial, sweep.total
     run_dir = sweep.folder / trial.dir
     before = trial.state
     handle, resuming = _started(sweep, study, claim)
     config = sweep.config(trial)
-    inner = cb.trial_started(trial, total, resuming) or trainer.Callbacks()
+    inner = cb.trial_started(trial, total, resuming) or Callbacks()
     callbacks = _Reporting(inner, handle, sweep.monitor, config.train.epochs)
     state, values = TrialState.FAIL, None
     try:

@@ -12,26 +12,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlptrain.callbacks import Callbacks, Relay
 from mlptrain.checkpoint import load_checkpoint, model_from_checkpoint
 from mlptrain.config import Config
 from mlptrain.data import Split, class_names
 from mlptrain.engine import confusion_matrix, predict_logits
 from mlptrain.metrics import COLUMNS, EpochStats, History
 from mlptrain.runs import BEST_FILE, TENSORBOARD_DIR, flatten
-from mlptrain.trainer import Callbacks, RunInfo
+from mlptrain.trainer import RunInfo
 
 HPARAMS_TAG = "_hparams_/session_start_info"  # what TensorBoard's HParams view reads for a run
 BEST_METRICS = ("val_acc", "val_loss")  # logged as best/<name>: the best epoch's, the HParams view's metrics
 
 
-class TensorBoardLog(Callbacks):
+class TensorBoardLog(Relay):
     """Passes every report on to `inner` (the CLI's reporter), and logs it to RUN/tensorboard/. Around the run's
     epochs it is a context: closed however they end, it draws the confusion matrix only if they finished."""
 
     def __init__(self, inner: Callbacks, run_dir: Path, optimizer, history: History, val: Split, steps: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.inner, self.run_dir, self.optimizer, self.history, self.val = inner, run_dir, optimizer, history, val
+        super().__init__(inner)
+        self.run_dir, self.optimizer, self.history, self.val = run_dir, optimizer, history, val
         self.steps = steps  # optimizer steps per epoch: the learning rate's step is (epoch - 1) * steps + batch
         folder = run_dir / TENSORBOARD_DIR
         self.logged = logged_steps(folder)  # tag -> the last step its event files hold (a resumed run)
@@ -40,7 +42,7 @@ class TensorBoardLog(Callbacks):
         self.rates: list = []  # the rate of each step from `first` on, as the optimizer holds it (no sync)
 
     def run_started(self, info: RunInfo) -> None:
-        self.inner.run_started(info)
+        super().run_started(info)
         if HPARAMS_TAG not in self.logged:
             self._hparams(info.config)
         history = History(self.history.monitor)
@@ -50,22 +52,19 @@ class TensorBoardLog(Callbacks):
         self.writer.flush()
 
     def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.inner.epoch_started(epoch, epochs, steps, done)
+        super().epoch_started(epoch, epochs, steps, done)
         self.epoch, self.first, self.done, self.rates = epoch, done + 1, done, [self._rate()]
 
     def batch_done(self, step: int) -> None:
-        self.inner.batch_done(step)
+        super().batch_done(step)
         self.done = step
         self.rates.append(self._rate())  # after the scheduler's step: the rate of the next batch
 
     def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
-        self.inner.epoch_done(stats, is_best)
+        super().epoch_done(stats, is_best)
         self._write_rates()
         self._epoch(stats, self.history)
         self.writer.flush()
-
-    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
-        self.inner.threads_changed(epoch, threads, why)
 
     def __enter__(self) -> TensorBoardLog:
         return self

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mlptrain import distributed
+from mlptrain.callbacks import Callbacks
 from mlptrain.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
 from mlptrain.config import Config, dump_yaml, load_config, parse_override, resolve_device, with_values
 from mlptrain.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
@@ -58,25 +59,6 @@ class RunInfo:
     config: Config
     resumed_at: str | None = None  # where a continued run picks up, in words
     notes: list[str] = field(default_factory=list)  # warnings worth showing, e.g. a compile that fell back
-
-
-class Callbacks:
-    """What a run reports as it goes. The defaults do nothing; the CLI's reporter overrides them."""
-
-    def run_started(self, info: RunInfo) -> None:
-        pass
-
-    def epoch_started(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        """`done` batches of this epoch were trained before (a resumed epoch), `steps` in all."""
-
-    def batch_done(self, step: int) -> None:
-        pass
-
-    def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
-        pass
-
-    def threads_changed(self, epoch: int, threads: int, why: str) -> None:
-        """`threads: auto` measured the load again after epoch - 1 and trains epoch `epoch` at `threads`."""
 
 
 @dataclass

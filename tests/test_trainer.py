@@ -440,3 +440,26 @@ def test_an_old_checkpoint_that_decayed_biases_is_refused_with_a_reason(tmp_path
     torch.save(ckpt, run_dir / "last.pt")
     with pytest.raises(CheckpointError, match="predates weight decay on weights only"):
         trainer.resume(run_dir, ["train.epochs=2"])
+
+
+def test_relay_passes_every_hook_of_callbacks_on():
+    from mlptrain.callbacks import Relay
+
+    # A wrapper (TensorBoard's log, a sweep trial's pruning reporter) that lacked a new hook crashed the run that
+    # called it; Relay is the one place that passes hooks on, and it must know every one.
+    hooks = [name for name, value in vars(trainer.Callbacks).items() if callable(value) and not name.startswith("_")]
+    assert "threads_changed" in hooks
+    heard = []
+
+    class Inner(trainer.Callbacks):
+        def __getattribute__(self, name):
+            if name in hooks:
+                return lambda *args: heard.append(name)
+            return super().__getattribute__(name)
+
+    relay = Relay(Inner())
+    for name in hooks:
+        assert name in vars(Relay), f"Relay does not pass {name} on"
+        arity = getattr(trainer.Callbacks, name).__code__.co_argcount - 1
+        getattr(relay, name)(*[None] * arity)
+    assert heard == hooks
