@@ -186,11 +186,12 @@ def _sampler(spec: Spec) -> optuna.samplers.BaseSampler:
         return _NumberedRandom(spec.seed)
     # Each worker's sampler gets its own seed, or workers that start together would all draw the same trials:
     # `seed` itself in the first worker (so one worker repeats a sweep exactly), `seed` + k in the others.
+    # (A worker that --join started on its own, WORKER_ENV "join", takes its pid.)
     worker = os.environ.get(WORKER_ENV)
-    seed = (spec.seed + (int(worker) if worker and worker.isdigit() else os.getpid())) % 2**32 if worker else spec.seed
+    offset = 0 if not worker else int(worker) if worker.isdigit() else os.getpid()
     # Random draws first, then TPE: Optuna's 10 take most of a small sweep, so a third of it, at least 2.
     startup = min(10, max(2, spec.trials // 3))
-    return optuna.samplers.TPESampler(seed=seed % 2**32, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(seed=(spec.seed + offset) % 2**32, n_startup_trials=startup)
 
 
 class _Grid(optuna.samplers.GridSampler):
@@ -279,11 +280,10 @@ def sync(sweep: Sweep, study: optuna.Study) -> None:
             if trial.number >= known:
                 _add(sweep, study, trial)
     sweep.version = 2
-    stored = study.user_attrs.get(SWEEP_ATTR)
-    theirs = stored["spec"].get("trials") if isinstance(stored, dict) else None
-    if sweep.spec.method != "grid" and isinstance(theirs, int) and theirs > sweep.spec.trials:
+    theirs = _stored_trials(study)
+    if sweep.spec.method != "grid" and theirs is not None and theirs > sweep.spec.trials:
         sweep.spec.trials, changed = theirs, True
-    if not isinstance(stored, dict) or theirs != sweep.spec.trials:
+    if not isinstance(study.user_attrs.get(SWEEP_ATTR), dict) or theirs != sweep.spec.trials:
         study.set_user_attr(SWEEP_ATTR, described(sweep))
     if changed:
         sweep.save()
@@ -291,9 +291,15 @@ def sync(sweep: Sweep, study: optuna.Study) -> None:
 
 def wanted(sweep: Sweep, study: optuna.Study) -> int:
     """How many trials the sweep runs in all, --trials growth on any machine included."""
+    theirs = _stored_trials(study)
+    return max(sweep.spec.size, theirs if theirs is not None and sweep.spec.method != "grid" else 0)
+
+
+def _stored_trials(study: optuna.Study) -> int | None:
+    """The trial count the study's own copy of the spec holds (SWEEP_ATTR), if it holds one."""
     stored = study.user_attrs.get(SWEEP_ATTR)
     theirs = stored["spec"].get("trials") if isinstance(stored, dict) else None
-    return max(sweep.spec.size, theirs if isinstance(theirs, int) and sweep.spec.method != "grid" else 0)
+    return theirs if isinstance(theirs, int) else None
 
 
 def values_of(frozen: optuna.trial.FrozenTrial, dists: dict[str, Any]) -> dict[str, Any] | None:
