@@ -102,6 +102,10 @@ class AgreedStop:
 
     def now(self) -> bool:
         signum = self.world.agreed_signal(self.stop.signum)
-        if signum is not None and self.stop.signum is None:  # another process got the signal: stop likewise
+        # The answer is the all-reduced one, never the local request read again: a signal that lands between the
+        # all-reduce and here would stop this process alone, and leave the others in the next batch's collective.
+        if signum is None:
+            return False
+        if self.stop.signum is None:  # another process got the signal: stop likewise
             self.stop.signum = signum
-        return self.stop()
+        return True

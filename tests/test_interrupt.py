@@ -57,3 +57,21 @@ def test_several_processes_compare_notes_every_few_batches():
     should_stop = AgreedStop(stop, Peers(0, 2, 0, 2), every=3)
     assert [should_stop() for _ in range(2)] == [False, False]  # no collective between the checks
     assert should_stop() and stop.signum == signal.SIGTERM  # the third batch asks, and stops like the others
+
+
+def test_a_signal_after_the_processes_compared_notes_waits_for_the_next_comparison():
+    # torchrun relays a Ctrl-C to each rank at its own moment: one may get it right after an all-reduce that said
+    # "no signal". Stopping on it there would leave the other ranks alone in the next batch's collective (a gloo
+    # "connection closed by peer" in CI); it must wait for the next comparison, which every rank then shares.
+    stop = StopRequest()
+    answers = [None, signal.SIGINT]  # what the all-reduce says each time
+
+    class LateSignal(World):
+        def agreed_signal(self, signum):
+            answer = answers.pop(0)
+            stop.request(signal.SIGINT)  # lands on this rank just after the all-reduce
+            return answer
+
+    should_stop = AgreedStop(stop, LateSignal(0, 2, 0, 2), every=1)
+    assert not should_stop()  # the ranks agreed on no signal: this one goes on with them
+    assert should_stop()  # the next comparison carries it to every rank
