@@ -1,6 +1,6 @@
 """`python -m mlptrain` runs the command-line interface."""
 
-from mlptrain.cli import main
+from mlptrain.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlptrain.data import idx_bytes as mlptrain_idx_bytes
-from mlptrain.interrupt import StopRequest
-from mlptrain.synthetic import make_digits
-from mlptrain.trainer import Callbacks
+from mlptrain.core.data import idx_bytes as mlptrain_idx_bytes
+from mlptrain.core.synthetic import make_digits
+from mlptrain.run.callbacks import Callbacks
+from mlptrain.run.interrupt import StopRequest
 
 IDX_NAMES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -97,7 +97,7 @@ def trained_run(tmp_path_factory) -> Path:
     """A run folder from `mlptrain train configs/smoke.yaml` with 4 epochs (read-only: copy it to change it)."""
     from typer.testing import CliRunner
 
-    from mlptrain.cli import app
+    from mlptrain.cli.main import app
 
     run_dir = tmp_path_factory.mktemp("trained") / "smoke"
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -113,7 +113,7 @@ def cli_in_fresh_python(*argvs: list[str], forbid: tuple[str, ...] = ("torch",))
     """
     code = (
         "import sys\n"
-        "from mlptrain.cli import _run\n"  # not main(), which leaves with os._exit once torch is loaded
+        "from mlptrain.cli.main import _run\n"  # not main(), which leaves with os._exit once torch is loaded
         f"for argv in {[list(map(str, a)) for a in argvs]!r}:\n"
         "    sys.argv = ['mlptrain', *argv]\n"
         "    assert _run() == 0, argv\n"

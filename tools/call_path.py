@@ -63,7 +63,7 @@ def trace(config: str) -> list[tuple[str, str]]:
         if callee.startswith("mlptrain") and caller.startswith("mlptrain") and callee != caller:
             calls.append((caller, callee))
 
-    from mlptrain.cli import main
+    from mlptrain.cli.main import main
 
     with tempfile.TemporaryDirectory() as tmp:
         sys.argv = ["mlptrain", "train", config, "--run-dir", f"{tmp}/run", "--quiet"]

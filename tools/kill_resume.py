@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlptrain.checkpoint import checkpoint_epoch  # noqa: E402
-from mlptrain.runs import read_run  # noqa: E402
+from mlptrain.run.checkpoint import checkpoint_epoch  # noqa: E402
+from mlptrain.run.runs import read_run  # noqa: E402
 
 EPOCHS = 40  # about 10 s of training here: most kills land inside it
 

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlptrain.augment import Augmenter
+from mlptrain.base.config import AugmentConfig, TrainConfig
 from mlptrain.bench.harness import Plan, median_seconds, thread_counts
-from mlptrain.config import AugmentConfig, TrainConfig
-from mlptrain.data import IN_FEATURES, NUM_CLASSES, Split, normalize, write_idx
-from mlptrain.engine import (
+from mlptrain.core.augment import Augmenter
+from mlptrain.core.data import IN_FEATURES, NUM_CLASSES, Split, normalize, write_idx
+from mlptrain.core.engine import (
     EpochProgress,
     FlatParameters,
     Hooks,
@@ -32,7 +32,7 @@ from mlptrain.engine import (
     train_epoch,
     train_step,
 )
-from mlptrain.nn import MLP, to_torch
+from mlptrain.core.nn import MLP, to_torch
 
 CLASSES = NUM_CLASSES
 LAYER_GOAL = 0.97  # torch.nn.Linear's step time over ours: ours is never meaningfully slower
@@ -52,7 +52,7 @@ WARMUP_BATCHES = 20  # an epoch loop's warm-up: this many batches, plus the shor
 class LayerResult:
     """One training step (forward, backward, optimizer step) of the same MLP, weights and batches, five ways.
 
-    step_seconds keys: ours_per_layer (MLP(fused=False): one mlptrain.nn.Linear per layer), ours_fused
+    step_seconds keys: ours_per_layer (MLP(fused=False): one mlptrain.core.nn.Linear per layer), ours_fused
     (MLP(fused=True) through autograd: one MLPFunction node), ours_by_hand (the fused MLP's gradients by hand,
     MLP.backprop: the step training takes by default), torch_same_optimizer (torch.nn.Linear layers with our
     flat, fused optimizer, so the ratio isolates the layer) and torch_plain_sgd (torch.nn.Linear with
@@ -227,7 +227,7 @@ def _check_same_logits(models: list[nn.Module], x: torch.Tensor) -> None:
 
 def bench_epoch(device: torch.device, plan: Plan, stage: Callable[[str], None]) -> EpochResult:
     """One epoch of our loop, a plain PyTorch loop and the tutorial's loop: same model, samples and batch size."""
-    from mlptrain.synthetic import make_digits
+    from mlptrain.core.synthetic import make_digits
 
     n = plan.epoch_samples
     images, labels = make_digits(n, seed=1)  # (n, 28, 28) uint8, (n,) int64

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mlptrain.engine import synchronize
+from mlptrain.core.engine import synchronize
 
 SETTLE_SECONDS = 0.1  # of work at a new thread count before timing resumes
 

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# configs/smoke.yaml, written out for a bench that runs from an installed package (tests/test_bench_startup.py
+# configs/smoke.yaml, written out for a bench that runs from an installed package (tests/bench/test_bench_startup.py
 # checks the two agree).
 SMOKE_CONFIG = """\
 name: smoke
@@ -53,7 +53,7 @@ with open(sys.argv[1], "w") as f:
     f.write(f"{time.perf_counter() - start} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
 """
 WHICH_LOADS_TORCH = (
-    "import sys\nfrom mlptrain.cli import _run\nsys.argv = ['mlptrain', *sys.argv[1:]]\ncode = _run()\n"
+    "import sys\nfrom mlptrain.cli.main import _run\nsys.argv = ['mlptrain', *sys.argv[1:]]\ncode = _run()\n"
     "sys.stderr.write('TORCH_LOADED=%d\\n' % ('torch' in sys.modules))\nsys.exit(code)\n"
 )
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mlptrain import threads
+from mlptrain.base.config import Config, TrainConfig
 from mlptrain.bench.cases import mlp_sizes, random_batches, steps
 from mlptrain.bench.harness import QUICK, Plan, median_seconds
-from mlptrain.config import Config, TrainConfig
-from mlptrain.engine import FlatParameters, build_optimizer
-from mlptrain.nn import MLP
+from mlptrain.core import threads
+from mlptrain.core.engine import FlatParameters, build_optimizer
+from mlptrain.core.nn import MLP
 
 THREADS_GOAL = 0.8  # auto's samples/s over the faster of one thread and all cores, at least
 # configs/smoke.yaml's model, configs/mnist.yaml's, and a wide one: (name, hidden, batch size)

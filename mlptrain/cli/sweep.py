@@ -1,0 +1,86 @@
+"""`mlptrain sweep`: parse, call the sweep feature (mlptrain.sweep: start, then run), render its table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlptrain.cli import completion, exits
+from mlptrain.cli.app import command
+
+SweepDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--dir",
+        metavar="DIR",
+        help="Write the sweep here, not in <output.dir>/<name>-<time> (--join URL: <output.dir>/<study>).",
+    ),
+]
+Join = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--join",
+        metavar="SWEEP_DIR|URL",
+        help="One more worker on a sweep: its folder, or its study's database URL from any machine.",
+    ),
+]
+StudyName = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(metavar="NAME", help="With --join URL: the study, where the database holds several."),
+]
+
+
+@command(
+    None,
+    "mlptrain sweep configs/sweep.yaml --workers 2",
+    "mlptrain sweep --resume runs/<sweep>",
+    "mlptrain sweep --join postgresql://user@dbhost/sweeps --study <name>",
+)
+def sweep(
+    sweep_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(
+            metavar="SWEEP",
+            help="A sweep file, e.g. configs/sweep.yaml (not with --resume or --join).",
+            autocompletion=completion.yaml_files,
+        ),
+    ] = None,
+    dir_: SweepDir = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--resume", metavar="SWEEP_DIR", help="Carry on the sweep in SWEEP_DIR where it stopped."),
+    ] = None,
+    trials: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--trials", metavar="N", help="Random and tpe sweeps: run N trials (with --resume: grow to N)."),
+    ] = None,
+    storage: Annotated[Optional[str], typer.Option(metavar="URL", help="The study's database URL.")] = None,  # noqa: UP045
+    workers: Annotated[int, typer.Option(metavar="N", help="Run N trials at a time here, CPU threads split.")] = 1,
+    join: Join = None,
+    study: StudyName = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list, an object per trial, and nothing else.")
+    ] = False,
+) -> None:
+    """Train one run per grid point, random draw or TPE sample, on Optuna; resumable; then the trials, best first."""
+    with exits.errors():
+        from mlptrain.cli import live, report
+        from mlptrain.sweep.start import run, start
+        from mlptrain.sweep.table import table
+
+        job = start(sweep_file, resume, folder=dir_, trials=trials, storage=storage, join=join, study=study)
+        with exits.live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
+            job.trials = run(job, callbacks=reporter, workers=workers)
+        found = table(job.folder)
+        if json_out:
+            typer.echo(json.dumps(found.to_json()))
+        else:
+            report.show_sweep(report.make_console(), found)
+        failed = sum(t.state == "failed" for t in job.trials)
+        if failed:
+            report.error(f"{failed} of {len(job.trials)} trials failed; the others ran (see the table)")
+            raise SystemExit(1)

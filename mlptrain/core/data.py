@@ -1,0 +1,315 @@
+"""Datasets as normalised device tensors: MNIST and Fashion-MNIST (downloaded by torchvision, read here), or
+synthetic digits.
+
+Each split is read once, moved to the training device as uint8, and converted there; batches are slices of
+a per-epoch device permutation, so the hot loop touches no Python per sample and no DataLoader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from mlptrain.base.config import DataConfig
+from mlptrain.base.errors import DataError, DataMissing
+from mlptrain.base.files import atomic_write, file_problem, make_dirs
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+NUM_CLASSES = 10
+# Every dataset here is MNIST-shaped: 28×28 images. A model's input size comes from its data (TrainingData's
+# in_features); this is for sizing work before any data is loaded.
+IN_FEATURES = 28 * 28
+# Rows per forward pass when evaluating. Fixed, so validation during training and `mlptrain eval` run the very
+# same computation and agree to the last digit.
+EVAL_BATCH_SIZE = 8192
+_TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+# torchvision.datasets.FashionMNIST.classes (tests/core/test_data.py checks), without importing torchvision
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+_SYNTHETIC_SEEDS = {"train": 1, "test": 2}  # fixed: the synthetic dataset, like MNIST, does not change with seed
+
+
+@dataclass
+class Split:
+    """One split on the device: x (N, in_features) float32 normalised, y (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+
+@dataclass
+class TrainingData:
+    train: Split
+    val: Split
+    mean: float  # of the training split's pixels in [0, 1]; the checkpoint keeps both
+    std: float
+
+    @property
+    def in_features(self) -> int:
+        return self.train.x.shape[1]
+
+
+def load_training_data(cfg: DataConfig, seed: int, device: torch.device) -> TrainingData:
+    """The training split minus `val_size` held-out images (a seeded choice), normalised by its own statistics."""
+    images, labels = load_images(cfg, train=True)
+    train_idx, val_idx = split_indices(len(labels), cfg.val_size, seed, cfg.dataset)
+    train_images = images[train_idx].to(device)
+    pixels = train_images.float().div_(255)
+    mean, std = pixels.mean().item(), pixels.std().item()
+    del pixels
+    return TrainingData(
+        train=Split(normalize(train_images, mean, std), labels[train_idx].to(device)),
+        val=Split(normalize(images[val_idx].to(device), mean, std), labels[val_idx].to(device)),
+        mean=mean,
+        std=std,
+    )
+
+
+def load_eval_split(cfg: DataConfig, split: str, seed: int, mean: float, std: float, device: torch.device) -> Split:
+    """The test split, or the validation images held out in training (same seed, same choice)."""
+    if split == "test":
+        images, labels = load_images(cfg, train=False)
+    else:
+        images, labels = load_images(cfg, train=True)
+        _, val_idx = split_indices(len(labels), cfg.val_size, seed, cfg.dataset)
+        images, labels = images[val_idx], labels[val_idx]
+    return Split(normalize(images.to(device), mean, std), labels.to(device))
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, H*W), scaled to [0, 1] and standardised."""
+    return images.reshape(images.shape[0], -1).float().div_(255).sub_(mean).div_(std)
+
+
+def split_indices(n: int, val_size: int, seed: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into the training split. Drawn on the CPU so every device holds out the same images."""
+    if val_size >= n:
+        raise DataError(f"data.val_size ({val_size}) must be smaller than the {n} training images of {dataset}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The data order of an epoch: a permutation drawn on the device that depends on (seed, epoch) only."""
+    generator = torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return torch.randperm(n, device=device, generator=generator)
+
+
+def batches(
+    split: Split, order: torch.Tensor, batch_size: int, start_step: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches in `order`, from batch `start_step` on: one device-side gather, then views.
+
+    The last batch may be short. `order` may hold part of the split (one process's share, see shard_order).
+    """
+    x, y = split.x[order], split.y[order]
+    for start in range(start_step * batch_size, len(order), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def trained_samples(n: int, world_size: int = 1) -> int:
+    """How many of the `n` training images an epoch trains on: all in one process.
+
+    Over several processes, every global batch (the short last one too) must split into equal shards, or the
+    averaged gradient would weight some images more than others; so the last n % world_size images of each
+    epoch's permutation (at most world_size - 1, different ones every epoch) sit the epoch out.
+    """
+    return n - n % world_size
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    return math.ceil(trained_samples(n, world_size) / batch_size)
+
+
+def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> tuple[torch.Tensor, int]:
+    """(rank's part of `order`, its batch size): batch s of it is the rank-th contiguous slice of global batch s.
+
+    `batches(split, part, batch_size // world_size)` then yields, step by step, this process's equal share of
+    each global batch of `order`, the short last one included (see trained_samples). One process: `order` as is.
+    """
+    if world_size == 1:
+        return order, batch_size
+    n = trained_samples(len(order), world_size)
+    local = batch_size // world_size
+    full = n // batch_size * batch_size  # images in full global batches
+    head = order[:full].view(-1, world_size, local)[:, rank]  # (full batches, local)
+    tail = order[full:n].view(world_size, (n - full) // world_size)[rank]  # the short last batch's share
+    return torch.cat([head.reshape(-1), tail]), local
+
+
+def load_images(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as CPU tensors: images uint8 (N, H, W), labels int64 (N,)."""
+    if cfg.dataset == "synthetic":
+        from mlptrain.core.synthetic import make_digits
+
+        n = cfg.synthetic_size if train else max(1, cfg.synthetic_size // 6)
+        return make_digits(n, seed=_SYNTHETIC_SEEDS["train" if train else "test"])
+    return _load_idx_files(cfg, train)
+
+
+def raw_folder(cfg: DataConfig) -> Path:
+    """Where torchvision keeps (and looks for) the four IDX files of cfg.dataset."""
+    return Path(cfg.root) / _TORCHVISION_CLASS[cfg.dataset] / "raw"
+
+
+def _load_idx_files(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = raw_folder(cfg)
+    _unpack_gzipped(folder)
+    missing = [name for name in IDX_FILES if not (folder / name).exists()]
+    why = ""
+    if missing and cfg.download:
+        why = _download(cfg)
+        missing = [name for name in IDX_FILES if not (folder / name).exists()]
+    if missing:
+        raise DataMissing(
+            f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)}"
+            + (f" (download failed: {why})" if why else " (data.download is false)")
+            + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"
+            " data.download: true online"
+        )
+    for name in IDX_FILES:  # all four, before any is read: a pipe would block the read
+        problem = file_problem(folder / name, "IDX file")
+        if problem:
+            raise DataError(problem)
+    prefix = "train" if train else "t10k"
+    images_path, labels_path = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+    image_shape = check_idx_file(images_path, ndim=3)
+    label_shape = check_idx_file(labels_path, ndim=1)
+    if image_shape[0] != label_shape[0]:
+        raise DataError(f"{images_path} holds {image_shape[0]} images but {labels_path} holds {label_shape[0]} labels")
+
+    images, labels = read_idx(images_path, image_shape), read_idx(labels_path, label_shape).long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{labels_path}: labels must be 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
+    return images, labels
+
+
+def read_idx(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """The bytes of an IDX file that check_idx_file passed, as a uint8 tensor of its `shape`: what torchvision's
+    MNIST reader returns (tests/core/test_data.py checks the two agree), without importing torchvision (2.5 s)."""
+    data = bytearray(math.prod(shape))
+    try:
+        with open(path, "rb") as f:
+            f.seek(4 + 4 * len(shape))
+            got = f.readinto(data)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if got != len(data):
+        raise DataError(f"{path}: truncated while being read ({got} of {len(data)} bytes of data)")
+    return torch.frombuffer(data, dtype=torch.uint8).view(shape)
+
+
+def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
+    """Check an IDX file's magic number and size against its header before it is read; returns its shape."""
+    kind = "image" if ndim == 3 else "label"
+    expected_magic = 0x0800 + ndim  # unsigned bytes, ndim dimensions
+    problem = file_problem(path, f"IDX {kind} file")
+    if problem:
+        raise DataError(problem)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated ({size} bytes, shorter than an IDX header)")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != expected_magic:
+        raise DataError(f"{path}: not an IDX {kind} file (magic number {magic:#010x}, expected {expected_magic:#010x})")
+    shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if 0 in shape:
+        held = f"{shape[0]} {kind}s" + (f" of {shape[1]}×{shape[2]} pixels" if ndim == 3 else "")
+        raise DataError(f"{path}: holds {held}; a dataset needs at least one {kind} of at least one pixel")
+    expected_size = 4 + 4 * ndim + math.prod(shape)
+    if size != expected_size:
+        raise DataError(
+            f"{path}: truncated or corrupt: its header promises {'×'.join(map(str, shape))} bytes of data "
+            f"({expected_size} bytes in all) but the file has {size}"
+        )
+    return shape
+
+
+def idx_bytes(tensor: torch.Tensor) -> bytes:
+    """Unsigned bytes (N, ...) as IDX, MNIST's format: magic 0x0800 + ndim, each dimension as a 4-byte big-endian
+    number, then the raw bytes. Integers in 0..255 of another dtype are accepted; anything else is refused."""
+    if tensor.dtype != torch.uint8:
+        if tensor.dtype.is_floating_point or (tensor.numel() and (tensor.min() < 0 or tensor.max() > 255)):
+            raise ValueError(f"IDX here holds unsigned bytes; got {tensor.dtype} with values outside 0..255")
+        tensor = tensor.to(torch.uint8)
+    header = (0x0800 + tensor.dim()).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in tensor.shape)
+    return header + tensor.contiguous().numpy().tobytes()
+
+
+def write_idx(path: Path, tensor: torch.Tensor) -> Path:
+    """Write `tensor` (see idx_bytes) as an IDX file, atomically, making its folder if needed; returns the path."""
+    path = Path(path)
+    make_dirs(path.parent)
+    data = idx_bytes(tensor)
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def _unpack_gzipped(folder: Path) -> None:
+    """Accept the files as distributed (.gz) as well as unpacked, as torchvision's own download leaves them."""
+    for name in IDX_FILES:
+        target, packed = folder / name, folder / f"{name}.gz"
+        if target.exists() or not packed.is_file():  # a FIFO or a folder in the way is said by check_idx_file
+            continue
+        atomic_write(target, lambda dst, packed=packed: _gunzip(packed, dst))
+
+
+def _gunzip(packed: Path, dst: BinaryIO) -> None:
+    try:
+        with gzip.open(packed, "rb") as src:
+            shutil.copyfileobj(src, dst)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a broken .gz; a failed write is atomic_write's to say
+        raise DataError(f"{packed}: cannot be unpacked ({e})") from None
+
+
+def _mirror(cfg: DataConfig) -> str:
+    """Where torchvision downloads this dataset from, to tell a user with no network where to fetch it."""
+    from torchvision import datasets
+
+    return getattr(datasets, _TORCHVISION_CLASS[cfg.dataset]).mirrors[0]
+
+
+def _download(cfg: DataConfig) -> str:
+    """Let torchvision fetch the dataset; '' on success, else the reason in a few words."""
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    folder = raw_folder(cfg)
+    made = [p for p in (folder, folder.parent, Path(cfg.root)) if not p.exists()]  # deepest first
+    try:
+        getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(cfg.root, train=True, download=True)
+        return ""
+    except (RuntimeError, URLError, OSError) as e:
+        for empty in made:  # a failed download leaves no empty data/MNIST/raw/ behind
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("<urlopen error")), lines[-1] if lines else "")
+        return reason.removeprefix("<urlopen error ").removesuffix(">") or type(e).__name__
+
+
+def class_names(dataset: str) -> list[str]:
+    """What each label means: the digit for mnist and synthetic, torchvision's names for fashion-mnist."""
+    if dataset == "fashion-mnist":
+        return list(FASHION_CLASSES)
+    return [str(label) for label in range(NUM_CLASSES)]

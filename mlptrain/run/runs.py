@@ -1,0 +1,266 @@
+"""Run folders: the files a run folder holds, and the runs read back from them.
+
+Plain files only, no torch, so listing a folder of runs is instant. `mlptrain eval CKPT` records its result as
+`<checkpoint stem>.<split>.json` next to the checkpoint (`best.test.json` for `best.pt` on the test split);
+that record is where a listing finds a run's test accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mlptrain.base.config import read_yaml
+from mlptrain.base.errors import ConfigError, DataError, RunFailed
+from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir
+from mlptrain.base.metrics import MONITORS, History, best_index, read_metrics
+
+# What a run folder holds.
+CONFIG_FILE = "config.yaml"  # the resolved config the run trains (train.epochs grows when a run is extended)
+METRICS_FILE = "metrics.csv"  # a row per finished epoch (metrics.py)
+LAST_FILE = "last.pt"  # the latest checkpoint: what --resume continues
+BEST_FILE = "best.pt"  # the checkpoint of the best epoch on train.monitor
+CURVES_FILE = "curves.png"  # the training curves, drawn when the run ends and by `mlptrain plot`
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with output.tensorboard: true (tblog.py)
+# `mlptrain train` names folders <name>-<YYYYmmdd-HHMMSS>, with -2, -3... for runs started in the same second.
+_STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
+# Keys that say where a run lives rather than how it trained; they differ without making runs different.
+_PLACE_KEYS = ("name", "output.dir")
+MAX_RECORD_BYTES = 1_000_000  # an eval record is a few kilobytes
+
+
+@dataclass
+class RunSummary:
+    """One run folder. Accuracies are fractions; None where the run has no such number (yet)."""
+
+    path: Path
+    started: datetime
+    config: dict[str, Any]  # as config.yaml holds it, unvalidated: an old run still lists
+    history: History
+    test_acc: float | None = None  # from best.test.json, once `mlptrain eval best.pt` has run
+    problems: list[str] = field(default_factory=list)  # what could not be read, e.g. a damaged metrics.csv row
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The config as dotted keys: {'train.lr': 0.1, ...}."""
+        return flatten(self.config)
+
+    @property
+    def epochs_planned(self) -> int | None:
+        train = self.config.get("train")
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch best.pt holds (0 before any); see metrics.History."""
+        return self.history.best_epoch
+
+    @property
+    def best_val_acc(self) -> float | None:
+        best = self.history.best
+        return None if best is None else best.val_acc
+
+    @property
+    def best_value(self) -> float | None:
+        """The monitored metric (val_acc or val_loss) at the best epoch."""
+        return self.history.best_value
+
+    @property
+    def seconds(self) -> float:
+        """Training and validation time over all epochs (loading data and writing files excluded)."""
+        return sum(s.train_seconds + s.val_seconds for s in self.history.epochs)
+
+    def to_json(self, keys: list[str]) -> dict[str, Any]:
+        flat = self.settings
+        return {
+            "run": self.path.name,
+            "path": str(self.path),
+            "started": self.started.isoformat(timespec="seconds"),
+            "epochs": len(self.history),
+            "epochs_planned": self.epochs_planned,
+            "best_epoch": self.best_epoch or None,
+            "best_val_acc": self.best_val_acc,
+            "test_acc": self.test_acc,
+            "seconds": self.seconds,
+            "differs": {key: flat.get(key) for key in keys},
+            "config": self.config,
+        }
+
+
+@contextlib.contextmanager
+def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bool) -> Iterator[Path]:
+    """The folder of a new run, held by this process (files.folder_lock) while the block runs: `run_dir`, or a
+    new `output_dir/<name>-<timestamp>`, created now (before any data is loaded, so a bad place fails fast).
+
+    A folder that holds a run is refused unless `force`. If the block stops or fails (other than by a diverged
+    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed
+    (and the output folder, if it was made for this run alone), and from a folder that existed the run's own files.
+    """
+    if run_dir is None:
+        made_output = not Path(output_dir).exists()
+        folder, created = new_run_dir(output_dir, name), True
+    else:
+        made_output = False
+        folder = Path(run_dir)
+        created = make_dirs(folder)
+    try:
+        with folder_lock(folder):
+            if (folder / LAST_FILE).exists() and not force:
+                raise ConfigError(
+                    f"{folder} already holds a run ({LAST_FILE}); continue it with --resume {folder}, "
+                    "overwrite it with --force, or pick another --run-dir"
+                )
+            try:
+                yield folder
+            except RunFailed:
+                raise  # a run whose loss diverged keeps its folder: its metrics.csv says when
+            except BaseException:
+                if not (folder / LAST_FILE).exists():  # nothing to resume: leave nothing behind
+                    _remove_run(folder, created)
+                raise
+    except BaseException:
+        for made in [folder] * created + [Path(output_dir)] * made_output:  # made for this run alone, and empty
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
+
+
+def _remove_run(folder: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in (CONFIG_FILE, METRICS_FILE, BEST_FILE, CURVES_FILE, LOCK_FILE):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run left in `run_dir` (--force): none of it belongs to the new one."""
+    for stale in (METRICS_FILE, BEST_FILE, LAST_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)  # else its steps would stand for the new run's
+
+
+def is_run(folder: Path) -> bool:
+    return (Path(folder) / CONFIG_FILE).is_file()
+
+
+def eval_record_path(checkpoint: Path, split: str) -> Path:
+    """Where `mlptrain eval` records a checkpoint's score: runs/x/best.pt, test -> runs/x/best.test.json."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.{split}.json")
+
+
+def read_run(folder: Path) -> RunSummary:
+    """Summarise one run folder; a folder without config.yaml is not a run."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        what = "no such folder" if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
+        raise DataError(f"{folder}: {what}")
+    try:
+        config = read_yaml(config_path, CONFIG_FILE)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    config = config if isinstance(config, dict) else {}
+    epochs, problems = read_metrics(folder / METRICS_FILE)
+    run = RunSummary(folder, _started(folder, config_path), config, History(_monitor(config), epochs), None, problems)
+    record = eval_record_path(folder / BEST_FILE, "test")
+    try:
+        if file_problem(record, "record", MAX_RECORD_BYTES) is None:  # not a pipe, nothing huge
+            run.test_acc = float(json.loads(record.read_text(encoding="utf-8"))["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not evaluated yet, or unreadable
+        run.test_acc = None
+    return run
+
+
+def _monitor(config: dict[str, Any]) -> str:
+    train = config.get("train")
+    monitor = train.get("monitor") if isinstance(train, dict) else None
+    return monitor if monitor in MONITORS else "val_acc"
+
+
+def list_runs(folder: Path) -> list[RunSummary]:
+    """Every run in `folder` (or `folder` itself if it is one), newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{folder}: no such folder (mlptrain train writes runs into output.dir, 'runs' by default)"
+            if not folder.exists()
+            else f"{folder} is a file, not a folder of runs"
+        )
+    if is_run(folder):
+        return [read_run(folder)]
+    runs = []
+    for child in folder.iterdir():
+        if child.is_dir() and is_run(child):
+            try:
+                runs.append(read_run(child))
+            except DataError:  # one broken folder must not hide the others
+                continue
+    return sorted(runs, key=lambda r: (r.started, _suffix(r.path)), reverse=True)
+
+
+@dataclass
+class Scores:
+    """Runs' (or a sweep's trials') best scores against their settings: what `mlptrain runs --out` draws."""
+
+    metric: str  # val_acc or val_loss
+    keys: list[str]  # the settings that differ
+    points: list[tuple[dict[str, Any], float]]  # (settings as dotted keys, best score), for those with a score
+    best: int | None  # the position in `points` of the best
+    what: str  # 'runs' or 'trials'
+
+
+def scores(runs: list[RunSummary], keys: list[str]) -> Scores:
+    """Each run's best val_acc against its settings, the best run (the first of equals) marked."""
+    scored = [run for run in runs if run.best_val_acc is not None]
+    best = best_index((run.best_val_acc for run in scored), "val_acc")
+    return Scores("val_acc", keys, [(run.settings, run.best_val_acc) for run in scored], best, "runs")
+
+
+def differing_keys(runs: list[RunSummary]) -> list[str]:
+    """The config keys (dotted, in schema order) whose values are not the same in every run."""
+    flats = [r.settings for r in runs]
+    keys = list(dict.fromkeys(key for flat in flats for key in flat))
+    return [
+        key
+        for key in keys
+        if key not in _PLACE_KEYS and len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1
+    ]
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _started(folder: Path, config_path: Path) -> datetime:
+    """The start time in the folder's name, or config.yaml's mtime for a folder named with --run-dir."""
+    found = _STAMP_RE.search(folder.name)
+    if found:
+        try:
+            return datetime.strptime(found.group(1), "%Y%m%d-%H%M%S")
+        except ValueError:
+            pass
+    return datetime.fromtimestamp(config_path.stat().st_mtime)
+
+
+def _suffix(folder: Path) -> int:
+    found = _STAMP_RE.search(folder.name)
+    return int(found.group(2)) if found and found.group(2) else 1

@@ -1,0 +1,444 @@
+"""A training run: a config trained from scratch, or a run resumed from its last.pt, epoch by epoch around
+engine.fit, writing its folder as it goes (runs.py names the files). Nothing here prints: what happens reaches
+the caller through a Callbacks object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mlptrain.base.config import Config, dump_yaml, load_config, parse_override, with_values
+from mlptrain.base.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
+from mlptrain.base.extras import check_config
+from mlptrain.base.files import atomic_write_text, folder_lock, held_signals
+from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
+from mlptrain.core import distributed
+from mlptrain.core.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
+from mlptrain.core.device import resolve_device
+from mlptrain.core.distributed import World
+from mlptrain.core.engine import (
+    FlatParameters,
+    Hooks,
+    TrainingStopped,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    compile_model,
+    fit,
+    grad_scaler,
+)
+from mlptrain.core.memory import check_run_fits
+from mlptrain.core.nn import build_model
+from mlptrain.core.recipe import WeightAverage
+from mlptrain.core.rng import seed_everything
+from mlptrain.core.threads import ThreadChoice, adapts, configure_threads, recheck
+from mlptrain.run.callbacks import Callbacks, RunInfo
+from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
+from mlptrain.run.interrupt import AgreedStop, StopRequest, stop_on_signals
+from mlptrain.run.plot import plot_run
+from mlptrain.run.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: its epochs, and whether it stopped early or had nothing left to do."""
+
+    run_dir: Path
+    history: History
+    stopped_early: bool = False  # train.patience epochs without improvement
+    already_finished: bool = False  # --resume of a run with nothing left to do
+
+    @property
+    def monitor(self) -> str:
+        return self.history.monitor
+
+    @property
+    def best_epoch(self) -> int:
+        return self.history.best_epoch
+
+    @property
+    def best(self) -> EpochStats | None:
+        return self.history.best
+
+    def to_json(self) -> dict:
+        best = self.history.best
+        return {
+            "run_dir": str(self.run_dir),
+            "monitor": self.monitor,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "already_finished": self.already_finished,
+            "best": best.as_dict() if best is not None else None,
+            "epochs": [s.as_dict() for s in self.history.epochs],
+            "best_checkpoint": str(self.run_dir / BEST_FILE),
+            "last_checkpoint": str(self.run_dir / LAST_FILE),
+        }
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where a run trains, resolved once: this process among torchrun's (or alone), its device, its CPU threads."""
+
+    world: World
+    device: torch.device
+    threads: ThreadChoice
+
+
+@dataclass
+class _Session:
+    """A run under way: what it trains on, its training state, and its history so far."""
+
+    config: Config
+    run_dir: Path
+    processes: Processes
+    data: TrainingData
+    state: TrainState
+    history: History
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch."""
+        return steps_per_epoch(len(self.data.train), self.config.train.batch_size, self.processes.world.size)
+
+
+def train(
+    config: Config,
+    run_dir: Path | None = None,
+    force: bool = False,
+    callbacks: Callbacks | None = None,
+    stop: StopRequest | None = None,
+) -> TrainResult:
+    """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch.
+
+    Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
+    """
+    config = config.resolved()  # relative folders mean where the run starts; config.yaml records them absolute
+    check_config(config)
+    with _processes(config) as processes, contextlib.ExitStack() as claim:
+        world, output = processes.world, Path(config.output.dir)
+        run_dir = distributed.run_on_main(
+            world, lambda: claim.enter_context(claimed_run_dir(run_dir, output, config.name, force))
+        )
+        data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
+        if world.is_main:
+            clear_run(run_dir)  # --force over an old run: none of it stays
+            atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
+            write_metrics(run_dir / METRICS_FILE, [])  # the header; resume rewrites it from last.pt (_repair)
+        session = _new_session(config, run_dir, processes, data)
+        return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def resume(
+    path: Path, overrides: list[str] = (), callbacks: Callbacks | None = None, stop: StopRequest | None = None
+) -> TrainResult:
+    """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
+
+    Only train.epochs may be overridden, to extend a run. A run that has finished returns at once, with
+    `already_finished` set; one killed before its first epoch was saved (a config.yaml, no last.pt) starts again.
+    Under torchrun every process reads the checkpoint (on several machines, the run folder must be at the same
+    path on each) and they continue together.
+    """
+    path = Path(path)
+    with _resume_lock(path):
+        ckpt, config, run_dir = load_for_resume(path, overrides)
+        if ckpt is None:  # stopped before its first epoch was saved: start it again, in its own folder
+            return train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
+        check_config(config)
+        with _processes(config) as processes:
+            device = processes.device
+            data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
+            session = _new_session(config, run_dir, processes, data, ckpt)
+            if processes.world.is_main:
+                session.notes += _repair(session, ckpt)
+            if session.state.progress is None and _finished(session):
+                return TrainResult(run_dir, session.history, already_finished=True)
+            if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
+                atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
+            return _run(session, callbacks or Callbacks(), stop or StopRequest())
+
+
+def _resume_lock(path: Path) -> contextlib.AbstractContextManager:
+    """The run folder's lock, held by rank 0 from before its last.pt is read until the run ends."""
+    if not World.from_env().is_main or not path.exists():
+        return contextlib.nullcontext()  # a path that is not there: load_for_resume says so
+    return folder_lock(path if path.is_dir() else path.parent)
+
+
+def _repair(session: _Session, ckpt: dict) -> list[str]:
+    """Bring the run folder back in line with its last.pt after a crash between two of an epoch's writes
+    (_record writes last.pt, then best.pt, then metrics.csv): metrics.csv holds exactly the checkpoint's epochs,
+    and best.pt the best of them. Returns notes on what could not be repaired."""
+    run_dir, history = session.run_dir, session.history
+    write_metrics(run_dir / METRICS_FILE, history.epochs)
+    best = history.best_epoch
+    if not best or checkpoint_epoch(run_dir / BEST_FILE) == best:
+        return []
+    if best == ckpt["epoch"] and ckpt["progress"] is None:  # last.pt is that epoch's checkpoint
+        copy_checkpoint(run_dir / LAST_FILE, run_dir / BEST_FILE)
+        return []
+    return [f"{BEST_FILE} does not hold the best epoch ({best}) and cannot be rebuilt; a better epoch will rewrite it"]
+
+
+def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict | None, Config, Path]:
+    """(checkpoint, config with overrides, run folder) of the run to resume at `path`, every problem refused.
+
+    A run folder with a config.yaml but no last.pt (a run killed before its first epoch was saved) has nothing to
+    continue: its checkpoint is None, and resuming starts it again from its config.yaml.
+    """
+    path = Path(path)
+    ckpt_path = path / LAST_FILE if path.is_dir() else path
+    if path.is_dir() and not ckpt_path.exists():
+        if not (path / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"{path} holds no {LAST_FILE} to resume from, nor a {CONFIG_FILE} to start again from; "
+                f"start a run there with mlptrain train CONFIG --run-dir {path}"
+            )
+        ckpt, config = None, load_config(path / CONFIG_FILE)
+    else:
+        ckpt = load_checkpoint(ckpt_path)
+        config = ckpt["config"]
+    for item in overrides:
+        key, value = parse_override(item)
+        if key != "train.epochs":
+            raise ConfigError(f"--set {item}: only train.epochs can change when resuming; {key} is fixed by the run")
+        config = with_values(config, {key: value}, source=f"--set {item}")
+    if ckpt is not None and config.train.epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
+        )
+    return ckpt, config, ckpt_path.parent
+
+
+@contextlib.contextmanager
+def _processes(config: Config) -> Iterator[Processes]:
+    """Where a run of `config` trains, inside torchrun's process group where there is one, with the CPU threads
+    set; refuses a config that cannot be split over the processes."""
+    world = World.from_env()
+    device = world.device(resolve_device(config.device))
+    distributed.check_world(config, device, world.size, world.local_size)
+    check_run_fits(config, device, world.size)
+    with distributed.joined(world, device):
+        yield Processes(world, device, configure_threads(config, device, world.local_size))
+
+
+def _new_session(
+    config: Config, run_dir: Path, processes: Processes, data: TrainingData, ckpt: dict | None = None
+) -> _Session:
+    """Build model, optimizer and schedule; from a checkpoint, restore every piece of state it holds."""
+    world, device = processes.world, processes.device
+    seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
+    model = build_model(config.model, data.in_features, NUM_CLASSES).to(device)
+    flat = FlatParameters(model, weights_first=config.train.weight_decay > 0)  # biases do not decay
+    optimizer = build_optimizer(flat.groups(), config.train)
+    steps = steps_per_epoch(len(data.train), config.train.batch_size, world.size)
+    scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
+    state = TrainState(model, optimizer, scheduler, grad_scaler(device, config.train.precision))
+    if config.train.ema > 0:
+        state.average = WeightAverage(model, flat.param, config.train.ema)
+    session = _Session(config, run_dir, processes, data, state, History(config.train.monitor))
+    if config.train.compile:
+        x, y = data.train.x[: config.train.batch_size], data.train.y[: config.train.batch_size]
+        state.train_model, note = compile_model(model, optimizer, x, y, config.train.precision)
+        session.notes += [note] if note else []
+    if ckpt is not None:
+        session.history.epochs = restore(ckpt, state, steps, len(data.train))
+    if world.distributed:
+        _join_processes(session)
+    return session
+
+
+def _join_processes(session: _Session) -> None:
+    """Make the session one of several data-parallel processes: the model wrapped in DistributedDataParallel, a
+    dropout stream of each rank's own, and partial sums that rank 0 alone carries over a resume."""
+    world, device, state = session.processes.world, session.processes.device, session.state
+    state.train_model = distributed.wrap(state.training_model, device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    b = session.config.train.batch_size
+    session.notes.append(
+        f"{world.size} processes ({backend}), data-parallel: each trains on {b // world.size} of every batch of {b}"
+    )
+    progress = state.progress
+    distributed.seed_rank(session.config.seed, world, state.epoch, progress.step if progress else 0)
+    if progress is not None and not world.is_main:  # the checkpoint's partial sums are all ranks' (see _run)
+        progress.loss_sum.zero_()
+        progress.correct.zero_()
+
+
+def _finished(session: _Session) -> bool:
+    epoch, patience = session.state.epoch, session.config.train.patience
+    stalled = patience > 0 and epoch - session.history.best_epoch >= patience
+    return epoch >= session.config.train.epochs or stalled
+
+
+def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
+    """The epoch loop shared by a new run and a resumed one.
+
+    With several processes, all make the same decisions from the same all-reduced numbers (best epoch, early
+    stop, divergence) and agree on every stop; rank 0 alone reports and writes.
+    """
+    config, world = session.config, session.processes.world
+    if not world.is_main:
+        cb = Callbacks()
+    log = _tensorboard(session, cb)
+    cb = log or cb
+    cb.run_started(_info(session))
+    should_stop = AgreedStop(stop, world)
+    epochs = config.train.epochs
+    hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), cb.batch_done, should_stop)
+    result = TrainResult(session.run_dir, session.history)
+    with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop), log or contextlib.nullcontext():
+        try:
+            for stats in fit(session.state, session.data, config, hooks, world):
+                _record(session, stats, cb)
+                _recheck_threads(session, stats.epoch + 1, cb)
+                if should_stop.now() and stats.epoch < epochs:
+                    raise _stopped(session, stop)
+                if _finished(session) and stats.epoch < epochs:
+                    result.stopped_early = True
+                    break
+        except TrainingStopped as e:
+            _save_stop(session, e.progress)
+            raise _stopped(session, stop) from None
+    if world.is_main:
+        plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
+    return result
+
+
+def _recheck_threads(session: _Session, epoch: int, cb: Callbacks) -> None:
+    """`threads: auto` on a CPU follows the load: the count for `epoch`, from the cores others kept busy during the
+    last one (the results do not depend on it, see mlptrain/__init__.py)."""
+    processes = session.processes
+    if epoch > session.config.train.epochs or not adapts(session.config, processes.device, processes.world.local_size):
+        return
+    choice = recheck(processes.threads)
+    if choice.threads != processes.threads.threads:
+        cb.threads_changed(epoch, choice.threads, choice.why)
+    session.processes = Processes(processes.world, processes.device, choice)
+
+
+def _tensorboard(session: _Session, cb: Callbacks) -> Callbacks | None:
+    """With output.tensorboard, rank 0's callbacks that also log to RUN/tensorboard/ (tblog.py); else None."""
+    if not (session.config.output.tensorboard and session.processes.world.is_main):
+        return None
+    from mlptrain.run.tblog import TensorBoardLog
+
+    state, data = session.state, session.data
+    return TensorBoardLog(cb, session.run_dir, state.optimizer, session.history, data.val, session.steps)
+
+
+@contextlib.contextmanager
+def _peer_gone_is_a_stop(session: _Session, stop: StopRequest) -> Iterator[None]:
+    """On a rank other than 0 that got the signal too, a collective that fails because another process has
+    already stopped and closed its connection (gloo: "Connection closed by peer") is the same stop, not a failure:
+    rank 0 saved the place and says so. On rank 0, or without a signal, such an error is a failure as ever."""
+    try:
+        yield
+    except RuntimeError:
+        if session.processes.world.is_main or not session.processes.world.distributed or not stop():
+            raise
+        raise _stopped(session, stop) from None
+
+
+def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
+    """A finished epoch into the run folder: last.pt, best.pt if it is the best, then its metrics.csv row.
+
+    In that order, a crash between two writes leaves metrics.csv and best.pt agreeing on the best epoch, and a
+    last.pt from which resume repairs the rest (_repair). Signals wait until all three are written.
+    """
+    history, run_dir, main = session.history, session.run_dir, session.processes.world.is_main
+    history.epochs.append(stats)
+    if stats.diverged:
+        if main:  # the row says why the run ended; a diverged epoch is never the best, and has no checkpoint
+            write_metrics(run_dir / METRICS_FILE, history.epochs)
+        cb.epoch_done(stats, False)
+        raise RunFailed(
+            f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower train.lr "
+            f"(now {session.config.train.lr}). {BEST_FILE} and {LAST_FILE} keep the last finite epoch"
+        )
+    improved = history.best_epoch == stats.epoch
+    if main:
+        paths = [run_dir / LAST_FILE] + ([run_dir / BEST_FILE] if improved else [])
+        with held_signals(), _resumable(session, stats.epoch):
+            save_checkpoint(paths, session.config, session.data, session.state, history)
+            write_metrics(run_dir / METRICS_FILE, history.epochs)
+    cb.epoch_done(stats, improved)
+
+
+@contextlib.contextmanager
+def _resumable(session: _Session, epoch: int) -> Iterator[None]:
+    """A write that fails (a full disk) while saving `epoch` ends the run with a line that says which file, and
+    where a --resume would carry on from."""
+    try:
+        yield
+    except WriteFailed as e:
+        saved = epoch if e.path != session.run_dir / LAST_FILE else epoch - 1
+        if saved or (session.run_dir / LAST_FILE).exists():
+            where = f"the end of epoch {saved}" if saved else "the place it was stopped"
+            tail = f"; `mlptrain train --resume {session.run_dir}` carries on from {where} once it can write"
+        else:
+            tail = "; nothing was saved"
+        raise WriteFailed(f"{e}{tail}", e.path) from None
+
+
+def _save_stop(session: _Session, progress) -> None:
+    """Every process stopped after the same batch: rank 0 saves the place, with all ranks' partial sums."""
+    world = session.processes.world
+    progress.loss_sum, progress.correct = world.all_sum(progress.loss_sum), world.all_sum(progress.correct)
+    if world.is_main:
+        with _resumable(session, session.state.epoch):
+            save_checkpoint([session.run_dir / LAST_FILE], session.config, session.data, session.state, session.history)
+
+
+def _info(session: _Session) -> RunInfo:
+    model, data, config = session.state.model, session.data, session.config
+    return RunInfo(
+        run_dir=session.run_dir,
+        device=str(session.processes.device),
+        threads=session.processes.threads.threads,
+        threads_why=session.processes.threads.why,
+        dataset=config.data.dataset,
+        sizes=model.sizes,
+        parameters=sum(p.numel() for p in model.parameters()),
+        train_samples=len(data.train),
+        val_samples=len(data.val),
+        config=config,
+        resumed_at=_resume_point(session),
+        notes=session.notes,
+    )
+
+
+def _resume_point(session: _Session) -> str | None:
+    state = session.state
+    if state.progress is not None:
+        return f"epoch {state.progress.epoch}, batch {state.progress.step + 1}/{session.steps}"
+    return f"epoch {state.epoch + 1}" if state.epoch else None
+
+
+def _stopped(session: _Session, stop: StopRequest) -> Interrupted:
+    run_dir, world, state, history = session.run_dir, session.processes.world, session.state, session.history
+    progress = state.progress
+    where = (
+        f"in epoch {progress.epoch} after batch {progress.step}/{session.steps}"
+        if progress is not None
+        else f"after epoch {state.epoch}"
+    )
+    best = (
+        f"; best so far: epoch {history.best_epoch} ({LABELS[history.monitor]} "
+        f"{metric_text(UNITS[history.monitor], history.best_value)}) in {BEST_FILE}"
+        if history.best_epoch
+        else ""
+    )
+    command = f"mlptrain train --resume {run_dir}"
+    if world.distributed:  # on one machine --nproc says it all; on several, torchrun's flags are the user's own
+        command = f"{command} --nproc {world.size}" if world.local_size == world.size else f"torchrun ... -m {command}"
+    return Interrupted(
+        f"{stop.name}: stopped {where}; its exact place is saved in {run_dir / LAST_FILE}{best}",
+        resume_command=command,
+        signum=stop.signum,
+    )

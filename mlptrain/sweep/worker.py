@@ -1,0 +1,343 @@
+"""One sweep worker, on Optuna (with study.py, the only modules that import it): claim a trial (one stopped or
+killed mid-way in this sweep folder, one queued, one a dead worker on another host left, or a new one the sampler
+draws), train it as an ordinary run folder while beating its heartbeat, report each epoch's monitored metric to
+the study (which may prune it) and the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import socket
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from mlptrain.base.errors import ConfigError, Interrupted, MlptrainError, RunFailed
+from mlptrain.base.files import folder_lock, make_dirs
+from mlptrain.run.callbacks import Callbacks, Relay
+from mlptrain.run.runs import LAST_FILE, read_run
+from mlptrain.sweep import study as study_
+from mlptrain.sweep.folder import FINISHED, Sweep, SweepCallbacks, Trial, trial_name
+from mlptrain.sweep.study import (
+    FOLDER,
+    HOST,
+    PAUSED,
+    RERUN_OF,
+    STALE,
+    SURPLUS,
+    WORKERS,
+    distributions,
+    suggest,
+    trial_id,
+)
+
+if TYPE_CHECKING:
+    from mlptrain.run.interrupt import StopRequest
+
+
+@dataclass
+class Claim:
+    """A trial this worker runs, its run folder locked."""
+
+    trial: Trial
+    continuing: bool  # a trial another worker started: go on from its last.pt if it has one
+    made: bool  # the run folder was made by this claim
+
+
+def work(sweep: Sweep, cb: SweepCallbacks, stop: StopRequest | None = None) -> list[Trial]:
+    """Run trials until none is left: first those stopped or killed mid-way in this folder (continued from their
+    last.pt), then queued ones, then new ones. Any number of workers, on any number of hosts, may do this at once
+    on one study; each trial has one, by the study's atomic WAITING -> RUNNING and the lock of its run folder. A
+    signal stops the running trial at a batch boundary and raises Interrupted."""
+    from mlptrain.run.interrupt import StopRequest, stop_on_signals
+
+    stop = stop or StopRequest()
+    study = study_.open_study(sweep)
+    with stop_on_signals(stop):
+        with sweep.lock(wait=5.0):  # another kind of writer holding the folder (train --run-dir) keeps us out
+            sweep.refresh()
+            study_.sync(sweep, study)
+            _settle(sweep, study)
+        cb.sweep_started(sweep, _todo(sweep, study))
+        while True:
+            with contextlib.ExitStack() as stack:
+                claim = _claim(sweep, study, stack, stop)
+                if claim is None:
+                    break
+                _run_trial(sweep, study, claim, cb, stop)
+    with sweep.lock():
+        sweep.refresh()
+    return sweep.trials
+
+
+def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that count towards the sweep's: not a surplus one, not one re-run as another."""
+    return [t for t in study.get_trials(deepcopy=False) if not (t.user_attrs.get(SURPLUS) or t.user_attrs.get(STALE))]
+
+
+def _todo(sweep: Sweep, study: optuna.Study) -> int:
+    return max(0, study_.wanted(sweep, study) - sum(t.state.is_finished() for t in _counted(study)))
+
+
+def _settle(sweep: Sweep, study: optuna.Study) -> None:
+    """This folder's unfinished trials that a worker on another host re-ran (its worker here stopped beating for
+    longer than study.GRACE): failed here, saying which trial ran them again."""
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for trial in sweep.trials:
+        t = frozen.get(trial.number)
+        if trial.state not in FINISHED and t is not None and t.user_attrs.get(STALE):
+            again = [n for n, other in frozen.items() if other.user_attrs.get(RERUN_OF) == trial.number]
+            trial.state = "failed"
+            trial.reason = f"its worker stopped answering; trial {again[0] + 1 if again else '?'} ran it again"
+            sweep.record(trial)
+
+
+def _claim(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack, stop: StopRequest) -> Claim | None:
+    """The next trial for this worker, its folder's lock entered into `stack`; None when nothing is left."""
+    with sweep.lock():
+        sweep.refresh()
+        if stop():  # a signal between trials
+            todo = [t.index for t in sweep.trials if t.state not in FINISHED] or [len(sweep.trials) + 1]
+            raise interrupted(
+                sweep, f"{stop.name}: the sweep stopped before trial {todo[0]}/{sweep.total}", stop.signum
+            )
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        for trial in sweep.trials:  # a trial stopped, or left by a worker that was killed: its folder is free
+            if trial.state not in FINISHED and states.get(trial.number) == TrialState.RUNNING:
+                claim = _lock(sweep, trial, stack, continuing=True)
+                if claim:
+                    return claim
+        rerun_stale(sweep, study)
+        return _queued(sweep, study, stack) or _ask(sweep, study, stack)
+
+
+def rerun_stale(sweep: Sweep, study: optuna.Study) -> None:
+    """Trials whose worker has not beaten for study.GRACE seconds and whose folder is not this sweep folder's (its
+    host may be gone for good): each is failed (STALE, not counted) and queued again with the same values, to run
+    from its start as a new trial (RERUN_OF). A trial stopped by a signal (PAUSED) is left for its own host's
+    --resume, and one of this folder's is continued from its last.pt instead (see _claim)."""
+    mine = {t.number for t in sweep.trials}
+    dists = distributions(sweep.spec.params)
+    storage = study._storage
+    for stale in storage._get_stale_trial_ids(study._study_id):
+        frozen = storage.get_trial(stale)
+        if frozen.number in mine or frozen.user_attrs.get(PAUSED):
+            continue
+        try:
+            storage.set_trial_user_attr(stale, STALE, True)
+            storage.set_trial_state_values(stale, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker saw it first
+        values = study_.values_of(frozen, dists)
+        if values is not None:  # (one killed before its values were drawn is only failed: a new trial replaces it)
+            study.enqueue_trial(study_.encoded(values, dists), {RERUN_OF: frozen.number}, skip_if_exists=False)
+
+
+def _queued(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack) -> Claim | None:
+    """A queued trial (a version-1 folder's, or a re-run), moved to RUNNING by this worker."""
+    dists = distributions(sweep.spec.params)
+    mine = {t.number: t for t in sweep.trials}
+    every = study.get_trials(deepcopy=False)
+    for frozen in (t for t in every if t.state == TrialState.WAITING):
+        of = frozen.user_attrs.get(RERUN_OF)
+        if of is not None and any(t.user_attrs.get(RERUN_OF) == of and t.number < frozen.number for t in every):
+            _surplus(study, frozen._trial_id)  # two workers queued the same re-run: the first one stands
+            continue
+        values = study_.values_of(frozen, dists)
+        if values is None or not _take(study, frozen._trial_id):
+            continue
+        study._storage.record_heartbeat(frozen._trial_id)
+        n = frozen.number
+        trial = mine.get(n) or Trial(n + 1, trial_name(n + 1, values), values, number=n)
+        sweep.record(trial)
+        claim = _lock(sweep, trial, stack, continuing=False)
+        if claim:
+            return claim
+    return None
+
+
+def _surplus(study: optuna.Study, tid: int) -> None:
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        study._storage.set_trial_user_attr(tid, SURPLUS, True)
+        study._storage.set_trial_state_values(tid, TrialState.FAIL)
+
+
+def _take(study: optuna.Study, tid: int) -> bool:
+    """Move the trial from the study's queue to running; False if another worker took it first."""
+    try:
+        return study._storage.set_trial_state_values(tid, TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def _lock(sweep: Sweep, trial: Trial, stack: contextlib.ExitStack, continuing: bool) -> Claim | None:
+    run_dir = sweep.folder / trial.dir
+    made = make_dirs(run_dir)
+    try:
+        stack.enter_context(folder_lock(run_dir))
+    except ConfigError:  # another worker runs it
+        return None
+    return Claim(trial, continuing, made)
+
+
+def _ask(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack) -> Claim | None:
+    """A new trial from the sampler (grid, random or tpe), unless the sweep has all its trials."""
+    dists = distributions(sweep.spec.params)
+    while True:
+        counted, total = _counted(study), study_.wanted(sweep, study)
+        if len(counted) >= total:
+            return None
+        with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": _run_trial beats it instead
+            warnings.simplefilter("ignore")
+            asked = study.ask()
+        study._storage.record_heartbeat(asked._trial_id)  # killed before it is in the manifest: stale, re-run
+        values = suggest(asked, dists)
+        if sum(t.number < asked.number for t in counted) >= total:  # another worker was quicker
+            _surplus(study, asked._trial_id)
+            return None
+        trial = Trial(asked.number + 1, trial_name(asked.number + 1, values), values, number=asked.number)
+        try:
+            sweep.check(trial, "sampled")
+        except ConfigError as e:  # a value the config refuses: this trial fails, the sampler learns, go on
+            trial.state, trial.reason = "failed", str(e)
+            study.tell(asked, state=TrialState.FAIL)
+            sweep.record(trial)
+            continue
+        sweep.record(trial)
+        claim = _lock(sweep, trial, stack, continuing=False)
+        if claim:
+            return claim
+
+
+@contextlib.contextmanager
+def beating(study: optuna.Study, tid: int):
+    """Record the trial's heartbeat every study.HEARTBEAT seconds while the block runs (a database that does not
+    answer for a moment only misses a beat)."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(study_.HEARTBEAT):
+            with contextlib.suppress(Exception):
+                study._storage.record_heartbeat(tid)
+
+    with contextlib.suppress(Exception):
+        study._storage.record_heartbeat(tid)
+    thread = threading.Thread(target=beat, name="mlptrain-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+class _Pruned(Exception):
+    def __init__(self, epoch: int):
+        super().__init__(f"pruned at epoch {epoch}")
+        self.epoch = epoch
+
+
+class _Reporting(Relay):
+    """The trial's run callbacks, plus each epoch's monitored metric reported to the study; raises _Pruned at an
+    epoch boundary (after the epoch's checkpoints are written) when the pruner says the trial is hopeless."""
+
+    def __init__(self, inner: Callbacks, handle: optuna.Trial, monitor: str, epochs: int):
+        super().__init__(inner)
+        self.handle, self.monitor, self.epochs = handle, monitor, epochs
+
+    def epoch_done(self, stats: Any, is_best: bool) -> None:
+        super().epoch_done(stats, is_best)
+        value = getattr(stats, self.monitor)
+        if not math.isfinite(value):
+            return  # a diverged epoch: the run fails on its own
+        self.handle.report(value, stats.epoch)
+        if stats.epoch < self.epochs and self.handle.should_prune():
+            raise _Pruned(stats.epoch)
+
+
+def _started(sweep: Sweep, study: optuna.Study, claim: Claim) -> tuple[optuna.Trial, bool]:
+    """The claimed trial marked running in the manifest and in the study (its host, folder and worker), with
+    its values recorded; and whether it resumes from a last.pt."""
+    trial, run_dir = claim.trial, sweep.folder / claim.trial.dir
+    # A trial stopped mid-way ("interrupted", or "running" after a kill -9) goes on from its last.pt; one stopped
+    # before its first epoch was saved starts again, cleanly.
+    resuming = claim.continuing and (run_dir / LAST_FILE).is_file()
+    trial.state, trial.reason = "running", ""
+    sweep.record(trial)
+    handle = optuna.Trial(study, trial_id(study, trial.number))
+    ran_by = study._storage.get_trial(handle._trial_id).user_attrs.get(WORKERS, [])
+    host = socket.gethostname()
+    handle.set_user_attr(WORKERS, [*ran_by, f"{host}:{os.getpid()}"])  # who ran it (twice: resumed)
+    handle.set_user_attr(HOST, host)
+    handle.set_user_attr(FOLDER, str(run_dir.resolve()))
+    handle.set_user_attr(PAUSED, False)
+    if not resuming:
+        suggest(handle, distributions(sweep.spec.params))  # the study records the values (queued ones are fixed)
+    return handle, resuming
+
+
+def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbacks, stop: StopRequest) -> None:
+    from mlptrain.run import trainer  # torch: imported by the first trial, after the other workers started
+
+    trial, total = claim.trial, sweep.total
+    run_dir = sweep.folder / trial.dir
+    before = trial.state
+    handle, resuming = _started(sweep, study, claim)
+    config = sweep.config(trial)
+    inner = cb.trial_started(trial, total, resuming) or Callbacks()
+    callbacks = _Reporting(inner, handle, sweep.monitor, config.train.epochs)
+    state, values = TrialState.FAIL, None
+    try:
+        with beating(study, handle._trial_id):
+            if resuming:
+                trainer.resume(run_dir, callbacks=callbacks, stop=stop)
+            else:
+                trainer.train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
+        value = read_run(run_dir).best_value
+        trial.state = "done"
+        if value is not None:
+            state, values = TrialState.COMPLETE, [value]
+    except _Pruned as e:
+        trial.state, trial.reason, state = "pruned", str(e), TrialState.PRUNED
+    except (Interrupted, KeyboardInterrupt) as e:  # a second Ctrl-C: its last.pt holds the last finished epoch
+        trial.state = "interrupted"
+        _pause(sweep, handle, trial)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise interrupted(sweep, f"sweep trial {trial.index}/{total}, {e}", e.exit_code - 128) from None
+    except RunFailed as e:
+        trial.state, trial.reason = "failed", str(e)
+    except MlptrainError:  # bad input (e.g. the dataset is missing): every trial would fail alike, so stop
+        trial.state = before
+        _pause(sweep, handle, trial)
+        if claim.made and not (run_dir / LAST_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    except Exception as e:  # a crash inside one trial does not stop the others
+        trial.state, trial.reason = "failed", f"{type(e).__name__}: {e}"
+    study.tell(trial.number, values, state=state)
+    sweep.record(trial)
+    cb.trial_done(trial, total)
+
+
+def _pause(sweep: Sweep, handle: optuna.Trial, trial: Trial) -> None:
+    """A trial stopped on purpose stays RUNNING in the study, for this folder's --resume: never re-run elsewhere."""
+    sweep.record(trial)
+    with contextlib.suppress(Exception):
+        handle.set_user_attr(PAUSED, True)
+
+
+def interrupted(sweep: Sweep, message: str, signum: int) -> Interrupted:
+    done = sum(t.state == "done" for t in sweep.trials)
+    return Interrupted(
+        f"{message} ({done} of {sweep.total} trials done)",
+        resume_command=f"mlptrain sweep --resume {sweep.folder}",
+        signum=signum,
+    )
