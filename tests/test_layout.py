@@ -27,7 +27,7 @@ OWNERS = {
     "onnxruntime": {"inference/export.py"},
     "safetensors": {"inference/export.py"},
     "tensorboard": {"run/tblog.py"},
-    "optuna": {"sweep/study.py", "sweep/worker.py"},  # the sweep engine: the study, one worker
+    "optuna": {"sweep/study.py", "sweep/worker.py", "sweep/internals.py"},  # the sweep engine: study, worker, internals
     "sqlalchemy": {"sweep/study.py"},  # Optuna's storage
 }
 # Parts of torch that need an optional extra, and the only modules that may import them.

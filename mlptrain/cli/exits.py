@@ -1,6 +1,6 @@
 """How a command ends: a library error becomes one line on stderr and an exit code (SystemExit), a stopped run
-says where it stopped, and a missing dataset gets the hint that fits the command. No typer: cli.py wraps each
-command's body in `errors()`, and returns the code `SystemExit` carries."""
+says where it stopped, and a missing dataset gets the hint that fits the command. No typer: each command wraps its
+body in `errors()`, and main.py returns the code `SystemExit` carries."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Starting a sweep: reading and checking the sweep file (a base config, the values to try, the method and
 pruner), creating the sweep folder and its study, resuming or joining one (by folder or by the study's database
 URL), and running it with this process and its workers. The study that samples, prunes and coordinates workers is
-study.py's and worker.py's (the only optuna users); optuna is imported only once a sweep starts.
+study.py's and worker.py's (with internals.py, the only optuna users); optuna is imported only once a sweep starts.
 """
 
 from __future__ import annotations
@@ -156,12 +156,12 @@ def engine():
 def run(
     sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest | None = None, workers: int = 1
 ) -> list[Trial]:
-    """Work on the sweep until no trial is left to run (study_worker.work), with `workers` - 1 more worker
+    """Work on the sweep until no trial is left to run (worker.work), with `workers` - 1 more worker
     processes beside this one; returns the trials as the manifest has them."""
-    from mlptrain.sweep import worker as study_worker
+    from mlptrain.sweep import worker
     from mlptrain.sweep import workers as workers_
 
     if workers < 1 or workers > workers_.MAX_WORKERS:
         raise ConfigError(f"--workers {workers}: must be in [1, {workers_.MAX_WORKERS}]")
     with workers_.spread(sweep.folder, workers, stop) as stop:
-        return study_worker.work(sweep, callbacks or SweepCallbacks(), stop)
+        return worker.work(sweep, callbacks or SweepCallbacks(), stop)

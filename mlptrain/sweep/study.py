@@ -1,7 +1,7 @@
-"""The sweep's study, on Optuna (with study_worker.py, the only modules that import it): where it lives and how it
-is found (a sweep folder's study.db, or a database URL that workers on other machines join), the sampler and
-pruner every worker makes from the spec, the swept values as Optuna's parameters, and the manifest and the study
-kept in agreement. One worker's loop is study_worker.py's.
+"""The sweep's study, on Optuna (with worker.py and internals.py, the only modules that import it): where it
+lives and how it is found (a sweep folder's study.db, or a database URL that workers on other machines join), the
+sampler and pruner every worker makes from the spec, the swept values as Optuna's parameters, and the manifest and
+the study kept in agreement. One worker's loop is worker.py's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError, WriteFailed
 from mlptrain.base.metrics import direction
 from mlptrain.run.runs import is_run, read_run
+from mlptrain.sweep import internals
 from mlptrain.sweep.folder import WORKER_ENV, Sweep, Trial
 from mlptrain.sweep.spec import Spec, parse_spec
 
@@ -39,7 +40,7 @@ STALE = "mlptrain_stale"  # its worker on another host stopped beating; failed, 
 RERUN_OF = "mlptrain_rerun_of"  # the number of the stale trial this one runs again, from its start
 PAUSED = "mlptrain_paused"  # stopped by a signal: left for its own host's --resume, never re-run elsewhere
 # Each running trial's worker records a heartbeat this often (seconds); one not heard from for GRACE seconds is
-# stale: its folder's host may be gone, so a worker on another host re-runs it (study_worker.rerun_stale).
+# stale: its folder's host may be gone, so a worker on another host re-runs it (worker.rerun_stale).
 HEARTBEAT = 20
 GRACE = 120
 _FINAL = {"done": TrialState.COMPLETE, "failed": TrialState.FAIL, "pruned": TrialState.PRUNED}
@@ -318,7 +319,7 @@ def _add(sweep: Sweep, study: optuna.Study, trial: Trial) -> None:
     if state is None:
         study.enqueue_trial(params, skip_if_exists=False)
         if trial.state != "pending":  # a version-1 trial that was stopped mid-way: the next worker continues it
-            study._storage.set_trial_state_values(trial_id(study, trial.number), TrialState.RUNNING)
+            internals.set_state(study, internals.trial_id(study, trial.number), TrialState.RUNNING)
         return
     run_dir = sweep.folder / trial.dir
     value = read_run(run_dir).best_value if is_run(run_dir) else None
@@ -328,10 +329,6 @@ def _add(sweep: Sweep, study: optuna.Study, trial: Trial) -> None:
         params=params, distributions=dists, value=value if state == TrialState.COMPLETE else None, state=state
     )
     study.add_trial(done)
-
-
-def trial_id(study: optuna.Study, number: int) -> int:
-    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
 
 
 def progress(sweep: Sweep) -> tuple[list[tuple[int, float]], dict[str, float]]:

@@ -1,7 +1,7 @@
-"""One sweep worker, on Optuna (with study.py, the only modules that import it): claim a trial (one stopped or
-killed mid-way in this sweep folder, one queued, one a dead worker on another host left, or a new one the sampler
-draws), train it as an ordinary run folder while beating its heartbeat, report each epoch's monitored metric to
-the study (which may prune it) and the result.
+"""One sweep worker, on Optuna (with study.py and internals.py, the only modules that import it): claim a trial
+(one stopped or killed mid-way in this sweep folder, one queued, one a dead worker on another host left, or a new
+one the sampler draws), train it as an ordinary run folder while beating its heartbeat, report each epoch's
+monitored metric to the study (which may prune it) and the result.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mlptrain.base.errors import ConfigError, Interrupted, MlptrainError, RunFai
 from mlptrain.base.files import folder_lock, make_dirs
 from mlptrain.run.callbacks import Callbacks, Relay
 from mlptrain.run.runs import LAST_FILE, read_run
+from mlptrain.sweep import internals
 from mlptrain.sweep import study as study_
 from mlptrain.sweep.folder import FINISHED, Sweep, SweepCallbacks, Trial, trial_name
 from mlptrain.sweep.study import (
@@ -35,7 +36,6 @@ from mlptrain.sweep.study import (
     WORKERS,
     distributions,
     suggest,
-    trial_id,
 )
 
 if TYPE_CHECKING:
@@ -125,14 +125,13 @@ def rerun_stale(sweep: Sweep, study: optuna.Study) -> None:
     --resume, and one of this folder's is continued from its last.pt instead (see _claim)."""
     mine = {t.number for t in sweep.trials}
     dists = distributions(sweep.spec.params)
-    storage = study._storage
-    for stale in storage._get_stale_trial_ids(study._study_id):
-        frozen = storage.get_trial(stale)
+    for stale in internals.stale_ids(study):
+        frozen = internals.get(study, stale)
         if frozen.number in mine or frozen.user_attrs.get(PAUSED):
             continue
         try:
-            storage.set_trial_user_attr(stale, STALE, True)
-            storage.set_trial_state_values(stale, TrialState.FAIL)
+            internals.set_attr(study, stale, STALE, True)
+            internals.set_state(study, stale, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker saw it first
         values = study_.values_of(frozen, dists)
@@ -148,12 +147,12 @@ def _queued(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack) -> C
     for frozen in (t for t in every if t.state == TrialState.WAITING):
         of = frozen.user_attrs.get(RERUN_OF)
         if of is not None and any(t.user_attrs.get(RERUN_OF) == of and t.number < frozen.number for t in every):
-            _surplus(study, frozen._trial_id)  # two workers queued the same re-run: the first one stands
+            _surplus(study, internals.id_of(frozen))  # two workers queued the same re-run: the first one stands
             continue
         values = study_.values_of(frozen, dists)
-        if values is None or not _take(study, frozen._trial_id):
+        if values is None or not _take(study, internals.id_of(frozen)):
             continue
-        study._storage.record_heartbeat(frozen._trial_id)
+        internals.beat(study, internals.id_of(frozen))
         n = frozen.number
         trial = mine.get(n) or Trial(n + 1, trial_name(n + 1, values), values, number=n)
         sweep.record(trial)
@@ -165,14 +164,14 @@ def _queued(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack) -> C
 
 def _surplus(study: optuna.Study, tid: int) -> None:
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        study._storage.set_trial_user_attr(tid, SURPLUS, True)
-        study._storage.set_trial_state_values(tid, TrialState.FAIL)
+        internals.set_attr(study, tid, SURPLUS, True)
+        internals.set_state(study, tid, TrialState.FAIL)
 
 
 def _take(study: optuna.Study, tid: int) -> bool:
     """Move the trial from the study's queue to running; False if another worker took it first."""
     try:
-        return study._storage.set_trial_state_values(tid, TrialState.RUNNING)
+        return internals.set_state(study, tid, TrialState.RUNNING)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
 
@@ -197,10 +196,10 @@ def _ask(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack) -> Clai
         with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": _run_trial beats it instead
             warnings.simplefilter("ignore")
             asked = study.ask()
-        study._storage.record_heartbeat(asked._trial_id)  # killed before it is in the manifest: stale, re-run
+        internals.beat(study, internals.id_of(asked))  # killed before it is in the manifest: stale, re-run
         values = suggest(asked, dists)
         if sum(t.number < asked.number for t in counted) >= total:  # another worker was quicker
-            _surplus(study, asked._trial_id)
+            _surplus(study, internals.id_of(asked))
             return None
         trial = Trial(asked.number + 1, trial_name(asked.number + 1, values), values, number=asked.number)
         try:
@@ -225,10 +224,10 @@ def beating(study: optuna.Study, tid: int):
     def beat() -> None:
         while not done.wait(study_.HEARTBEAT):
             with contextlib.suppress(Exception):
-                study._storage.record_heartbeat(tid)
+                internals.beat(study, tid)
 
     with contextlib.suppress(Exception):
-        study._storage.record_heartbeat(tid)
+        internals.beat(study, tid)
     thread = threading.Thread(target=beat, name="mlptrain-heartbeat", daemon=True)
     thread.start()
     try:
@@ -271,8 +270,8 @@ def _started(sweep: Sweep, study: optuna.Study, claim: Claim) -> tuple[optuna.Tr
     resuming = claim.continuing and (run_dir / LAST_FILE).is_file()
     trial.state, trial.reason = "running", ""
     sweep.record(trial)
-    handle = optuna.Trial(study, trial_id(study, trial.number))
-    ran_by = study._storage.get_trial(handle._trial_id).user_attrs.get(WORKERS, [])
+    handle = internals.running(study, trial.number)
+    ran_by = internals.get(study, internals.id_of(handle)).user_attrs.get(WORKERS, [])
     host = socket.gethostname()
     handle.set_user_attr(WORKERS, [*ran_by, f"{host}:{os.getpid()}"])  # who ran it (twice: resumed)
     handle.set_user_attr(HOST, host)
@@ -295,7 +294,7 @@ def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbac
     callbacks = _Reporting(inner, handle, sweep.monitor, config.train.epochs)
     state, values = TrialState.FAIL, None
     try:
-        with beating(study, handle._trial_id):
+        with beating(study, internals.id_of(handle)):
             if resuming:
                 trainer.resume(run_dir, callbacks=callbacks, stop=stop)
             else:

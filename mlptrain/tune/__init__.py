@@ -1,0 +1,1 @@
+"""A feature: a look before training: the learning-rate range test and the augmentation preview."""

@@ -18,7 +18,7 @@ from mlptrain.sweep import spec as sweep_spec
 from mlptrain.sweep import start as sweep_start
 
 optuna = pytest.importorskip("optuna")
-from mlptrain.sweep import study  # noqa: E402 - needs optuna
+from mlptrain.sweep import internals, study  # noqa: E402 - needs optuna
 
 GRID = {"params": {"train.lr": [0.1, 0.05, 0.02], "model.hidden": [[8], [16]]}, "seed": 3}
 RANDOM = {"method": "random", "trials": 4, "seed": 11, "params": {"train.lr": {"low": 1e-3, "high": 0.5, "log": True},
@@ -167,7 +167,7 @@ def test_a_dead_worker_s_trial_on_another_host_is_run_again_from_its_start(tmp_p
         drawn = study.suggest(asked, dists)
         asked.set_user_attr(study.HOST, "elsewhere")
         asked.set_user_attr(study.PAUSED, paused)
-        there._storage.record_heartbeat(asked._trial_id)
+        internals.beat(there, internals.id_of(asked))
         remote.append(asked.number)
         n = asked.number
         home.record(sweep_folder.Trial(n + 1, sweep_folder.trial_name(n + 1, drawn), drawn, "running", number=n))
