@@ -1,9 +1,11 @@
-"""Follow one `mlptrain train` call through the library: which modules it visits, in what order, and how often a
-call goes back up the import layers (a module calling one that imports it, directly or not: a callback).
+"""Follow one `mlptrain train` call through the library: which modules and layer folders it visits, in what order,
+and how often a call goes back up the import layers (a module calling one that imports it, directly or not: a
+callback).
 
     .venv/bin/python tools/call_path.py [configs/smoke.yaml]
 
-Prints the modules in the order the call first enters them, the hand-offs between modules, and the counts.
+Prints the modules in the order the call first enters them, the hand-offs between modules, the counts, and the same
+for the layer folders (mlptrain/base, core, run, the features, cli).
 """
 
 from __future__ import annotations
@@ -63,15 +65,13 @@ def trace(config: str) -> list[tuple[str, str]]:
         if callee.startswith("mlptrain") and caller.startswith("mlptrain") and callee != caller:
             calls.append((caller, callee))
 
-    from mlptrain.cli.main import main
+    from mlptrain.cli.main import _run  # not main(), which leaves with os._exit once torch is loaded
 
     with tempfile.TemporaryDirectory() as tmp:
         sys.argv = ["mlptrain", "train", config, "--run-dir", f"{tmp}/run", "--quiet"]
         sys.setprofile(profile)
         try:
-            main()
-        except SystemExit:
-            pass
+            _run()
         finally:
             sys.setprofile(None)
     return calls
@@ -91,6 +91,21 @@ def main() -> None:
     print(f"hand-offs back up the import layers (a callee that imports its caller): {len(upward)}")
     for a, b in upward:
         print(f"  {a.removeprefix('mlptrain.')} -> {b.removeprefix('mlptrain.')}")
+    folders = [(folder(a), folder(b)) for a, b in pairs if folder(a) != folder(b)]
+    steps = list(dict.fromkeys(folders))
+    print("layer folders visited: " + " -> ".join(dict.fromkeys(f for step in steps for f in step)))
+    print(f"distinct hand-offs between folders: {len(steps)}; " + ", ".join(f"{a} -> {b}" for a, b in steps))
+    climbs = [(a, b) for a, b in steps if LAYERS.get(b, -1) > LAYERS.get(a, -1) >= 0]
+    print(f"hand-offs up the layers (a callback): {len(climbs)}; " + ", ".join(f"{a} -> {b}" for a, b in climbs))
+
+
+# The layer folders, bottom up; the features share a layer.
+LAYERS = {"base": 0, "core": 1, "run": 2, "inference": 3, "tune": 3, "sweep": 3, "bench": 3, "cli": 4}
+
+
+def folder(module: str) -> str:
+    """The layer folder of `module` (mlptrain.run.trainer -> run), or the module's own name above them."""
+    return module.removeprefix("mlptrain.").split(".")[0]
 
 
 def _lower_than(module: str, importers: dict[str, set[str]]) -> set[str]:
