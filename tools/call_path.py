@@ -24,8 +24,8 @@ def imports() -> dict[str, set[str]]:
     for path in PACKAGE.rglob("*.py"):
         name = ".".join(("mlptrain", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
         tree = ast.parse(path.read_text())
-        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                for n in ast.walk(node)}
+        checking = [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+        skip = {id(n) for node in checking for n in ast.walk(node)}
         found = set()
         for node in ast.walk(tree):
             if id(node) in skip:

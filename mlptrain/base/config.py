@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from mlptrain.base.errors import ConfigError
+from mlptrain.base.recipes import resolve
 from mlptrain.base.yamlfile import kind_of, parse_yaml, quote, read_yaml
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what `device` may say (core/device.py resolves it)
@@ -185,8 +186,9 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config file (None, an empty file: all defaults), apply `key=value` overrides, and validate."""
-    path = Path(path) if path is not None else None
+    """Read a YAML config file or shipped recipe (None, an empty file: all defaults), apply `key=value` overrides,
+    and validate."""
+    path = resolve(path) if path is not None else None
     raw = read_yaml(path, empty={}) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {kind_of(raw)}")

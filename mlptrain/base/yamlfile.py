@@ -12,6 +12,7 @@ import yaml
 
 from mlptrain.base.errors import ConfigError
 from mlptrain.base.files import file_problem
+from mlptrain.base.recipes import RECIPES
 
 # Bounds on what a YAML file (config, sweep file, run folder's config.yaml) may make mlptrain read and build.
 MAX_YAML_BYTES = 256 * 1024  # a config is a few hundred bytes; PyYAML reads about 100 kB a second
@@ -100,7 +101,7 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
 
 
-def read_yaml(path: Path, what: str = "config file", example: str = "configs/mnist.yaml", empty: Any = None) -> Any:
+def read_yaml(path: Path, what: str = "config file", example: str = "mnist", empty: Any = None) -> Any:
     """A YAML file's content, refusing duplicate keys; every problem is a one-line ConfigError naming the file.
     A file with no content (or only comments) is refused, unless `empty` says what it stands for."""
     problem = file_problem(path, what, MAX_YAML_BYTES)
@@ -119,7 +120,7 @@ def read_yaml(path: Path, what: str = "config file", example: str = "configs/mni
     if raw is None and empty is not None:
         return empty
     if raw is None:
-        raise ConfigError(f"{path}: the file is empty; see {example} for an example")
+        raise ConfigError(f"{path}: the file is empty; see the shipped {RECIPES / example}.yaml for an example")
     return raw
 
 

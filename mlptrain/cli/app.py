@@ -100,7 +100,7 @@ def new_app(commands: list[Callable[..., Any]]) -> typer.Typer:
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
         help="Train and evaluate multi-layer perceptrons on MNIST-style digits.",
-        epilog=examples("mlptrain train configs/smoke.yaml", "mlptrain eval runs/<run>/best.pt"),
+        epilog=examples("mlptrain train smoke", "mlptrain eval runs/<run>/best.pt"),
     )
     app.callback()(_root)
     for fn in commands:
@@ -137,7 +137,9 @@ Overrides = Annotated[
 ConfigFile = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Argument(
-        metavar="CONFIG", help="YAML config file, e.g. configs/mnist.yaml.", autocompletion=completion.yaml_files
+        metavar="CONFIG",
+        help="A YAML config file, or a shipped recipe's name: mnist, mnist-best, smoke, tutorial (config --list).",
+        autocompletion=completion.yaml_files,
     ),
 ]
 Checkpoint = Annotated[

@@ -8,8 +8,12 @@ from pathlib import Path
 
 
 def yaml_files(incomplete: str) -> list[str]:
-    """The .yaml/.yml files and the folders (to go into) whose path starts with `incomplete`."""
-    return _paths(incomplete, (".yaml", ".yml"))
+    """The .yaml/.yml files and the folders (to go into) whose path starts with `incomplete`, then the shipped
+    recipes' names that start with it."""
+    from mlptrain.base.recipes import recipe_names
+
+    found = _paths(incomplete, (".yaml", ".yml"))
+    return found + [name for name in recipe_names() if name.startswith(incomplete) and name not in found]
 
 
 def checkpoints(incomplete: str) -> list[str]:

@@ -67,7 +67,7 @@ def hint(hint: str):
         raise DataMissing(f"{e}; {hint}") from None
 
 
-TRAIN_DATA_HINT = "or point at them with --set data.root=DIR; configs/smoke.yaml trains on synthetic digits, no files"
+TRAIN_DATA_HINT = "or point at them with --set data.root=DIR; `mlptrain train smoke` trains on synthetic digits"
 
 
 @contextlib.contextmanager

@@ -356,6 +356,16 @@ def show_lr_find(console: Console, test: RangeTest, plot: Path) -> None:
     saved(console, "plot", plot)
 
 
+def show_recipes(console: Console) -> None:
+    """`mlptrain config --list`: the shipped recipes, one line each: name, what it is for, and its file."""
+    from mlptrain.base.recipes import RECIPES, describe, is_sweep, recipe_names
+
+    names = recipe_names()
+    rows = [[name, "sweep" if is_sweep(name) else "train", describe(name)] for name in names]
+    console.print(plain_table(["recipe", "use with", "what"], rows, left=3), markup=False)
+    console.print(f"(files in {RECIPES}; a name works wherever a config file does)", markup=False, soft_wrap=True)
+
+
 def show_keys(console: Console, docs: list[KeyDoc]) -> None:
     """`mlptrain config --keys`: every config key with its type, default and meaning."""
     from mlptrain.base.keys import yaml_value

@@ -35,7 +35,7 @@ StudyName = Annotated[
 
 @command(
     None,
-    "mlptrain sweep configs/sweep.yaml --workers 2",
+    "mlptrain sweep my-sweep.yaml --workers 2",
     "mlptrain sweep --resume runs/<sweep>",
     "mlptrain sweep --join postgresql://user@dbhost/sweeps --study <name>",
 )
@@ -44,7 +44,7 @@ def sweep(
         Optional[Path],  # noqa: UP045
         typer.Argument(
             metavar="SWEEP",
-            help="A sweep file, e.g. configs/sweep.yaml (not with --resume or --join).",
+            help="A sweep file, or the shipped one's name, sweep (not with --resume or --join).",
             autocompletion=completion.yaml_files,
         ),
     ] = None,

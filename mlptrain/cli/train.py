@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mlptrain.base.config import Config
 
 
-@command(None, "mlptrain train configs/mnist.yaml --set train.lr=0.1", "mlptrain train --resume runs/<run>")
+@command(None, "mlptrain train mnist-best --set train.epochs=60", "mlptrain train --resume runs/<run>")
 def train(
     config: ConfigFile = None,
     set_: Overrides = None,
@@ -96,11 +96,14 @@ def _dry_run(cfg: Config | None, resume: Path | None, overrides: list[str]) -> N
         report.show_plan(report.make_console(), plan_run(cfg.resolved()))
 
 
-@command("config", "mlptrain config configs/mnist.yaml --set train.lr=0.1", "mlptrain config --keys")
+@command("config", "mlptrain config mnist --set train.lr=0.1", "mlptrain config --list")
 def config_(
     config: ConfigFile = None,
     set_: Overrides = None,
     keys: Annotated[bool, typer.Option("--keys", help="List every key: its type, default and meaning.")] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the recipes that ship with mlptrain, usable by name as CONFIG.")
+    ] = False,
 ) -> None:
     """Print the resolved config as YAML (file + overrides + defaults): what `train` would write to config.yaml."""
     with exits.errors():
@@ -110,4 +113,6 @@ def config_(
 
         if keys:
             return report.show_keys(report.make_console(), keys_.key_docs())
+        if list_:
+            return report.show_recipes(report.make_console())
         typer.echo(dump_yaml(load_config(config, set_ or []).resolved()), nl=False)

@@ -16,7 +16,7 @@ OutPng = Annotated[Path, typer.Option("--out", metavar="FILE.png", help="Where t
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object with every point, and nothing else.")]
 
 
-@command(None, "mlptrain augment configs/mnist-best.yaml --out grid.png")
+@command(None, "mlptrain augment mnist-best --out grid.png")
 def augment(config: ConfigFile = None, set_: Overrides = None, out: OutPng = Path("augment.png")) -> None:
     """Draw training images beside augmented copies of each, as data.augment makes them: a look before training."""
     with exits.errors():
@@ -27,7 +27,7 @@ def augment(config: ConfigFile = None, set_: Overrides = None, out: OutPng = Pat
         report.saved(report.make_console(), "grid", save_preview(load_config(config, set_ or []), out))
 
 
-@command("lr-find", "mlptrain lr-find configs/mnist.yaml --out lr.png")
+@command("lr-find", "mlptrain lr-find mnist --out lr.png")
 def lr_find(config: ConfigFile = None, set_: Overrides = None, out: OutPng = Path("lr.png"), json_out: Json = False):
     """Smith's learning-rate range test: train with a rate growing exponentially, plot the loss, suggest a rate."""
     with exits.errors():

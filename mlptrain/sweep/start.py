@@ -17,6 +17,7 @@ from mlptrain.base.config import Config, load_config, read_yaml, with_values
 from mlptrain.base.errors import ConfigError
 from mlptrain.base.extras import check_config
 from mlptrain.base.files import atomic_write_text, make_dirs, new_run_dir
+from mlptrain.base.recipes import resolve
 from mlptrain.sweep.folder import MANIFEST, WORKER_ENV, Sweep, SweepCallbacks, Trial, is_sweep, load
 from mlptrain.sweep.spec import parse_spec
 
@@ -29,8 +30,8 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # `--join postgresql://...`, 
 def plan(path: Path, trials: int | None = None) -> Sweep:
     """Read and validate sweep file `path`, its base config and what its trials' configs can be: every combination
     of a grid, each listed value and both ends of each range of a random or tpe sweep; no folder yet."""
-    path = Path(path)
-    spec = parse_spec(read_yaml(path, "sweep file", "configs/sweep.yaml"), str(path), trials)
+    path = resolve(path, "sweep file")
+    spec = parse_spec(read_yaml(path, "sweep file", "sweep"), str(path), trials)
     base_path = path.parent / spec.base
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: config file not found: {base_path} (the path is relative to the sweep file)")
@@ -50,7 +51,7 @@ def plan(path: Path, trials: int | None = None) -> Sweep:
 def create(path: Path, folder: Path | None = None, trials: int | None = None, storage: str | None = None) -> Sweep:
     """Plan the sweep in file `path` (see plan), then create the sweep folder, its manifest and its study (which
     holds the spec and the resolved base config, for workers that join it by URL)."""
-    path = Path(path)
+    path = resolve(path, "sweep file")
     sweep = plan(path, trials)
     sweep.storage, study = storage, engine()
     if folder is None:

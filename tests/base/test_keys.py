@@ -1,4 +1,4 @@
-"""The config keys' one-line meanings: one source for `mlptrain config --keys` and the README's config block."""
+"""The config keys' one-line meanings: one source for `mlptrain config --keys` and the config reference's block."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 from mlptrain.base.config import Config, config_keys
 from mlptrain.base.keys import MEANINGS, annotated_yaml, key_docs
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+CONFIG_PAGE = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
 
 
 def test_every_key_has_one_line_of_meaning():
@@ -31,5 +31,5 @@ def test_the_annotated_yaml_is_the_default_config():
     assert Config.from_dict(yaml.safe_load(annotated_yaml())) == Config()
 
 
-def test_the_readme_shows_exactly_the_annotated_yaml():
-    assert f"```yaml\n{annotated_yaml()}```" in README, "regenerate the README's config block from keys.py"
+def test_the_config_reference_shows_exactly_the_annotated_yaml():
+    assert f"```yaml\n{annotated_yaml()}```" in CONFIG_PAGE, "regenerate docs/config.md: python tools/docs.py"

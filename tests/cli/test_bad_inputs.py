@@ -234,7 +234,7 @@ CASES = [
     ("data-val-too-big", lambda t, c, m: ["train", SMOKE, "--set", "data.val_size=6000"], ["data.val_size"]),
     # sweeps: every trial's config is checked before the first one runs
     ("sweep-missing", lambda t, c, m: ["sweep", str(t / "nope.yaml")], ["sweep file not found", "nope.yaml"]),
-    ("sweep-empty", lambda t, c, m: ["sweep", sweep_file(t, "")], ["empty", "configs/sweep.yaml"]),
+    ("sweep-empty", lambda t, c, m: ["sweep", sweep_file(t, "")], ["empty", "recipes/sweep.yaml"]),
     ("sweep-bad-yaml", lambda t, c, m: ["sweep", sweep_file(t, "params: {train.lr: [}\n")],
      ["sweep.yaml", "not valid YAML", "line 1"]),
     ("sweep-list", lambda t, c, m: ["sweep", sweep_file(t, "- 1\n")], ["sweep.yaml", "mapping", "a list"]),

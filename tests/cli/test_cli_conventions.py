@@ -128,7 +128,7 @@ def test_missing_mnist_hints_at_data_root_and_the_smoke_config(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     result = invoke("train", SMOKE, "--set", "data.dataset=mnist", "--set", "data.download=false")
     assert result.exit_code == 2
-    assert "--set data.root=DIR" in result.stderr and "configs/smoke.yaml" in result.stderr
+    assert "--set data.root=DIR" in result.stderr and "mlptrain train smoke" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no empty runs/ (nor data/) left behind
 
 

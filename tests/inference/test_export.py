@@ -1,6 +1,6 @@
 """`mlptrain export`: each format loaded back with the runtime a user would use (onnxruntime, torch.export.load,
 safetensors + a plain nn.Sequential) predicts as the checkpoint does; --raw-pixels, dynamic and fixed batches, the
-metadata, the README's loading lines, and every refusal in one line."""
+metadata, the loading lines docs/export.md shows, and every refusal in one line."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from mlptrain.run import trainer
 from mlptrain.run.checkpoint import load_model
 
 runner = CliRunner()
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+EXPORT_PAGE = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
 FORMATS = ["onnx", "pt2", "safetensors"]
 SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
 
@@ -77,9 +77,9 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def readme_sequential(path: Path) -> torch.nn.Module:
-    """The README's Python block that loads a .safetensors export into a plain nn.Sequential, run as written."""
-    block = re.search(r"<!-- safetensors loading -->\n```python\n(.*?)```", README, re.DOTALL)
-    assert block, "the README shows how to load a .safetensors export"
+    """docs/export.md's Python block that loads a .safetensors export into a plain nn.Sequential, run as written."""
+    block = re.search(r"<!-- safetensors loading -->\n```python\n(.*?)```", EXPORT_PAGE, re.DOTALL)
+    assert block, "docs/export.md shows how to load a .safetensors export"
     code = block.group(1)
     assert len(code.strip().splitlines()) == 5
     scope: dict = {}
