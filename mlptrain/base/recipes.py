@@ -50,7 +50,7 @@ def resolve(argument: str | Path, what: str = "config file") -> Path:
         return recipe
     if Path(text).suffix in ("", *_SUFFIXES):
         raise ConfigError(
-            f"{text}: no such {what}, nor a recipe of that name; the recipes are {', '.join(recipe_names())} "
-            "(mlptrain config --list)"
+            f"{what} not found: {text} (nor is it a recipe's name; the recipes are {', '.join(recipe_names())}: "
+            "mlptrain config --list)"
         )
     return path

@@ -139,7 +139,7 @@ ConfigFile = Annotated[
     typer.Argument(
         metavar="CONFIG",
         help="A YAML config file, or a shipped recipe's name: mnist, mnist-best, smoke, tutorial (config --list).",
-        autocompletion=completion.yaml_files,
+        autocompletion=completion.configs,
     ),
 ]
 Checkpoint = Annotated[

@@ -8,12 +8,25 @@ from pathlib import Path
 
 
 def yaml_files(incomplete: str) -> list[str]:
-    """The .yaml/.yml files and the folders (to go into) whose path starts with `incomplete`, then the shipped
-    recipes' names that start with it."""
-    from mlptrain.base.recipes import recipe_names
+    """The .yaml/.yml files and the folders (to go into) whose path starts with `incomplete`."""
+    return _paths(incomplete, (".yaml", ".yml"))
 
-    found = _paths(incomplete, (".yaml", ".yml"))
-    return found + [name for name in recipe_names() if name.startswith(incomplete) and name not in found]
+
+def configs(incomplete: str) -> list[str]:
+    """A CONFIG: the YAML files and folders, then the names of the shipped recipes that are configs."""
+    return _with_recipes(yaml_files(incomplete), incomplete, sweeps=False)
+
+
+def sweep_files(incomplete: str) -> list[str]:
+    """A SWEEP: the YAML files and folders, then the names of the shipped sweep files."""
+    return _with_recipes(yaml_files(incomplete), incomplete, sweeps=True)
+
+
+def _with_recipes(found: list[str], incomplete: str, sweeps: bool) -> list[str]:
+    from mlptrain.base.recipes import is_sweep, recipe_names
+
+    names = [name for name in recipe_names() if name.startswith(incomplete) and is_sweep(name) == sweeps]
+    return found + [name for name in names if name not in found]
 
 
 def checkpoints(incomplete: str) -> list[str]:

@@ -45,7 +45,7 @@ def sweep(
         typer.Argument(
             metavar="SWEEP",
             help="A sweep file, or the shipped one's name, sweep (not with --resume or --join).",
-            autocompletion=completion.yaml_files,
+            autocompletion=completion.sweep_files,
         ),
     ] = None,
     dir_: SweepDir = None,

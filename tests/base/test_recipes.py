@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mlptrain.base.config import load_config
 from mlptrain.base.errors import ConfigError
 from mlptrain.base.recipes import RECIPES, describe, is_sweep, recipe_names, resolve
-from mlptrain.cli.completion import yaml_files
+from mlptrain.cli.completion import configs, sweep_files
 from mlptrain.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,8 @@ def test_a_file_in_the_current_folder_wins(tmp_path, monkeypatch):
 
 def test_an_unknown_name_is_refused_with_the_recipes_listed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"mnist-bset: no such config file, nor a recipe .* mnist, mnist-best, smoke"):
+    refusal = r"config file not found: mnist-bset \(nor is it a recipe.s name; the recipes are mnist, mnist-best, smoke"
+    with pytest.raises(ConfigError, match=refusal):
         resolve("mnist-bset")
     assert resolve("some/where/mnist.yaml") == Path("some/where/mnist.yaml")  # a path: its reader says it is missing
 
@@ -71,6 +72,7 @@ def test_the_shipped_sweep_runs_by_name(tmp_path, monkeypatch):
 
 def test_completion_offers_the_recipes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert yaml_files("mn") == ["mnist", "mnist-best"]
+    assert configs("mn") == ["mnist", "mnist-best"]
     Path("mnist-mine.yaml").write_text("{}")
-    assert yaml_files("mn") == ["mnist-mine.yaml", "mnist", "mnist-best"]
+    assert configs("mn") == ["mnist-mine.yaml", "mnist", "mnist-best"]
+    assert configs("sw") == [] and sweep_files("") == ["mnist-mine.yaml", "sweep"]

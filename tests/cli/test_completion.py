@@ -64,7 +64,16 @@ def test_train_offers_yaml_files_and_folders(tmp_path):
     for name in ("a.yaml", "b.yml", "notes.txt", "model.pt"):
         (tmp_path / name).write_text("")
     (tmp_path / "configs").mkdir()
-    assert complete("mlptrain train ", tmp_path) == ["a.yaml", "b.yml", "configs/"]
+    # then the shipped recipes that are configs, by name
+    assert complete("mlptrain train ", tmp_path) == [
+        "a.yaml",
+        "b.yml",
+        "configs/",
+        "mnist",
+        "mnist-best",
+        "smoke",
+        "tutorial",
+    ]
 
 
 def test_eval_offers_checkpoints_and_run_folders(tmp_path):
