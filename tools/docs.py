@@ -28,6 +28,9 @@ def cli_reference() -> str:
     lines += ["| command | what it does |", "| --- | --- |"]
     for name, command in group.commands.items():
         lines.append(f"| [`mlptrain {name}`](#mlptrain-{name}) | {_first_line(command.help)} |")
+    lines += ["", "Options of `mlptrain` itself, before a command:", ""]
+    lines += ["| option | meaning |", "| --- | --- |"]
+    lines += [f"| {', '.join(f'`{o}`' for o in p.opts)} | {_cell(p.help or '')} |" for p in group.get_params(ctx)]
     for name, command in group.commands.items():
         sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
         usage = " ".join(["mlptrain", name, *command.collect_usage_pieces(sub)])
@@ -44,7 +47,7 @@ def cli_reference() -> str:
 def _param_row(param) -> str:
     if param.param_type_name == "argument":
         name = f"`{param.metavar or param.name.upper()}`" + (" (several)" if param.nargs != 1 else "")
-        value, default = "", "required" if param.required else ""
+        value, default = "", "required" if param.required else _default(param)
     else:
         name = ", ".join(f"`{opt}`" for opt in [*param.opts, *param.secondary_opts])
         value = "" if getattr(param, "is_flag", False) else f"`{param.metavar}`" if param.metavar else ""

@@ -52,7 +52,7 @@ WARMUP_BATCHES = 20  # an epoch loop's warm-up: this many batches, plus the shor
 class LayerResult:
     """One training step (forward, backward, optimizer step) of the same MLP, weights and batches, five ways.
 
-    step_seconds keys: ours_per_layer (MLP(fused=False): one mlptrain.core.nn.Linear per layer), ours_fused
+    step_seconds keys: ours_per_layer (MLP(fused=False): one mlptrain.nn.Linear per layer), ours_fused
     (MLP(fused=True) through autograd: one MLPFunction node), ours_by_hand (the fused MLP's gradients by hand,
     MLP.backprop: the step training takes by default), torch_same_optimizer (torch.nn.Linear layers with our
     flat, fused optimizer, so the ratio isolates the layer) and torch_plain_sgd (torch.nn.Linear with

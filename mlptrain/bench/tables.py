@@ -126,7 +126,7 @@ def layer_table(layer: list[LayerResult]) -> Table:
                 ]
             )
     return Table(
-        title="Layer: one training step (forward, backward, SGD step), mlptrain.core.nn.Linear vs torch.nn.Linear",
+        title="Layer: one training step (forward, backward, SGD step), mlptrain.nn.Linear vs torch.nn.Linear",
         columns=[
             "model",
             "batch",
@@ -143,7 +143,7 @@ def layer_table(layer: list[LayerResult]) -> Table:
             "Same weights and batches. ratio = torch's time / ours (above 1: ours is faster); "
             f"goal ≥ {LAYER_GOAL}. 'same opt.': torch.nn.Linear layers with our flat parameters and fused "
             "SGD, so the ratio isolates the layer; 'optim.SGD': torch.optim.SGD over model.parameters(), as a "
-            "plain script steps. per-layer: MLP(fused=False), one mlptrain.core.nn.Linear autograd node per layer; "
+            "plain script steps. per-layer: MLP(fused=False), one mlptrain.nn.Linear autograd node per layer; "
             "fused: MLP(fused=True) through autograd, one node for the whole network; by hand: the same "
             "maths without autograd (MLP.backprop), the step mlptrain train takes.",
         ],
