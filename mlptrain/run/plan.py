@@ -69,5 +69,6 @@ def _data_source(config: Config) -> tuple[str, int]:
             )
         source = f"{cfg.dataset}: {folder}"
         if images is None:  # the download brings the full set
-            images, source = MNIST_TRAIN_IMAGES, f"{source} lacks {len(missing)} of 4 files; the run would download them"
+            images = MNIST_TRAIN_IMAGES
+            source += f" lacks {len(missing)} of 4 files; the run would download them"
     return source, images
