@@ -103,3 +103,12 @@ def _leaves(cls: Any, value: Any, section: str) -> list[tuple[str, Any, Any]]:
         key, current = f"{section}.{name}" if section else name, getattr(value, name)
         leaves += _leaves(tp, current, key) if dataclasses.is_dataclass(tp) else [(key, tp, current)]
     return leaves
+
+
+def applies(key: str, settings: dict[str, Any]) -> bool:
+    """Whether `key` shaped a run of these `settings` (dotted keys, as a run folder's config.yaml holds them):
+    data.augment's settings do only under an augmentation (a kind other than none; runs from before
+    augmentation have none)."""
+    if key.startswith("data.augment.") and key != "data.augment.kind":
+        return settings.get("data.augment.kind", "none") not in ("none", None)
+    return True
