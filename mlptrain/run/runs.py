@@ -237,6 +237,7 @@ class Scores:
     points: list[tuple[dict[str, Any], float]]  # (settings as dotted keys, best score), for those with a score
     best: int | None  # the position in `points` of the best
     what: str  # 'runs' or 'trials'
+    ranges: dict[str, bool] = field(default_factory=dict)  # keys drawn from a range (a sweep's): is the range log
 
 
 def scores(runs: list[RunSummary], keys: list[str]) -> Scores:

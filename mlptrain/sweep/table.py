@@ -56,6 +56,7 @@ class SweepTable:
     keys: list[str]  # the swept keys whose values differ between trials
     rows: list[TrialRow]  # best first on `monitor`; trials without a number yet last, in order
     unreadable: list[str] = field(default_factory=list)  # why each trial's run folder that could not be read
+    ranges: dict[str, bool] = field(default_factory=dict)  # the keys swept over a range: is the range log
 
     def to_json(self) -> list[dict[str, Any]]:
         return [row.to_json(self.monitor, self.keys) for row in self.rows]
@@ -64,7 +65,9 @@ class SweepTable:
         """Each trial's best score on the monitor against its swept values, the best finished trial marked."""
         scored = [row for row in self.rows if row.value is not None]
         best = next((i for i, row in enumerate(scored) if row.best), None)
-        return Scores(self.monitor, self.keys, [(row.trial.values, row.value) for row in scored], best, "trials")
+        points = [(row.trial.values, row.value) for row in scored]
+        ranges = {key: log for key, log in self.ranges.items() if key in self.keys}
+        return Scores(self.monitor, self.keys, points, best, "trials", ranges)
 
     @property
     def problems(self) -> list[str]:
@@ -89,7 +92,8 @@ def table(folder: Path) -> SweepTable:
     if done:
         done[0].best = True
     varied = [k for k in sweep.spec.params if len({json.dumps(t.values[k]) for t in sweep.trials}) > 1]
-    return SweepTable(sweep.folder, sweep.spec.method, monitor, varied, rows, unreadable)
+    ranges = {key: bool(how.get("log")) for key, how in sweep.spec.params.items() if isinstance(how, dict)}
+    return SweepTable(sweep.folder, sweep.spec.method, monitor, varied, rows, unreadable, ranges)
 
 
 def draw_study(folder: Path, out: Path) -> list[Path]:
