@@ -66,13 +66,17 @@ class DataConfig:
     dataset: Literal["mnist", "fashion-mnist", "synthetic"] = "mnist"
     root: str = "data"
     download: bool = True
-    val_size: int = 5000
+    val_size: int | float = 5000  # held-out images: a count, or a fraction in (0, 1) of the training split
     synthetic_size: int = 12000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
         _check(self.root != "", "data.root", "must not be empty")
-        _check(self.val_size >= 1, "data.val_size", f"must be at least 1, got {self.val_size}")
+        if isinstance(self.val_size, float):
+            _check(0 < self.val_size < 1, "data.val_size", f"a fraction must be in (0, 1), got {self.val_size}; "
+                   "a count of images is a whole number such as 5000")  # fmt: skip
+        _check(self.val_size >= 1 or isinstance(self.val_size, float), "data.val_size",
+               f"must be at least 1, got {self.val_size}")  # fmt: skip
         _check(self.synthetic_size >= 6, "data.synthetic_size", f"must be at least 6, got {self.synthetic_size}")
         self.augment.validate()
 

@@ -17,9 +17,9 @@ MEANINGS = {
     "device": "auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)",
     "threads": "CPU threads for torch: auto (the cores others leave free, see Performance) or N, at most 4 per core",
     "data.dataset": "the last is drawn with PIL, seeded, and needs no files",
-    "data.root": "files in <root>/MNIST/raw/ or <root>/FashionMNIST/raw/; relative to where the run starts",
+    "data.root": "IDX files in <root>/MNIST/raw/ (FashionMNIST/raw/) or in <root>; relative to where the run starts",
     "data.download": "let torchvision download missing files",
-    "data.val_size": "training images held out for validation (a seeded choice)",
+    "data.val_size": "held-out validation images (a seeded choice): a count, or a fraction in (0, 1)",
     "data.synthetic_size": "synthetic only: training images; the test split has a sixth as many",
     "data.augment.kind": "training batches only; `data.augment: <kind>` is short for it",
     "data.augment.rotation": "degrees: each image turns by a uniform draw in ±rotation",
@@ -103,3 +103,12 @@ def _leaves(cls: Any, value: Any, section: str) -> list[tuple[str, Any, Any]]:
         key, current = f"{section}.{name}" if section else name, getattr(value, name)
         leaves += _leaves(tp, current, key) if dataclasses.is_dataclass(tp) else [(key, tp, current)]
     return leaves
+
+
+def applies(key: str, settings: dict[str, Any]) -> bool:
+    """Whether `key` shaped a run of these `settings` (dotted keys, as a run folder's config.yaml holds them):
+    data.augment's settings do only under an augmentation (a kind other than none; runs from before
+    augmentation have none)."""
+    if key.startswith("data.augment.") and key != "data.augment.kind":
+        return settings.get("data.augment.kind", "none") not in ("none", None)
+    return True

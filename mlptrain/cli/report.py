@@ -406,6 +406,8 @@ def show_plan(console: Console, plan: RunPlan) -> None:
         f"config:     {plan.config.name}, seed {plan.config.seed}: valid",
         f"device:     {plan.device}",
         f"data:       {plan.data}",
+        f"split:      {plan.split[0]:,} training and {plan.split[1]:,} validation images "
+        f"(data.val_size: {plan.config.data.val_size})",
         f"model:      MLP {sizes} ({plan.config.model.activation}), {len(plan.layers)} Linear layers",
         f"parameters: {plan.parameters:,} ({plan.memory_bytes / 2**20:.1f} MiB with gradients and optimizer state)",
         f"run folder: {plan.run_dir}",

@@ -64,9 +64,10 @@ class TrainingData:
 
 
 def load_training_data(cfg: DataConfig, seed: int, device: torch.device) -> TrainingData:
-    """The training split minus `val_size` held-out images (a seeded choice), normalised by its own statistics."""
+    """The training split minus its held-out images (data.val_size, a seeded choice), normalised by its own
+    statistics."""
     images, labels = load_images(cfg, train=True)
-    train_idx, val_idx = split_indices(len(labels), cfg.val_size, seed, cfg.dataset)
+    train_idx, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
     train_images = images[train_idx].to(device)
     pixels = train_images.float().div_(255)
     mean, std = pixels.mean().item(), pixels.std().item()
@@ -85,7 +86,7 @@ def load_eval_split(cfg: DataConfig, split: str, seed: int, mean: float, std: fl
         images, labels = load_images(cfg, train=False)
     else:
         images, labels = load_images(cfg, train=True)
-        _, val_idx = split_indices(len(labels), cfg.val_size, seed, cfg.dataset)
+        _, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
         images, labels = images[val_idx], labels[val_idx]
     return Split(normalize(images.to(device), mean, std), labels.to(device))
 
@@ -95,10 +96,21 @@ def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return images.reshape(images.shape[0], -1).float().div_(255).sub_(mean).div_(std)
 
 
+def val_count(cfg: DataConfig, n: int) -> int:
+    """How many of the `n` training images data.val_size holds out: a count as given, a fraction of `n` rounded
+    (at least 1). It depends on `n` alone, so a resumed run holds out the same images; refused unless at least
+    one image is left to train on. The one check of data.val_size against the data (the dry run calls it too)."""
+    size = cfg.val_size
+    count = max(1, round(size * n)) if isinstance(size, float) else size
+    if count >= n:
+        given = f"{size} of {n} images is {count}" if isinstance(size, float) else str(size)
+        raise DataError(f"data.val_size ({given}) must be smaller than the {n} training images of {cfg.dataset}")
+    return count
+
+
 def split_indices(n: int, val_size: int, seed: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) indices into the training split. Drawn on the CPU so every device holds out the same images."""
-    if val_size >= n:
-        raise DataError(f"data.val_size ({val_size}) must be smaller than the {n} training images of {dataset}")
+    """(train, val) indices into the training split (`val_size` from val_count). Drawn on the CPU so every device
+    holds out the same images."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:], perm[:val_size]
 
@@ -162,8 +174,13 @@ def load_images(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tenso
 
 
 def raw_folder(cfg: DataConfig) -> Path:
-    """Where torchvision keeps (and looks for) the four IDX files of cfg.dataset."""
-    return Path(cfg.root) / _TORCHVISION_CLASS[cfg.dataset] / "raw"
+    """Where the four IDX files of cfg.dataset are: data.root itself where it holds any of them (or is named like
+    torchvision's raw folder, <Class>/raw), else where torchvision keeps them under it, data.root/<Class>/raw."""
+    root, name = Path(cfg.root), _TORCHVISION_CLASS[cfg.dataset]
+    held = any((root / file).exists() or (root / f"{file}.gz").exists() for file in IDX_FILES)
+    if held or (root.name == "raw" and root.parent.name == name):
+        return root
+    return root / name / "raw"
 
 
 def _load_idx_files(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +198,15 @@ def _load_idx_files(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.T
             + f". Copy the four IDX files (or their .gz, from {_mirror(cfg)}) there, or run once with"
             " data.download: true online"
         )
+    images_path, labels_path, image_shape, label_shape = _checked_files(folder, train)
+    images, labels = read_idx(images_path, image_shape), read_idx(labels_path, label_shape).long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{labels_path}: labels must be 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
+    return images, labels
+
+
+def _checked_files(folder: Path, train: bool) -> tuple[Path, Path, tuple[int, ...], tuple[int, ...]]:
+    """(images path, labels path, their shapes) of one split in `folder`, the four files' headers checked first."""
     for name in IDX_FILES:  # all four, before any is read: a pipe would block the read
         problem = file_problem(folder / name, "IDX file")
         if problem:
@@ -191,11 +217,39 @@ def _load_idx_files(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.T
     label_shape = check_idx_file(labels_path, ndim=1)
     if image_shape[0] != label_shape[0]:
         raise DataError(f"{images_path} holds {image_shape[0]} images but {labels_path} holds {label_shape[0]} labels")
+    return images_path, labels_path, image_shape, label_shape
 
-    images, labels = read_idx(images_path, image_shape), read_idx(labels_path, label_shape).long()
-    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{labels_path}: labels must be 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
-    return images, labels
+
+def count_training_images(cfg: DataConfig) -> int | None:
+    """How many images the training split holds, from the files' headers and without reading the images: what the
+    dry run checks data.val_size against (val_count). The files get the checks loading makes, packed ones (.gz)
+    their headers only; None where a file is missing (a run would download it, or refuse)."""
+    if cfg.dataset == "synthetic":
+        return cfg.synthetic_size
+    folder = raw_folder(cfg)
+    if all((folder / name).exists() for name in IDX_FILES):
+        return _checked_files(folder, train=True)[2][0]
+    if not all((folder / name).exists() or (folder / f"{name}.gz").is_file() for name in IDX_FILES):
+        return None
+    images, labels = (_packed_count(folder / IDX_FILES[i], ndim) for i, ndim in ((0, 3), (1, 1)))
+    if images != labels:
+        raise DataError(f"{folder}: the training images file holds {images} images but its labels file {labels}")
+    return images
+
+
+def _packed_count(path: Path, ndim: int) -> int:
+    """The first dimension in the header of IDX file `path`, or of its .gz where it is not unpacked yet."""
+    if path.exists():
+        return check_idx_file(path, ndim)[0]
+    packed = path.with_name(f"{path.name}.gz")
+    try:
+        with gzip.open(packed, "rb") as f:
+            header = f.read(8)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{packed}: cannot be unpacked ({e})") from None
+    if len(header) < 8 or int.from_bytes(header[:4], "big") != 0x0800 + ndim:
+        raise DataError(f"{packed}: does not hold an IDX {'image' if ndim == 3 else 'label'} file")
+    return int.from_bytes(header[4:8], "big")
 
 
 def read_idx(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
@@ -295,9 +349,11 @@ def _download(cfg: DataConfig) -> str:
     from torchvision import datasets
 
     folder = raw_folder(cfg)
-    made = [p for p in (folder, folder.parent, Path(cfg.root)) if not p.exists()]  # deepest first
+    if folder.parent.name != _TORCHVISION_CLASS[cfg.dataset] or folder.name != "raw":
+        return f"torchvision downloads into <root>/{_TORCHVISION_CLASS[cfg.dataset]}/raw/, not into {folder}"
+    made = [p for p in (folder, folder.parent, folder.parent.parent) if not p.exists()]  # deepest first
     try:
-        getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(cfg.root, train=True, download=True)
+        getattr(datasets, _TORCHVISION_CLASS[cfg.dataset])(folder.parent.parent, train=True, download=True)
         return ""
     except (RuntimeError, URLError, OSError) as e:
         for empty in made:  # a failed download leaves no empty data/MNIST/raw/ behind

@@ -95,7 +95,8 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
     epoch, kept = state.epoch, History(history.monitor, history.epochs[: state.epoch])
     return {
         "config": config.to_dict(),
-        "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std},
+        "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std,
+                 "train_images": len(data.train), "val_images": len(data.val)},  # data.val_size resolved; fmt: skip
         "model": state.eval_model.state_dict(),  # under train.ema the averaged weights, which eval uses
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
@@ -162,8 +163,10 @@ def _check_place(ckpt: dict[str, Any], steps: int | None, samples: int | None) -
     """The checkpoint's place in the run (epoch, step, the schedule's position) fits the run being resumed."""
     progress, where = ckpt["progress"], ckpt.get("path", "the checkpoint")
     step = progress["step"] if progress is not None else 0
-    problem = None
-    if progress is not None and samples is not None and len(progress["order"]) != samples:
+    problem, trained = None, ckpt["data"].get("train_images")  # absent from checkpoints written before it
+    if trained is not None and samples is not None and trained != samples:
+        problem = f"data.train_images: the run trained on {trained} images, but its data now gives {samples}"
+    elif progress is not None and samples is not None and len(progress["order"]) != samples:
         problem = f"progress.order: orders {len(progress['order'])} images, but the run trains on {samples}"
     elif steps is not None and step > steps:
         problem = f"progress.step: {step} batches done, but an epoch has {steps}"

@@ -74,6 +74,10 @@ def _check_data(data: Any) -> None:
     _need(data["num_classes"] == NUM_CLASSES, "data.num_classes", f"must be {NUM_CLASSES}, got {data['num_classes']}")
     _need(math.isfinite(data["mean"]), "data.mean", f"must be a finite number, got {data['mean']}")
     _need(math.isfinite(data["std"]) and data["std"] > 0, "data.std", f"must be above 0, got {data['std']}")
+    for key in ("train_images", "val_images"):  # absent from checkpoints written before them
+        if key in data:
+            _need(_is_int(data[key]) and data[key] >= 1, f"data.{key}",
+                  f"must be a whole number from 1, got {quote(data[key])}")  # fmt: skip
 
 
 def _check_model(weights: Any, config: Config, data: dict, entry: str = "model") -> list[tuple[int, ...]]:

@@ -1,5 +1,6 @@
-"""What a run would use, checked without training: its data files, its device, and its model's layers, parameters
-and memory. `mlptrain train --dry-run` shows it; nothing is loaded, downloaded or written."""
+"""What a run would use, checked without training: its data files and their images (counted, and data.val_size
+checked against them), its device, and its model's layers, parameters and memory, with the checks the run makes
+before training (the same functions). `mlptrain train --dry-run` shows it; nothing is downloaded or written."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from mlptrain.base.config import Config
 from mlptrain.base.errors import DataMissing
 from mlptrain.base.extras import check_config
-from mlptrain.core.data import IDX_FILES, IN_FEATURES, NUM_CLASSES, raw_folder
+from mlptrain.core.data import IDX_FILES, IN_FEATURES, NUM_CLASSES, count_training_images, raw_folder, val_count
 from mlptrain.core.device import resolve_device
+from mlptrain.core.distributed import World, check_world
+from mlptrain.core.memory import MNIST_TRAIN_IMAGES, check_run_fits
 
 FLOAT_BYTES = 4  # parameters, their gradients and the optimizer's state are fp32 whatever train.precision is
 
@@ -22,6 +25,7 @@ class RunPlan:
     config: Config
     device: str
     data: str  # where the images come from, as a person reads it
+    split: tuple[int, int]  # (training, validation) images
     layers: list[tuple[int, int]]  # (in_features, out_features) of each Linear, input first
     parameters: int
     memory_bytes: int  # parameters + gradients + optimizer state (+ the weights' average under train.ema)
@@ -34,7 +38,10 @@ class RunPlan:
 def plan_run(config: Config) -> RunPlan:
     """Check that `config` can start here (device, data files) and size its model; raises what training would."""
     check_config(config)
-    device = resolve_device(config.device)
+    world = World.from_env()
+    device = world.device(resolve_device(config.device))
+    check_world(config, device, world.size, world.local_size)
+    check_run_fits(config, device, world.size)
     sizes = [IN_FEATURES, *config.model.hidden, NUM_CLASSES]
     layers = list(itertools.pairwise(sizes))
     parameters = sum(i * o + (o if config.model.bias else 0) for i, o in layers)
@@ -42,17 +49,26 @@ def plan_run(config: Config) -> RunPlan:
     state = 2 if config.train.optimizer in ("adam", "adamw") else int(config.train.momentum > 0)
     average = int(config.train.ema > 0)  # train.ema keeps a second copy of the weights
     memory = parameters * FLOAT_BYTES * (2 + state + average)
-    return RunPlan(config, str(device), _data_source(config), layers, parameters, memory)
+    source, images = _data_source(config)
+    held = val_count(config.data, images)
+    return RunPlan(config, str(device), source, (images - held, held), layers, parameters, memory)
 
 
-def _data_source(config: Config) -> str:
+def _data_source(config: Config) -> tuple[str, int]:
+    """Where the images come from and how many the training split holds; refuses what loading them would."""
     cfg = config.data
+    images = count_training_images(cfg)
     if cfg.dataset == "synthetic":
-        return f"synthetic: {cfg.synthetic_size:,} training digits drawn in memory, no files"
-    folder = raw_folder(cfg)
-    missing = [name for name in IDX_FILES if not (folder / name).is_file() and not (folder / f"{name}.gz").is_file()]
-    if not missing:
-        return f"{cfg.dataset}: {folder}"
-    if cfg.download:
-        return f"{cfg.dataset}: {folder} lacks {len(missing)} of 4 files; the run would download them"
-    raise DataMissing(f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)} (data.download is false)")
+        source = "synthetic: digits drawn in memory, no files"
+    else:
+        folder = raw_folder(cfg)
+        missing = [name for name in IDX_FILES if not (folder / name).exists() and not (folder / f"{name}.gz").is_file()]
+        if missing and not cfg.download:
+            raise DataMissing(
+                f"{cfg.dataset} not found: {folder}{os.sep} lacks {', '.join(missing)} (data.download is false)"
+            )
+        source = f"{cfg.dataset}: {folder}"
+        if images is None:  # the download brings the full set
+            images = MNIST_TRAIN_IMAGES
+            source += f" lacks {len(missing)} of 4 files; the run would download them"
+    return source, images

@@ -38,14 +38,29 @@ def plot_run(run: RunSummary, out: Path | None = None) -> Path:
     path = Path(out) if out is not None else run.path / CURVES_FILE
     data = run.config.get("data")
     dataset = data.get("dataset") if isinstance(data, dict) else None
-    save_curves(path, run.history, f"{run.path.name} ({dataset})" if dataset else run.path.name)
+    title = f"{run.path.name} ({dataset})" if dataset else run.path.name
+    save_curves(path, run.history, title, _training_note(run.settings))
     return path
 
 
-def save_curves(path: Path, history: History, title: str) -> None:
+def _training_note(settings: dict[str, Any]) -> str:
+    """Why the training curves sit where they do (below the validation accuracy, above its loss) when the run
+    trained on something other than the plain images and labels: '' when it did not."""
+    kind, smoothing = settings.get("data.augment.kind"), settings.get("train.label_smoothing")
+    parts = [f"{kind}-augmented images"] if isinstance(kind, str) and kind != "none" else []
+    if isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and smoothing > 0:
+        parts.append(f"label smoothing {smoothing:g} in the loss")
+    if not parts:
+        return ""
+    why = "so they sit below the validation accuracy and above its loss"
+    return f"train loss and accuracy: measured on the training batches, with {' and '.join(parts)}, {why}"
+
+
+def save_curves(path: Path, history: History, title: str, note: str = "") -> None:
     """Loss (log axis), accuracy and learning rate per epoch, train and validation, the best epoch (on the
-    history's monitor) marked. The accuracy axis fits the validation curve, where the choice is made: epoch 1's
-    low train accuracy would otherwise squash the plateau that matters into a line."""
+    history's monitor) marked, and `note` (what the training numbers include) over the loss and accuracy. The
+    accuracy axis fits the validation curve, where the choice is made, up to the best training accuracy: epoch
+    1's low train accuracy would otherwise squash the plateau that matters into a line."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
@@ -71,7 +86,10 @@ def save_curves(path: Path, history: History, title: str) -> None:
         decades = math.log10(max(losses) / min(losses))
         shown = (2, 3, 4, 6) if decades < 1.5 else (2, 5) if decades < 3 else ()
         loss_ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _mantissa_label(v, shown)))
-    acc_ax.set_ylim(*_fit([100 * r["val_acc"] for r in rows], ceiling=100))
+    top = max((100 * r["train_acc"] for r in rows if math.isfinite(r["train_acc"])), default=math.nan)
+    acc_ax.set_ylim(*_fit([*(100 * r["val_acc"] for r in rows), top], ceiling=100))
+    if note:  # a footnote across the figure, under the epoch axes
+        fig.supxlabel(note, fontsize=9, color="#444444")
     acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     lr_ax.plot(epochs, [r["lr"] for r in rows], color="#7f7f7f", marker=marker, ms=3)
     lr_ax.set_ylabel("learning rate (at the epoch's last step)")
@@ -114,7 +132,7 @@ def _fit(values: Sequence[float], ceiling: float) -> tuple[float, float]:
 def save_scores_plot(path: Path, scores: Scores, folder: str) -> None:
     """`mlptrain runs --out`: each run's (or trial's) best score against the settings that differ, best starred."""
     what = f"the best {scores.metric.replace('_', ' ')} of {len(scores.points)} {scores.what}"
-    save_metric_plot(path, scores.points, scores.keys, scores.metric, f"{folder}: {what}", scores.best)
+    save_metric_plot(path, scores.points, scores.keys, scores.metric, f"{folder}: {what}", scores.best, scores.ranges)
 
 
 def save_metric_plot(
@@ -124,13 +142,16 @@ def save_metric_plot(
     metric: str,
     title: str,
     best: int | None = None,
+    ranges: dict[str, bool] | None = None,
 ) -> None:
     """A panel per group of keys that vary together: each run's best `metric` against its value of them.
 
     `points` are (a run's settings as dotted keys, its metric); `points[best]` is starred. Keys whose values split
     the runs the same way share a panel (three runs that differ in eight keys make one panel, not eight of the
-    same three points). A lone numeric key gets a numeric axis (logarithmic where it spans 20× or more, as
-    learning rates do); anything else one slot per distinct value, labelled without quotes.
+    same three points), except the keys drawn from a continuous range (`ranges`: key -> is the range log), which
+    split every run from every other: each has a panel of its own, its axis logarithmic where its range is.
+    A lone numeric key gets a numeric axis (logarithmic where it spans 20× or more, as learning rates do);
+    anything else one slot per distinct value, labelled without quotes, numbers to 4 significant digits.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
@@ -140,12 +161,14 @@ def save_metric_plot(
         raise DataError(f"{title}: nothing to draw: {why}")
     fraction = UNITS[metric] == "fraction"
     scale = 100 if fraction else 1
-    groups = _key_groups(points, keys)
+    ranges = ranges or {}
+    groups = _key_groups(points, [key for key in keys if key not in ranges])
+    groups = [[key] for key in keys if key in ranges] + groups
     fig = Figure(figsize=(min(max(4.6 * len(groups), 6), 16), 4.2), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
     ys = [value * scale for _, value in points]
     for ax, group in zip(axes, groups, strict=True):
-        xs = _place(ax, [[settings.get(key) for key in group] for settings, _ in points], group)
+        xs = _place(ax, [[settings.get(key) for key in group] for settings, _ in points], group, ranges.get(group[0]))
         ax.scatter(xs, ys, color=TRAIN_COLOR, alpha=0.8, zorder=2)
         if best is not None:
             ax.plot([xs[best]], [ys[best]], marker="*", ms=18, color=BEST_COLOR, linestyle="", zorder=3, label="best")
@@ -172,12 +195,18 @@ def _key_groups(points: Sequence[tuple[dict[str, Any], float]], keys: Sequence[s
     return list(groups.values())
 
 
-def _place(ax, values: list[list[Any]], group: list[str]) -> list[float]:
-    """The x of each run on `ax` for its values of the `group`'s keys; sets the axis's scale or its tick labels."""
+def _place(ax, values: list[list[Any]], group: list[str], log: bool | None = None) -> list[float]:
+    """The x of each run on `ax` for its values of the `group`'s keys; sets the axis's scale or its tick labels.
+    `log`: the group is one key drawn from a range, logarithmic or not (None: not drawn from a range)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     if len(group) == 1 and all(isinstance(v[0], (int, float)) and not isinstance(v[0], bool) for v in values):
         xs = [v[0] for v in values]
-        if min(xs) > 0 and max(xs) >= 20 * min(xs):
+        if log or (log is None and min(xs) > 0 and max(xs) >= 20 * min(xs)):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if max(xs) < 1000 * min(xs) else (1,)))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))  # 0.002, 0.05, 0.1: no 2×10⁻³
         return xs
     # The group's keys split the runs alike, so the first three values (as in the axis label) tell the slots apart.
     texts = ["\n".join(_value_text(x) for x in v[:3]) for v in values]
@@ -195,6 +224,8 @@ def _value_text(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.4g}"  # a drawn 0.07264183744487 as 0.07264
     return "-" if value is None else str(value)
 
 
@@ -349,7 +380,8 @@ def save_bench_plot(path: Path, result: SpeedReport) -> None:
 
 
 def save_lr_plot(path: Path, test: RangeCurve, title: str) -> None:
-    """The smoothed loss against the learning rate (log axis), with the two suggested rates marked."""
+    """The smoothed loss against the learning rate (log axis), with the two suggested rates marked on it."""
+    import numpy as np
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.2), dpi=110, layout="constrained")
@@ -358,11 +390,14 @@ def save_lr_plot(path: Path, test: RangeCurve, title: str) -> None:
     marks = (("steepest descent", test.steepest, BEST_COLOR, "o"), ("minimum / 10", test.valley, VAL_COLOR, "s"))
     for label, lr, color, marker in marks:
         if lr is not None:
-            loss = test.losses[test.lrs.index(lr)] if lr in test.lrs else None
+            # On the curve where the rate falls between two steps (minimum / 10 always does): read on the log axis.
+            logs = [math.log(x) for x in test.lrs]
+            loss = float(np.interp(math.log(lr), logs, test.losses)) if test.lrs else math.nan
+            drawn = math.isfinite(loss) and test.lrs[0] <= lr <= test.lrs[-1]
             ax.axvline(lr, color=color, linestyle="--", linewidth=1)
-            if loss is not None:
+            if drawn:
                 ax.plot([lr], [loss], marker=marker, color=color, ms=7)
-            ax.plot([], [], color=color, linestyle="--", marker=marker, label=f"{label}: {lr:.2g}")
+            ax.plot([], [], color=color, linestyle="--", marker=marker if drawn else None, label=f"{label}: {lr:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss (smoothed)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from typing import Any
 from mlptrain.base.config import read_yaml
 from mlptrain.base.errors import ConfigError, DataError, RunFailed
 from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir
+from mlptrain.base.keys import applies
 from mlptrain.base.metrics import MONITORS, History, best_index, read_metrics
+from mlptrain.base.yamlfile import kind_of
 
 # What a run folder holds.
 CONFIG_FILE = "config.yaml"  # the resolved config the run trains (train.epochs grows when a run is extended)
@@ -163,14 +166,15 @@ def read_run(folder: Path) -> RunSummary:
     """Summarise one run folder; a folder without config.yaml is not a run."""
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):  # one that is there but no file (a FIFO, a folder) is said by read_yaml
         what = "no such folder" if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
         raise DataError(f"{folder}: {what}")
     try:
         config = read_yaml(config_path, CONFIG_FILE)
     except ConfigError as e:
         raise DataError(str(e)) from None
-    config = config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        raise DataError(f"{config_path}: the top level must be a mapping of keys to values, got {kind_of(config)}")
     epochs, problems = read_metrics(folder / METRICS_FILE)
     run = RunSummary(folder, _started(folder, config_path), config, History(_monitor(config), epochs), None, problems)
     record = eval_record_path(folder / BEST_FILE, "test")
@@ -189,7 +193,14 @@ def _monitor(config: dict[str, Any]) -> str:
 
 
 def list_runs(folder: Path) -> list[RunSummary]:
-    """Every run in `folder` (or `folder` itself if it is one), newest first."""
+    """Every readable run in `folder` (or `folder` itself if it is one), newest first."""
+    return scan_runs(folder)[0]
+
+
+def scan_runs(folder: Path) -> tuple[list[RunSummary], list[str]]:
+    """(every run in `folder`, newest first, or `folder` itself if it is one; why each run folder left out could
+    not be read). A run folder is one that holds a config.yaml, readable or not: a broken one must not hide the
+    others, nor be left out unsaid."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
@@ -197,16 +208,24 @@ def list_runs(folder: Path) -> list[RunSummary]:
             if not folder.exists()
             else f"{folder} is a file, not a folder of runs"
         )
-    if is_run(folder):
-        return [read_run(folder)]
-    runs = []
-    for child in folder.iterdir():
-        if child.is_dir() and is_run(child):
+    if os.path.lexists(folder / CONFIG_FILE):  # a run folder: one that cannot be read is refused, not listed empty
+        return [read_run(folder)], []
+    runs, unreadable = [], []
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and os.path.lexists(child / CONFIG_FILE):
             try:
                 runs.append(read_run(child))
-            except DataError:  # one broken folder must not hide the others
-                continue
-    return sorted(runs, key=lambda r: (r.started, _suffix(r.path)), reverse=True)
+            except DataError as e:
+                unreadable.append(str(e))
+    return sorted(runs, key=lambda r: (r.started, _suffix(r.path)), reverse=True), unreadable
+
+
+def left_out(unreadable: list[str]) -> list[str]:
+    """The warnings for run folders a listing leaves out: one line each, then how many."""
+    if not unreadable:
+        return []
+    count = f"{len(unreadable)} run folder{'s' if len(unreadable) > 1 else ''}"
+    return [f"left out: {why}" for why in unreadable] + [f"{count} left out of the listing (unreadable, above)"]
 
 
 @dataclass
@@ -218,6 +237,7 @@ class Scores:
     points: list[tuple[dict[str, Any], float]]  # (settings as dotted keys, best score), for those with a score
     best: int | None  # the position in `points` of the best
     what: str  # 'runs' or 'trials'
+    ranges: dict[str, bool] = field(default_factory=dict)  # keys drawn from a range (a sweep's): is the range log
 
 
 def scores(runs: list[RunSummary], keys: list[str]) -> Scores:
@@ -228,13 +248,15 @@ def scores(runs: list[RunSummary], keys: list[str]) -> Scores:
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:
-    """The config keys (dotted, in schema order) whose values are not the same in every run."""
+    """The config keys (dotted, in schema order) whose values are not the same in every run they apply to (the
+    augmentation's settings do not differ between runs without one, see keys.applies)."""
     flats = [r.settings for r in runs]
     keys = list(dict.fromkeys(key for flat in flats for key in flat))
     return [
         key
         for key in keys
-        if key not in _PLACE_KEYS and len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1
+        if key not in _PLACE_KEYS
+        and len({json.dumps(flat.get(key), sort_keys=True) for flat in flats if applies(key, flat)}) > 1
     ]
 
 

@@ -6,12 +6,13 @@ No torch; optuna only for the study's picture.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlptrain.base.errors import DataError
 from mlptrain.base.metrics import ranked
-from mlptrain.run.runs import RunSummary, Scores, differing_keys, is_run, list_runs, read_run, scores
+from mlptrain.run.runs import RunSummary, Scores, differing_keys, is_run, left_out, read_run, scan_runs, scores
 from mlptrain.sweep.folder import Trial, is_sweep, load
 
 
@@ -54,6 +55,8 @@ class SweepTable:
     monitor: str
     keys: list[str]  # the swept keys whose values differ between trials
     rows: list[TrialRow]  # best first on `monitor`; trials without a number yet last, in order
+    unreadable: list[str] = field(default_factory=list)  # why each trial's run folder that could not be read
+    ranges: dict[str, bool] = field(default_factory=dict)  # the keys swept over a range: is the range log
 
     def to_json(self) -> list[dict[str, Any]]:
         return [row.to_json(self.monitor, self.keys) for row in self.rows]
@@ -62,28 +65,35 @@ class SweepTable:
         """Each trial's best score on the monitor against its swept values, the best finished trial marked."""
         scored = [row for row in self.rows if row.value is not None]
         best = next((i for i, row in enumerate(scored) if row.best), None)
-        return Scores(self.monitor, self.keys, [(row.trial.values, row.value) for row in scored], best, "trials")
+        points = [(row.trial.values, row.value) for row in scored]
+        ranges = {key: log for key, log in self.ranges.items() if key in self.keys}
+        return Scores(self.monitor, self.keys, points, best, "trials", ranges)
 
     @property
     def problems(self) -> list[str]:
         """What could not be read in the trials' run folders."""
-        return [problem for row in self.rows if row.run for problem in row.run.problems]
+        return [problem for row in self.rows if row.run for problem in row.run.problems] + left_out(self.unreadable)
 
 
 def table(folder: Path) -> SweepTable:
     """The sweep's trials, sorted by the base config's monitored metric, with the best finished one marked."""
     sweep = load(folder)
     monitor = sweep.monitor
-    rows = []
+    rows, unreadable = [], []
     for trial in sweep.trials:
-        run = read_run(sweep.folder / trial.dir) if is_run(sweep.folder / trial.dir) else None
+        run = None
+        try:
+            run = read_run(sweep.folder / trial.dir) if is_run(sweep.folder / trial.dir) else None
+        except DataError as e:  # listed without its scores, and said
+            unreadable.append(str(e))
         rows.append(TrialRow(trial, run))
     rows = ranked(rows, lambda row: row.value, monitor)  # trials in order, so equals stay in trial order
     done = [r for r in rows if r.trial.state == "done" and r.value is not None]
     if done:
         done[0].best = True
     varied = [k for k in sweep.spec.params if len({json.dumps(t.values[k]) for t in sweep.trials}) > 1]
-    return SweepTable(sweep.folder, sweep.spec.method, monitor, varied, rows)
+    ranges = {key: bool(how.get("log")) for key, how in sweep.spec.params.items() if isinstance(how, dict)}
+    return SweepTable(sweep.folder, sweep.spec.method, monitor, varied, rows, unreadable, ranges)
 
 
 def draw_study(folder: Path, out: Path) -> list[Path]:
@@ -110,10 +120,14 @@ class Listing:
     runs: list[RunSummary]
     keys: list[str]  # the settings that differ
     sweep: SweepTable | None = None
+    unreadable: list[str] = field(default_factory=list)  # why each run folder left out could not be read
 
     @property
     def problems(self) -> list[str]:
-        return self.sweep.problems if self.sweep else [p for run in self.runs for p in run.problems]
+        """What the listing warns of: damaged rows in the runs it shows, and each run it leaves out, counted."""
+        if self.sweep:
+            return self.sweep.problems
+        return [p for run in self.runs for p in run.problems] + left_out(self.unreadable)
 
     def to_json(self) -> list[dict[str, Any]]:
         return self.sweep.to_json() if self.sweep else [run.to_json(self.keys) for run in self.runs]
@@ -127,5 +141,5 @@ def listing(folder: Path) -> Listing:
     if is_sweep(folder):
         found = table(folder)
         return Listing(Path(folder), [], found.keys, found)
-    found = list_runs(folder)
-    return Listing(Path(folder), found, differing_keys(found))
+    found, unreadable = scan_runs(folder)
+    return Listing(Path(folder), found, differing_keys(found), unreadable=unreadable)

@@ -73,6 +73,12 @@ def test_int_accepted_for_float_and_stored_as_float(tmp_path):
     assert type(config.train.weight_decay) is float and type(config.model.dropout) is float
 
 
+@pytest.mark.parametrize(("text", "value"), [("500", 500), ("0.1", 0.1), ("1e-1", 0.1), ("1", 1)])
+def test_val_size_is_a_count_or_a_fraction(tmp_path, text, value):
+    config = load_config(make_config_file(tmp_path, f"data:\n  val_size: {text}\n"))
+    assert config.data.val_size == value and type(config.data.val_size) is type(value)
+
+
 def test_null_section_means_defaults(tmp_path):
     config = load_config(make_config_file(tmp_path, "name: x\ntrain:\nmodel: ~\n"))
     assert config.train == TrainConfig() and config.model == ModelConfig()
@@ -239,6 +245,9 @@ BAD_CONFIGS = [
     ("zero-hidden", "model:\n  hidden: [0]\n", ["model.hidden[0]", "positive"]),
     ("string-hidden", "model:\n  hidden: [64, big]\n", ["model.hidden[1]", "expected an integer"]),
     ("zero-val-size", "data:\n  val_size: 0\n", ["data.val_size", "at least 1"]),
+    ("val-fraction-zero", "data:\n  val_size: 0.0\n", ["data.val_size", "fraction", "(0, 1)"]),
+    ("val-fraction-above-one", "data:\n  val_size: 5000.0\n", ["data.val_size", "(0, 1)", "whole number"]),
+    ("val-size-text", "data:\n  val_size: tenth\n", ["data.val_size", "'tenth'"]),
     ("tiny-synthetic", "data:\n  synthetic_size: 5\n", ["data.synthetic_size", "at least 6"]),
     ("empty-root", "data:\n  root: ''\n", ["data.root", "must not be empty"]),
     ("empty-output-dir", "output:\n  dir: ''\n", ["output.dir", "must not be empty"]),

@@ -232,6 +232,18 @@ CASES = [
     ("data-count-mismatch", lambda t, c, m: ["train", SMOKE, *broken_mnist(t, m, lambda raw: write_idx(
         raw / "train-labels-idx1-ubyte", torch.zeros(10, dtype=torch.uint8)))], ["labels"]),
     ("data-val-too-big", lambda t, c, m: ["train", SMOKE, "--set", "data.val_size=6000"], ["data.val_size"]),
+    # the dry run counts the images and refuses what the run would
+    ("dry-run-val-too-big", lambda t, c, m: ["train", SMOKE, "--dry-run", "--set", "data.val_size=100000"],
+     ["data.val_size", "100000", "6000"]),
+    ("dry-run-val-too-big-mnist", lambda t, c, m: ["train", SMOKE, "--dry-run", "--set", "data.dataset=mnist",
+                                                   "--set", f"data.root={m}", "--set", "data.val_size=3000"],
+     ["data.val_size", "3000 training images"]),
+    ("dry-run-data-truncated", lambda t, c, m: ["train", SMOKE, "--dry-run", *broken_mnist(t, m, lambda raw: truncate(
+        raw / "train-images-idx3-ubyte", 5000))], ["train-images-idx3-ubyte", "truncated"]),
+    ("dry-run-count-mismatch", lambda t, c, m: ["train", SMOKE, "--dry-run", *broken_mnist(t, m, lambda raw: write_idx(
+        raw / "train-labels-idx1-ubyte", torch.zeros(10, dtype=torch.uint8)))], ["labels"]),
+    ("val-fraction-one", lambda t, c, m: ["train", SMOKE, "--set", "data.val_size=1.0"],
+     ["data.val_size", "fraction", "(0, 1)"]),
     # sweeps: every trial's config is checked before the first one runs
     ("sweep-missing", lambda t, c, m: ["sweep", str(t / "nope.yaml")], ["sweep file not found", "nope.yaml"]),
     ("sweep-empty", lambda t, c, m: ["sweep", sweep_file(t, "")], ["empty", "recipes/sweep.yaml"]),

@@ -4,6 +4,7 @@ validation split, batches, every broken-dataset error, and the synthetic digits.
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from mlptrain.core.data import (
     raw_folder,
     split_indices,
     steps_per_epoch,
+    val_count,
 )
 from mlptrain.core.data import write_idx as library_write_idx
 from mlptrain.core.nn import MLP
@@ -325,6 +327,50 @@ def test_val_size_must_be_smaller_than_training_set(mnist_root, val_size):
 def test_largest_val_size_leaves_one_training_image(mnist_root):
     data = load_training_data(mnist_cfg(mnist_root, val_size=2999), seed=0, device=CPU)
     assert (len(data.train), len(data.val)) == (1, 2999)
+
+
+def test_a_fraction_holds_out_that_share_the_same_images_as_its_count(mnist_root):
+    data = load_training_data(mnist_cfg(mnist_root, val_size=0.1), seed=0, device=CPU)
+    counted = load_training_data(mnist_cfg(mnist_root, val_size=300), seed=0, device=CPU)
+    assert (len(data.train), len(data.val)) == (2700, 300)
+    assert torch.equal(data.val.y, counted.val.y) and torch.equal(data.val.x, counted.val.x)
+    val = load_eval_split(mnist_cfg(mnist_root, val_size=0.1), "val", 0, data.mean, data.std, CPU)
+    assert torch.equal(val.x, data.val.x)  # eval finds the very images the run held out
+
+
+@pytest.mark.parametrize(("fraction", "held"), [(1e-6, 1), (0.9996, 2999)])
+def test_a_fraction_holds_out_at_least_one_image_and_leaves_one(mnist_root, fraction, held):
+    assert val_count(mnist_cfg(mnist_root, val_size=fraction), 3000) == held
+
+
+def test_a_fraction_that_leaves_nothing_to_train_on_is_refused(mnist_root):
+    message = load_error(mnist_cfg(mnist_root, val_size=0.99999))
+    assert "data.val_size (0.99999 of 3000 images is 3000)" in message
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")))
+def test_the_shipped_configs_run_on_a_subset(config, mnist_root):
+    """3,000 training images, fewer than any count the shipped configs held out before they took a fraction."""
+    from mlptrain.base.config import load_config
+
+    if "params" in (text := config.read_text()) or "dataset: synthetic" in text:
+        pytest.skip("a sweep, or synthetic digits of its own size")
+    cfg = load_config(config, [f"data.root={mnist_root}", "data.download=false"]).data
+    data = load_training_data(cfg, seed=0, device=CPU)
+    assert len(data.val) < len(data.train)
+
+
+def test_data_root_may_name_the_folder_that_holds_the_files(mnist_root, mnist_data):
+    raw = mnist_root / "MNIST" / "raw"
+    data = load_training_data(mnist_cfg(raw), seed=0, device=CPU)
+    assert raw_folder(mnist_cfg(raw)) == raw and torch.equal(data.val.x, mnist_data.val.x)
+
+
+def test_an_empty_raw_folder_named_as_data_root_is_said_as_itself(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    message = load_error(mnist_cfg(raw))
+    assert f"{raw}{os.sep} lacks" in message and "raw/MNIST" not in message
 
 
 def test_data_error_is_an_mlptrain_error():

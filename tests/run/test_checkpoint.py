@@ -213,3 +213,24 @@ def test_a_longer_schedule_continues_from_the_step_reached(tmp_path):
     assert longer.optimizer.param_groups[0]["momentum"] == pytest.approx(
         reference.optimizer.param_groups[0]["momentum"]
     )
+
+
+def test_a_run_records_its_split_and_resume_refuses_data_that_changed_size(tmp_path, mnist_root, mnist_digits):
+    """data.val_size as a fraction resolves against the images there are: the checkpoint records the counts, so a
+    resume on a dataset of another size (another split, other images) is refused instead of training on."""
+    from conftest import copy_dataset, write_mnist_folder
+
+    from mlptrain.run import trainer
+
+    root = copy_dataset(mnist_root, tmp_path / "data")
+    config = Config.from_dict({
+        "device": "cpu", "data": {"dataset": "mnist", "root": str(root), "download": False, "val_size": 0.1},
+        "model": {"hidden": [16]}, "train": {"epochs": 1, "batch_size": 256},
+    })  # fmt: skip
+    run = trainer.train(config, run_dir=tmp_path / "run").run_dir
+    data = load_checkpoint(run / "last.pt")["data"]
+    assert (data["train_images"], data["val_images"]) == (2700, 300)
+    images, labels = mnist_digits["train"]
+    write_mnist_folder(root / "MNIST" / "raw", {"train": (images[:2000], labels[:2000])})
+    with pytest.raises(CheckpointError, match="trained on 2700 images, but its data now gives 1800"):
+        trainer.resume(run, ["train.epochs=2"])

@@ -145,3 +145,95 @@ def test_runs_plot_puts_keys_that_vary_together_in_one_panel(monkeypatch, tmp_pa
     labels = [t.get_text() for ax in axes for t in ax.get_xticklabels()]
     assert "relu" in labels and not any('"' in label for label in labels)  # no JSON quotes
     assert any(text.get_text().startswith("best ") for ax in axes for text in ax.texts)  # the best run is labelled
+
+
+def texts(fig) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text)]
+
+
+def test_a_sweeps_range_keys_get_a_panel_each_log_where_the_range_is_and_short_numbers(monkeypatch, tmp_path):
+    """A TPE sweep over a log range of train.lr and a range of model.dropout: every trial differs in both, so they
+    used to share one panel of ten full-precision pairs overprinted on its x axis."""
+    import random
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from mlptrain.run.plot import save_scores_plot
+    from mlptrain.run.runs import Scores
+
+    figures = drawn(monkeypatch)
+    rng = random.Random(0)
+    points = [({"train.lr": 10 ** rng.uniform(-3, -0.3), "model.dropout": rng.uniform(0, 0.5)}, 0.1 + 0.02 * i)
+              for i in range(10)]  # fmt: skip
+    ranges = {"train.lr": True, "model.dropout": False}
+    save_scores_plot(tmp_path / "s.png", Scores("val_acc", [*ranges], points, 9, "trials", ranges), "sweep")
+    ((fig, _),) = figures
+    FigureCanvasAgg(fig).draw()  # the tick labels are made when drawn
+    lr_ax, dropout_ax = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert (lr_ax.get_xlabel(), lr_ax.get_xscale()) == ("train.lr", "log")
+    assert (dropout_ax.get_xlabel(), dropout_ax.get_xscale()) == ("model.dropout", "linear")
+    for ax in (lr_ax, dropout_ax):
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert len(labels) >= 3 and all(len(label.lstrip("−-")) <= 6 for label in labels), labels
+
+
+def test_a_drawn_float_in_a_slot_label_shows_four_significant_digits():
+    from mlptrain.run.plot import _value_text
+
+    assert [_value_text(v) for v in (0.07264183744487, 0.1, 1e-05, [0.461596, 3])] == [
+        "0.07264", "0.1", "1e-05", "[0.4616, 3]",
+    ]  # fmt: skip
+
+
+def test_the_accuracy_panel_holds_a_training_accuracy_above_validation(monkeypatch, tmp_path):
+    figures = drawn(monkeypatch)
+    epochs = [EpochStats(e, 1 / e, 0.95 + 0.004 * e, 1.2 / e, 0.90 + 0.002 * e, 0.1, 1.0, 0.1, 1e3)
+              for e in range(1, 11)]  # fmt: skip
+    save_curves(tmp_path / "c.png", History("val_acc", epochs), "run")
+    ((fig, _),) = figures
+    low, high = fig.axes[1].get_ylim()
+    assert high >= 99 and low < 90.2  # the train line up to 99% stays in the panel, as the validation line does
+
+
+@pytest.mark.parametrize(
+    ("augment", "smoothing", "needles"),
+    [("affine", 0.1, ["affine-augmented", "label smoothing 0.1"]), ("none", 0.2, ["label smoothing 0.2"]),
+     ("elastic", 0.0, ["elastic-augmented"]), ("none", 0.0, [])],
+)  # fmt: skip
+def test_the_curves_say_what_the_training_loss_includes(monkeypatch, tmp_path, augment, smoothing, needles):
+    from datetime import datetime
+
+    from mlptrain.base.config import Config
+    from mlptrain.run.plot import plot_run
+    from mlptrain.run.runs import RunSummary
+
+    figures = drawn(monkeypatch)
+    config = Config().to_dict()
+    config["data"]["augment"]["kind"], config["train"]["label_smoothing"] = augment, smoothing
+    plot_run(RunSummary(tmp_path, datetime.now(), config, History("val_acc", rows(3))))
+    ((fig, _),) = figures
+    notes = [text for text in texts(fig) if "measured on the training batches" in text]
+    assert len(notes) == (1 if needles else 0) and all(needle in notes[0] for needle in needles)
+
+
+def test_the_lr_plot_marks_on_the_curve_every_rate_its_legend_marks(monkeypatch, tmp_path):
+    """minimum / 10 is never one of the rates tried: its legend showed a square that the curve did not have."""
+    from types import SimpleNamespace
+
+    from mlptrain.run.plot import save_lr_plot
+
+    figures = drawn(monkeypatch)
+    lrs = [1e-4 * 1.3**k for k in range(41)]  # a tenth of one is none of the others
+    losses = [2.3 - 0.5 * math.exp(-(((k - 30) / 8) ** 2)) for k in range(41)]
+    save_lr_plot(tmp_path / "lr.png", SimpleNamespace(lrs=lrs, losses=losses, steepest=lrs[22], valley=lrs[30] / 10,
+                                                      stopped=None), "lr-find")  # fmt: skip
+    ((fig, _),) = figures
+    ax = fig.axes[0]
+    legend = {text.get_text().split(":")[0]: line.get_marker() for text, line in
+              zip(ax.get_legend().get_texts(), ax.get_legend().get_lines(), strict=True)}  # fmt: skip
+    on_curve = {line.get_marker(): line.get_xydata()[0] for line in ax.lines if len(line.get_xdata()) == 1}
+    assert legend["steepest descent"] in on_curve and legend["minimum / 10"] in on_curve
+    x, y = on_curve[legend["minimum / 10"]]
+    assert x == pytest.approx(lrs[30] / 10) and min(losses) < y < max(losses)

@@ -128,3 +128,45 @@ def test_runs_and_plot_help_do_not_import_torch(runs_dir):
         ["runs", runs_dir], ["plot", "--help"], ["predict", "--help"], forbid=("torch", "matplotlib")
     )
     assert "mlp-20240301-090000-2" in out.stdout and "--top" in out.stdout
+
+
+def test_runs_says_each_run_it_cannot_read_and_how_many(runs_dir):
+    """A run folder whose config.yaml is broken YAML, a FIFO, an alias bomb or a list is left out, each said in a
+    line of its own, then counted; the readable runs list as before."""
+    broken = {
+        "bad-yaml": "train: {lr: [\n",
+        "bomb": 'a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]\n'
+        + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdef", "bcdefg", strict=True)),
+        "a-list": "- 1\n- 2\n",
+    }
+    for name, text in broken.items():
+        (runs_dir / name).mkdir()
+        (runs_dir / name / "config.yaml").write_text(text)
+    (runs_dir / "fifo").mkdir()
+    os.mkfifo(runs_dir / "fifo" / "config.yaml")
+    result = invoke("runs", runs_dir)
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 5  # the header and the four readable runs
+    *each, count = result.stderr.strip().splitlines()
+    assert len(each) == 4 and "4 run folders left out" in count
+    for name, needle in (("a-list", "a list"), ("bad-yaml", "not valid YAML"), ("bomb", "refused"), ("fifo", "pipe")):
+        assert any(str(runs_dir / name / "config.yaml") in line and needle in line for line in each), name
+    alone = invoke("runs", runs_dir / "fifo")
+    assert alone.exit_code == 2 and "not a regular file" in alone.stderr
+
+
+def test_runs_without_augmentation_do_not_differ_in_its_settings(tmp_path):
+    def run(name: str, lr: float, **augment) -> Path:
+        folder = write_run(tmp_path / name, [0.5], train__lr=lr)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["data"]["augment"].update(augment)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return folder
+
+    run("a", 0.1, kind="none", rotation=12.0, scale=0.15)  # mnist-best.yaml with --set data.augment=none
+    run("b", 0.2, kind="none")
+    assert differing_keys(list_runs(tmp_path)) == ["train.lr"]
+    run("c", 0.2, kind="affine", rotation=5.0)  # the only run its rotation applies to
+    assert differing_keys(list_runs(tmp_path)) == ["data.augment.kind", "train.lr"]
+    run("d", 0.2, kind="elastic", rotation=7.0)
+    assert differing_keys(list_runs(tmp_path)) == ["data.augment.kind", "data.augment.rotation", "train.lr"]

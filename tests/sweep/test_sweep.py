@@ -227,6 +227,18 @@ def test_the_table_shows_only_the_keys_that_vary_and_marks_the_best(tmp_path):
     cli_in_fresh_python(["runs", tmp_path / "sw"])  # the manifest and small files only: no torch, so instant
 
 
+def test_a_trial_whose_config_yaml_cannot_be_read_is_listed_without_scores_and_said(tmp_path):
+    path = write_sweep(tmp_path, {"params": {"train.lr": [0.1, 0.05]}, "seed": GRID_AS_LISTED})
+    assert invoke("sweep", path, "--dir", tmp_path / "sw", "--quiet").exit_code == 0
+    broken = tmp_path / "sw" / manifest(tmp_path / "sw")["trials"][1]["dir"] / "config.yaml"
+    broken.write_text("train: {lr: [\n")
+    out = invoke("runs", tmp_path / "sw", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert [r["value"] is None for r in json.loads(out.stdout)] == [False, True]
+    first, count = out.stderr.strip().splitlines()
+    assert str(broken) in first and "not valid YAML" in first and "1 run folder left out" in count
+
+
 def test_the_table_shows_drawn_floats_to_four_digits_and_json_keeps_them_whole(tmp_path):
     spec = {"method": "random", "trials": 2, "seed": 5, "params": {"train.lr": {"low": 0.01, "high": 0.2}}}
     assert invoke("sweep", write_sweep(tmp_path, spec), "--dir", tmp_path / "sw", "-q").exit_code == 0
