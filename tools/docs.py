@@ -30,14 +30,14 @@ def cli_reference() -> str:
         lines.append(f"| [`mlptrain {name}`](#mlptrain-{name}) | {_first_line(command.help)} |")
     lines += ["", "Options of `mlptrain` itself, before a command:", ""]
     lines += ["| option | meaning |", "| --- | --- |"]
-    lines += [f"| {', '.join(f'`{o}`' for o in p.opts)} | {_cell(p.help or '')} |" for p in group.get_params(ctx)]
+    lines += [f"| {_options(p.opts)} | {_cell(p.help or '')} |" for p in group.get_params(ctx)]
     for name, command in group.commands.items():
         sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
         usage = " ".join(["mlptrain", name, *command.collect_usage_pieces(sub)])
         lines += ["", f"## `mlptrain {name}`", "", "```", usage, "```", "", _paragraph(command.help), ""]
         lines += ["| argument or option | value | default | meaning |", "| --- | --- | --- | --- |"]
         lines += [_param_row(param) for param in command.params if not getattr(param, "hidden", False)]
-        lines.append("| `-h`, `--help` | | | Show the help and exit. |")
+        lines.append("| `--help`, `-h` | | | Show the help and exit. |")
         examples = [line.strip() for line in (command.epilog or "").splitlines() if line.startswith("  ")]
         if examples:
             lines += ["", "Example:" if len(examples) == 1 else "Examples:", "", "```", *examples, "```"]
@@ -49,10 +49,15 @@ def _param_row(param) -> str:
         name = f"`{param.metavar or param.name.upper()}`" + (" (several)" if param.nargs != 1 else "")
         value, default = "", "required" if param.required else _default(param)
     else:
-        name = ", ".join(f"`{opt}`" for opt in [*param.opts, *param.secondary_opts])
+        name = _options([*param.opts, *param.secondary_opts])
         value = "" if getattr(param, "is_flag", False) else f"`{param.metavar}`" if param.metavar else ""
         default = _default(param)
     return f"| {name} | {value} | {default} | {_cell(getattr(param, 'help', '') or '')} |"
+
+
+def _options(opts: list[str]) -> str:
+    """`--long`, `-s`: long names first (click keeps the help option's names in a set, in no fixed order)."""
+    return ", ".join(f"`{opt}`" for opt in sorted(opts, key=lambda opt: (not opt.startswith("--"), opt)))
 
 
 def _default(param) -> str:
