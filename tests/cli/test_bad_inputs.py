@@ -95,6 +95,21 @@ def fifo(tmp: Path, name: str) -> str:
     return str(path)
 
 
+def digit_png(tmp: Path) -> str:
+    from PIL import Image
+
+    path = tmp / "digit.png"
+    Image.new("L", (28, 28)).save(path)
+    return str(path)
+
+
+def link_loop(tmp: Path, name: str) -> str:
+    """A symbolic link that names itself."""
+    path = tmp / name
+    path.symlink_to(path)
+    return str(path)
+
+
 def zip_bomb(tmp: Path) -> str:
     """A small file whose one part unpacks to 50 MB (torch.save stores its parts uncompressed)."""
     path = tmp / "bomb.pt"
@@ -339,13 +354,32 @@ CASES = [
                                                   "1000000000000"], ["--trials", "more than a sweep may run"]),
     ("sweep-huge-grid", lambda t, c, m: ["sweep", sweep_file(t, grid_of(5, 100))],
      ["sweep.yaml", "10,000,000,000 combinations"]),
+    # outputs: written whole through a temp file and a rename, which would replace a FIFO or a device
+    ("export-out-fifo", lambda t, c, m: ["export", str(c), fifo(t, "m.onnx")], ["OUT", "m.onnx", "not a regular"]),
+    ("export-out-folder", lambda t, c, m: ["export", str(c), str(Path(t, "d.onnx").mkdir() or t / "d.onnx")],
+     ["OUT", "d.onnx", "is a folder"]),
+    ("plot-out-fifo", lambda t, c, m: ["plot", str(c.parent), "--out", fifo(t, "c.png")], ["--out", "c.png", "not a"]),
+    ("runs-out-fifo", lambda t, c, m: ["runs", str(c.parent.parent), "--out", fifo(t, "r.png")],
+     ["--out", "r.png", "not a regular file"]),
+    ("eval-errors-fifo", lambda t, c, m: ["eval", str(c), "--errors", fifo(t, "e.png")],
+     ["--errors", "e.png", "not a regular file"]),
+    ("predict-csv-fifo", lambda t, c, m: ["predict", str(c), digit_png(t), "--csv", fifo(t, "p.csv")],
+     ["--csv", "p.csv", "not a regular file"]),
+    ("predict-csv-folder", lambda t, c, m: ["predict", str(c), digit_png(t), "--csv", str(t)],
+     ["--csv", "is a folder"]),
+    ("lr-find-out-fifo", lambda t, c, m: ["lr-find", SMOKE, "--out", fifo(t, "lr.png")],
+     ["--out", "lr.png", "not a regular file"]),
+    ("augment-out-fifo", lambda t, c, m: ["augment", SMOKE, "--out", fifo(t, "a.png")],
+     ["--out", "a.png", "not a regular file"]),
+    ("augment-out-loop", lambda t, c, m: ["augment", SMOKE, "--out", link_loop(t, "a.png")],
+     ["--out", "a.png", "loop of symbolic links"]),
 ]  # fmt: skip
 
 # Refused in well under this many seconds: each of these once took a minute or more, or never finished.
 QUICK = {"config-alias-bomb": 10, "set-alias-bomb": 10, "runs-config-bomb": 10, "sweep-alias-bomb": 10,
          "config-deep-nesting": 10, "config-too-large": 10, "config-fifo": 10, "ckpt-zip-bomb": 10,
          "set-huge-model": 30, "sweep-huge-trials": 10, "sweep-huge-grid": 10, "ckpt-fifo": 10, "predict-fifo": 30,
-         "sweep-fifo": 10, "plot-metrics-fifo": 10}  # fmt: skip
+         "sweep-fifo": 10, "plot-metrics-fifo": 10, "export-out-folder": 10}  # fmt: skip
 
 
 def _truncated(tmp: Path, good: Path) -> str:
