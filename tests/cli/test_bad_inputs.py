@@ -354,6 +354,14 @@ CASES = [
                                                   "1000000000000"], ["--trials", "more than a sweep may run"]),
     ("sweep-huge-grid", lambda t, c, m: ["sweep", sweep_file(t, grid_of(5, 100))],
      ["sweep.yaml", "10,000,000,000 combinations"]),
+    # bounds: every number is checked before any work, by every command that takes a config
+    ("set-huge-epochs", lambda t, c, m: ["train", SMOKE, "--set", f"train.epochs={10**30}"],
+     ["--set train.epochs=", "at most 100,000"]),
+    ("augment-huge-elastic-sigma", lambda t, c, m: ["augment", SMOKE, "--set", "data.augment.kind=elastic", "--set",
+                                                    "data.augment.elastic_sigma=1e9"],
+     ["data.augment.elastic_sigma", "at most 28"]),
+    ("lr-find-huge-model", lambda t, c, m: ["lr-find", SMOKE, "--set", "model.hidden=[100000000]", "--out",
+                                            str(t / "lr.png")], ["model.hidden", "GiB", "more than the cpu has"]),
     # outputs: written whole through a temp file and a rename, which would replace a FIFO or a device
     ("export-out-fifo", lambda t, c, m: ["export", str(c), fifo(t, "m.onnx")], ["OUT", "m.onnx", "not a regular"]),
     ("export-out-folder", lambda t, c, m: ["export", str(c), str(Path(t, "d.onnx").mkdir() or t / "d.onnx")],
@@ -379,7 +387,7 @@ CASES = [
 QUICK = {"config-alias-bomb": 10, "set-alias-bomb": 10, "runs-config-bomb": 10, "sweep-alias-bomb": 10,
          "config-deep-nesting": 10, "config-too-large": 10, "config-fifo": 10, "ckpt-zip-bomb": 10,
          "set-huge-model": 30, "sweep-huge-trials": 10, "sweep-huge-grid": 10, "ckpt-fifo": 10, "predict-fifo": 30,
-         "sweep-fifo": 10, "plot-metrics-fifo": 10, "export-out-folder": 10}  # fmt: skip
+         "sweep-fifo": 10, "plot-metrics-fifo": 10, "export-out-folder": 10, "lr-find-huge-model": 30}  # fmt: skip
 
 
 def _truncated(tmp: Path, good: Path) -> str:
