@@ -354,6 +354,11 @@ CASES = [
                                                   "1000000000000"], ["--trials", "more than a sweep may run"]),
     ("sweep-huge-grid", lambda t, c, m: ["sweep", sweep_file(t, grid_of(5, 100))],
      ["sweep.yaml", "10,000,000,000 combinations"]),
+    ("sweep-workers-zero", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--workers", "0"], ["--workers 0"]),
+    ("sweep-workers-huge", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--workers", "10000"],
+     ["--workers 10000", "[1, 64]"]),
+    ("sweep-join-dir", lambda t, c, m: ["sweep", "--join", str(t), "--dir", str(t / "x")],
+     ["--join SWEEP_DIR", "--dir does not apply"]),
     # bounds: every number is checked before any work, by every command that takes a config
     ("set-huge-epochs", lambda t, c, m: ["train", SMOKE, "--set", f"train.epochs={10**30}"],
      ["--set train.epochs=", "at most 100,000"]),
