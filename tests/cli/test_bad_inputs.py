@@ -359,6 +359,11 @@ CASES = [
      ["--workers 10000", "[1, 64]"]),
     ("sweep-join-dir", lambda t, c, m: ["sweep", "--join", str(t), "--dir", str(t / "x")],
      ["--join SWEEP_DIR", "--dir does not apply"]),
+    ("sweep-join-url-password", lambda t, c, m: ["sweep", "--join", f"sqlite:///{t}/no.db?password=SECRETPW"],
+     ["?password=***", "no such database file"]),
+    ("sweep-storage-password", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--storage",
+                                                "postgresql://u@127.0.0.1:1/db?password=SECRETPW"],
+     ["cannot open the study at postgresql://u@127.0.0.1:1/db?password=***"]),
     # bounds: every number is checked before any work, by every command that takes a config
     ("set-huge-epochs", lambda t, c, m: ["train", SMOKE, "--set", f"train.epochs={10**30}"],
      ["--set train.epochs=", "at most 100,000"]),
