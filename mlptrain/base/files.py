@@ -306,6 +306,22 @@ def _in_use(folder: Path, fd: int) -> str:
     )
 
 
+def not_there(path: Path, what: str) -> str:
+    """Why `path`, which is not there to use, is not: 'no such <what>', or a loop of symbolic links, or the OS's
+    reason (a folder on the way that may not be entered)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"no such {what}"
+    except OSError as e:
+        return "a loop of symbolic links" if e.errno == errno.ELOOP else f"cannot be reached ({e.strerror})"
+    return f"no such {what}"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
 def file_problem(path: Path, what: str, max_bytes: int | None = None) -> str | None:
     """Why `path` cannot be read as a `what` (missing, a folder, not a regular file, too large), or None.
 
@@ -316,11 +332,12 @@ def file_problem(path: Path, what: str, max_bytes: int | None = None) -> str | N
     except FileNotFoundError:
         return f"{what} not found: {path}"
     except OSError as e:
-        return f"{path}: cannot be read ({e.strerror})"
+        why = "a loop of symbolic links" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+        return f"{path}: {why}"
     if stat.S_ISDIR(info.st_mode):
-        return f"{path} is a folder, not a {what}"
+        return f"{path} is a folder, not {_a(what)}"
     if not stat.S_ISREG(info.st_mode):
-        return f"{path}: not a regular file (a pipe, socket or device), so not a {what}"
+        return f"{path}: not a regular file (a pipe, socket or device), so not {_a(what)}"
     if max_bytes is not None and info.st_size > max_bytes:
-        return f"{path}: refused: {info.st_size:,} bytes, more than a {what} may hold ({max_bytes:,})"
+        return f"{path}: refused: {info.st_size:,} bytes, more than {_a(what)} may hold ({max_bytes:,})"
     return None

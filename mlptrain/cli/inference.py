@@ -147,10 +147,10 @@ def predict(
         from mlptrain.inference import predict as predict_
 
         files, notes = predict_.image_files(images, recursive=recursive)
+        if not files:  # one line, that says why
+            raise DataError("no image files to classify" + "".join(f"; {note}" for note in notes))
         for note in notes:
             report.note(note)
-        if not files:
-            raise DataError("no image files to classify")
         result = predict_.predict_files(checkpoint, files, device=device, top=top)
         for _, message in result.failures:
             report.error(message)

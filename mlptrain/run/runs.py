@@ -19,7 +19,7 @@ from typing import Any
 
 from mlptrain.base.config import read_yaml
 from mlptrain.base.errors import ConfigError, DataError, RunFailed
-from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir
+from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir, not_there
 from mlptrain.base.metrics import MONITORS, History, best_index, read_metrics
 
 # What a run folder holds.
@@ -164,7 +164,7 @@ def read_run(folder: Path) -> RunSummary:
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
-        what = "no such folder" if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
+        what = not_there(folder, "folder") if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
         raise DataError(f"{folder}: {what}")
     try:
         config = read_yaml(config_path, CONFIG_FILE)
@@ -193,7 +193,7 @@ def list_runs(folder: Path) -> list[RunSummary]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
-            f"{folder}: no such folder (mlptrain train writes runs into output.dir, 'runs' by default)"
+            f"{folder}: {not_there(folder, 'folder')} (mlptrain train writes runs into output.dir, 'runs' by default)"
             if not folder.exists()
             else f"{folder} is a file, not a folder of runs"
         )
