@@ -271,7 +271,7 @@ BAD_CONFIGS = [
     # every number has an upper bound too, checked before any work
     ("huge-epochs", f"train:\n  epochs: {10**30}\n", ["train.epochs", "at most 100,000"]),
     ("huge-batch-size", "train:\n  batch_size: 1000000000000\n", ["train.batch_size", "at most 16,777,216"]),
-    ("huge-lr", "train:\n  lr: 1.0e+300\n", ["train.lr", "at most 100"]),
+    ("huge-lr", "train:\n  lr: 1.0e+300\n", ["train.lr", "at most 1,000,000"]),
     ("huge-weight-decay", "train:\n  weight_decay: 1.0e+9\n", ["train.weight_decay", "at most 10"]),
     ("huge-patience", "train:\n  patience: 1000000000\n", ["train.patience", "at most 100,000"]),
     ("long-name", f"name: {'a' * 300}\n", ["name", "at most 200 characters"]),
