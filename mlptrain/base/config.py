@@ -26,6 +26,13 @@ from mlptrain.base.yamlfile import kind_of, parse_yaml, quote, read_yaml
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what `device` may say (core/device.py resolves it)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_LAYERS = 1000  # hidden layers
+MAX_NAME = 200  # characters: a run folder's name adds a timestamp, and a file system takes 255 bytes
+MAX_EPOCHS = 100_000  # train.epochs and train.patience: a month of the smallest epochs; more is a typo
+MAX_BATCH = 2**24  # train.batch_size: beyond any split's size, and within torch's 32-bit index arithmetic
+MAX_LR = 1e6  # train.lr: far past divergence (lr-find stops at 10), where tests still make a run diverge on purpose
+MAX_WEIGHT_DECAY = 10.0  # train.weight_decay
+IMAGE_SIDE = 28  # pixels: every dataset here (MNIST, Fashion-MNIST, synthetic) has 28×28 images
+MAX_ELASTIC_ALPHA = 1000.0  # pixels: far past the image's side, for the smoothest fields
 
 
 class _Invalid(Exception):
@@ -56,9 +63,13 @@ class AugmentConfig:
         _check(0.0 <= self.rotation <= 180.0, "data.augment.rotation", f"must be in [0, 180], got {self.rotation}")
         _check(0.0 <= self.scale < 1.0, "data.augment.scale", f"must be in [0, 1), got {self.scale}")
         _check(0.0 <= self.shear < 90.0, "data.augment.shear", f"must be in [0, 90), got {self.shear}")
-        _check(self.translate >= 0, "data.augment.translate", f"must be >= 0, got {self.translate}")
-        _check(self.elastic_alpha >= 0, "data.augment.elastic_alpha", f"must be >= 0, got {self.elastic_alpha}")
-        _check(self.elastic_sigma > 0, "data.augment.elastic_sigma", f"must be > 0, got {self.elastic_sigma}")
+        side = f"pixels; the images are {IMAGE_SIDE}×{IMAGE_SIDE}"
+        _check(0 <= self.translate <= IMAGE_SIDE, "data.augment.translate",
+               f"must be >= 0 and at most {IMAGE_SIDE} ({side}), got {self.translate}")  # fmt: skip
+        _check(0 <= self.elastic_alpha <= MAX_ELASTIC_ALPHA, "data.augment.elastic_alpha",
+               f"must be >= 0 and at most {MAX_ELASTIC_ALPHA:g} (pixels), got {self.elastic_alpha}")  # fmt: skip
+        _check(0 < self.elastic_sigma <= IMAGE_SIDE, "data.augment.elastic_sigma",
+               f"must be > 0 and at most {IMAGE_SIDE} ({side}), got {self.elastic_sigma}")  # fmt: skip
 
 
 @dataclass
@@ -114,12 +125,28 @@ class TrainConfig:
     ema: float = 0.0  # decay of the weights' moving average (e.g. 0.999); 0 = off
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
-        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(
+            1 <= self.epochs <= MAX_EPOCHS,
+            "train.epochs",
+            f"must be at least 1 and at most {MAX_EPOCHS:,}, got {self.epochs}",
+        )
+        _check(
+            1 <= self.batch_size <= MAX_BATCH,
+            "train.batch_size",
+            f"must be at least 1 and at most {MAX_BATCH:,}, got {self.batch_size}",
+        )
+        _check(0 < self.lr <= MAX_LR, "train.lr", f"must be > 0 and at most {MAX_LR:,.0f}, got {self.lr}")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.patience >= 0, "train.patience", f"must be >= 0 (0 turns early stopping off), got {self.patience}")
+        _check(
+            0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
+            "train.weight_decay",
+            f"must be >= 0 and at most {MAX_WEIGHT_DECAY:g}, got {self.weight_decay}",
+        )
+        _check(
+            0 <= self.patience <= MAX_EPOCHS,
+            "train.patience",
+            f"must be >= 0 (0 turns early stopping off) and at most {MAX_EPOCHS:,}, got {self.patience}",
+        )
         _check(
             0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"
         )
@@ -153,6 +180,7 @@ class Config:
             "name",
             f"{quote(self.name)} is not usable in a folder name (letters, digits, '.', '_', '-')",
         )
+        _check(len(self.name) <= MAX_NAME, "name", f"at most {MAX_NAME} characters, got {len(self.name):,}")
         _check(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
         _check(
             DEVICE_RE.fullmatch(self.device) is not None,
@@ -354,16 +382,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _assign(raw: dict, key: str, value: Any) -> None:
+    """raw[key] = value for a dotted key. A section's shorthand and its keys combine, in either order:
+    `data.augment: elastic` and `data.augment.elastic_sigma: 2` set both kind and sigma."""
     *sections, last = key.split(".")
-    node, path = raw, ""
+    node, path, cls = raw, "", Config
     for part in sections:
         path = f"{path}.{part}" if path else part
+        cls = _fields(cls).get(part) if dataclasses.is_dataclass(cls) else None
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+        elif isinstance(child, str) and hasattr(cls, "from_text"):
+            child = node[part] = cls.from_text(child)
         elif not isinstance(child, dict):
             raise _Invalid(path, f"must be a mapping of keys to values, got {kind_of(child)}")
         node = child
+    section = _fields(cls).get(last) if dataclasses.is_dataclass(cls) else None
+    if isinstance(value, str) and isinstance(node.get(last), dict) and hasattr(section, "from_text"):
+        value = {**node[last], **section.from_text(value)}
     node[last] = value
 
 

@@ -29,9 +29,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[
     created with O_EXCL (mkstemp), so a name planted beforehand (a symlink, say) is never followed; it carries this
     process's id, so the next writer in the folder can tell a dead process's leftover (remove_stale_temp_files).
     SIGINT and SIGTERM wait until the file is whole. A full disk, or any other failed write, is a WriteFailed
-    naming the file; the old file stays.
+    naming the file; the old file stays. What `path` may be is output_problem's to say: a symbolic link is
+    followed (the file it names is replaced, the link stays), and a device, FIFO, socket or folder is a
+    ConfigError, never replaced.
     """
-    path = Path(path)
+    path = writable_target(path)
     with held_signals():
         try:
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -54,6 +56,40 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+
+
+def output_problem(path: Path) -> str | None:
+    """Why `path` cannot be written as an output file (a folder, a device, a FIFO, a socket, a link loop), or None.
+
+    A write replaces the file whole (temp file + rename), so only a regular file, or nothing, may be there: a
+    rename would turn /dev/null, or a FIFO that a reader waits on, into a regular file. A symbolic link is
+    followed, as a shell's `>` follows it: what it names is what is checked, and replaced.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None  # a new file (or a link to one still to be made)
+    except OSError as e:
+        return "a loop of symbolic links" if e.errno == errno.ELOOP else f"cannot be used ({e.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder; give a file name"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, FIFO or socket), which writing the file whole would replace"
+    return None
+
+
+def check_output(path: Path | None, option: str = "") -> None:
+    """Refuse an output path that output_problem objects to, in one line naming `option` (e.g. '--out') and the
+    path; None passes."""
+    problem = None if path is None else output_problem(path)
+    if problem:
+        raise ConfigError(f"{option} {path}: {problem}" if option else f"cannot write {path}: {problem}")
+
+
+def writable_target(path: Path) -> Path:
+    """The file a write to `path` replaces: `path` with its symbolic links followed; checked by output_problem."""
+    check_output(path)
+    return Path(os.path.realpath(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -270,6 +306,22 @@ def _in_use(folder: Path, fd: int) -> str:
     )
 
 
+def not_there(path: Path, what: str) -> str:
+    """Why `path`, which is not there to use, is not: 'no such <what>', or a loop of symbolic links, or the OS's
+    reason (a folder on the way that may not be entered)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"no such {what}"
+    except OSError as e:
+        return "a loop of symbolic links" if e.errno == errno.ELOOP else f"cannot be reached ({e.strerror})"
+    return f"no such {what}"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
 def file_problem(path: Path, what: str, max_bytes: int | None = None) -> str | None:
     """Why `path` cannot be read as a `what` (missing, a folder, not a regular file, too large), or None.
 
@@ -280,11 +332,12 @@ def file_problem(path: Path, what: str, max_bytes: int | None = None) -> str | N
     except FileNotFoundError:
         return f"{what} not found: {path}"
     except OSError as e:
-        return f"{path}: cannot be read ({e.strerror})"
+        why = "a loop of symbolic links" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+        return f"{path}: {why}"
     if stat.S_ISDIR(info.st_mode):
-        return f"{path} is a folder, not a {what}"
+        return f"{path} is a folder, not {_a(what)}"
     if not stat.S_ISREG(info.st_mode):
-        return f"{path}: not a regular file (a pipe, socket or device), so not a {what}"
+        return f"{path}: not a regular file (a pipe, socket or device), so not {_a(what)}"
     if max_bytes is not None and info.st_size > max_bytes:
-        return f"{path}: refused: {info.st_size:,} bytes, more than a {what} may hold ({max_bytes:,})"
+        return f"{path}: refused: {info.st_size:,} bytes, more than {_a(what)} may hold ({max_bytes:,})"
     return None

@@ -38,7 +38,7 @@ def bench(
     under load, whole-command start-up."""
     with exits.errors():
         from mlptrain.base.errors import ConfigError
-        from mlptrain.base.files import atomic_write_text, make_dirs
+        from mlptrain.base.files import atomic_write_text, check_output, make_dirs
         from mlptrain.cli import live, report
         from mlptrain.core.device import resolve_device
         from mlptrain.run import plot
@@ -47,6 +47,8 @@ def bench(
             if out.suffix.lower() != ".md":
                 raise ConfigError(f"--out {out}: give a markdown file name ending in .md (the plot goes beside it)")
             make_dirs(out.parent)  # refused now, not after minutes of measuring
+            check_output(out, "--out")
+            check_output(out.with_suffix(".png"), "--out")
         target = resolve_device(device)
         from mlptrain.bench import suite
         from mlptrain.bench.tables import bench_document

@@ -46,6 +46,9 @@ def evaluate(
 ) -> None:
     """Rebuild the model from CHECKPOINT alone and score it: accuracy, per class, and the confusion matrix."""
     with exits.errors():
+        from mlptrain.base.files import check_output
+
+        check_output(errors, "--errors")
         streams.announce(f"loading {checkpoint}", quiet=json_out)
         from mlptrain.cli import report
         from mlptrain.inference.evaluate import evaluate_checkpoint
@@ -92,6 +95,9 @@ def export(
 ) -> None:
     """Write CHECKPOINT's model to OUT for other tools (ONNX, torch.export, safetensors), checked by loading it back."""
     with exits.errors():
+        from mlptrain.base.files import check_output
+
+        check_output(out, "OUT")
         streams.announce(f"loading {checkpoint}", quiet=json_out)
         from mlptrain.cli import report
         from mlptrain.inference.export import export_checkpoint, pixel_scale
@@ -132,16 +138,19 @@ def predict(
     A folder gives its image files, sorted; other files in it are skipped with a note.
     """
     with exits.errors():
+        from mlptrain.base.files import check_output
+
+        check_output(csv, "--csv")
         streams.announce(f"loading {checkpoint}", quiet=json_out)
         from mlptrain.base.errors import DataError
         from mlptrain.cli import report
         from mlptrain.inference import predict as predict_
 
         files, notes = predict_.image_files(images, recursive=recursive)
+        if not files:  # one line, that says why
+            raise DataError("no image files to classify" + "".join(f"; {note}" for note in notes))
         for note in notes:
             report.note(note)
-        if not files:
-            raise DataError("no image files to classify")
         result = predict_.predict_files(checkpoint, files, device=device, top=top)
         for _, message in result.failures:
             report.error(message)

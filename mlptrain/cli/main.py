@@ -3,6 +3,9 @@ entry point that runs one and exits with its code. Nothing registers itself on i
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from mlptrain.cli import bench, exits, inference, runs, streams, sweep, train, tune
@@ -53,3 +56,25 @@ def _run() -> int:
         return streams.reader_left()
     except SystemExit as e:  # how exits.errors() ends a command
         return e.code if isinstance(e.code, int) else 1
+    except (KeyError, ValueError, IndexError, OSError) as e:  # Typer's completion, before any command runs
+        line = _completion_problem(e)
+        if line is None:
+            raise
+        report.error(line)
+        return 2 if os.environ.get(COMPLETE_VAR) else 1
+
+
+COMPLETE_VAR = "_MLPTRAIN_COMPLETE"  # set by the shell's completion script (Typer's), with COMP_WORDS, COMP_CWORD
+
+
+def _completion_problem(e: Exception) -> str | None:
+    """One line for what Typer's completion raises: run by hand without the shell's variables, or
+    --install-completion unable to write (a read-only HOME); None for anything else."""
+    if os.environ.get(COMPLETE_VAR):
+        return (
+            f"{COMPLETE_VAR} is for the shell's completion script, which also sets COMP_WORDS and COMP_CWORD (a "
+            f"number): {type(e).__name__}: {e}"
+        )
+    if isinstance(e, OSError) and "--install-completion" in sys.argv:
+        return f"--install-completion: cannot write {e.filename or 'the shell profile'}: {e.strerror or e}"
+    return None

@@ -26,10 +26,12 @@ def plot(
 ) -> None:
     """Draw a run's loss, accuracy and learning rate per epoch, train and validation, with the best epoch marked."""
     with exits.errors():
+        from mlptrain.base.files import check_output
         from mlptrain.cli import report
         from mlptrain.run.plot import plot_run
         from mlptrain.run.runs import read_run
 
+        check_output(out, "--out")
         run = read_run(run_dir)
         path = plot_run(run, out)  # a run with nothing to plot is refused in one line that says why
         for problem in run.problems:
@@ -52,11 +54,13 @@ def runs(
     """
     with exits.errors():
         from mlptrain.base.errors import ConfigError
+        from mlptrain.base.files import check_output
         from mlptrain.cli import report
         from mlptrain.sweep.table import listing
 
         if out is not None and out.suffix.lower() != ".png":
             raise ConfigError(f"--out {out}: give a file name ending in .png")
+        check_output(out, "--out")
         found = listing(folder)
         for problem in found.problems:
             report.warning(problem)

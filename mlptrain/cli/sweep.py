@@ -69,10 +69,15 @@ def sweep(
     """Train one run per grid point, random draw or TPE sample, on Optuna; resumable; then the trials, best first."""
     with exits.errors():
         from mlptrain.cli import live, report
+        from mlptrain.sweep import workers as workers_
         from mlptrain.sweep.start import run, start
         from mlptrain.sweep.table import table
 
+        workers_.check_count(workers)  # before the sweep's folder holds anything
         job = start(sweep_file, resume, folder=dir_, trials=trials, storage=storage, join=join, study=study)
+        workers, note = workers_.capped(workers, job.total)
+        if note:
+            report.note(note)
         with exits.live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             job.trials = run(job, callbacks=reporter, workers=workers)
         found = table(job.folder)

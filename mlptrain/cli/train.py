@@ -109,8 +109,11 @@ def config_(
     with exits.errors():
         from mlptrain.base import keys as keys_
         from mlptrain.base.config import dump_yaml, load_config
+        from mlptrain.base.errors import ConfigError
         from mlptrain.cli import report
 
+        if keys and (config is not None or set_):
+            raise ConfigError("--keys lists every key of the schema; give it no CONFIG or --set")
         if keys:
             return report.show_keys(report.make_console(), keys_.key_docs())
         if list_:

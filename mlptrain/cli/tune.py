@@ -21,8 +21,11 @@ def augment(config: ConfigFile = None, set_: Overrides = None, out: OutPng = Pat
     """Draw training images beside augmented copies of each, as data.augment makes them: a look before training."""
     with exits.errors():
         from mlptrain.base.config import load_config
+        from mlptrain.base.files import check_output
         from mlptrain.cli import report
         from mlptrain.tune.preview import save_preview
+
+        check_output(out, "--out")
 
         report.saved(report.make_console(), "grid", save_preview(load_config(config, set_ or []), out))
 
@@ -32,8 +35,11 @@ def lr_find(config: ConfigFile = None, set_: Overrides = None, out: OutPng = Pat
     """Smith's learning-rate range test: train with a rate growing exponentially, plot the loss, suggest a rate."""
     with exits.errors():
         from mlptrain.base.config import load_config
+        from mlptrain.base.files import check_output
         from mlptrain.cli import report
         from mlptrain.tune import lrfind
+
+        check_output(out, "--out")
 
         result = lrfind.run(load_config(config, set_ or []), out)
         if json_out:

@@ -29,6 +29,9 @@ NUM_CLASSES = 10
 # Every dataset here is MNIST-shaped: 28×28 images. A model's input size comes from its data (TrainingData's
 # in_features); this is for sizing work before any data is loaded.
 IN_FEATURES = 28 * 28
+# The least pixel std (pixels in [0, 1]) a checkpoint may hold: one pixel differing by one step over all of
+# MNIST gives about 6e-7; less, and normalising by it blows the inputs up past what float32 keeps.
+MIN_STD = 1e-7
 # Rows per forward pass when evaluating. Fixed, so validation during training and `mlptrain eval` run the very
 # same computation and agree to the last digit.
 EVAL_BATCH_SIZE = 8192
@@ -72,6 +75,11 @@ def load_training_data(cfg: DataConfig, seed: int, device: torch.device) -> Trai
     pixels = train_images.float().div_(255)
     mean, std = pixels.mean().item(), pixels.std().item()
     del pixels
+    if bool(train_images.min() == train_images.max()):  # exact on the bytes; float32 says 6e-8, not 0
+        raise DataError(
+            f"{cfg.dataset} in {cfg.root}: the training images are all one value (pixel std 0): there is nothing "
+            "to learn, and normalising would divide by 0"
+        )
     return TrainingData(
         train=Split(normalize(train_images, mean, std), labels[train_idx].to(device)),
         val=Split(normalize(images[val_idx].to(device), mean, std), labels[val_idx].to(device)),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mlptrain.base.errors import CheckpointError, DataError
-from mlptrain.base.files import file_problem
+from mlptrain.base.files import file_problem, not_there
 from mlptrain.core.data import class_names
 from mlptrain.core.device import resolve_device
 from mlptrain.run.checkpoint import load_model
@@ -76,7 +76,7 @@ def load_grayscale(path: Path) -> torch.Tensor:
     if path.is_dir():
         raise DataError(f"{path}: a folder, not an image file")
     if not path.exists():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {not_there(path, 'file')}")
     problem = file_problem(path, "image file")
     if problem:
         raise DataError(problem)

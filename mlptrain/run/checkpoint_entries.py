@@ -11,7 +11,7 @@ import torch
 
 from mlptrain.base.config import Config, TrainConfig, quote
 from mlptrain.base.metrics import COLUMNS, MONITORS, stats_from_row
-from mlptrain.core.data import NUM_CLASSES
+from mlptrain.core.data import MIN_STD, NUM_CLASSES
 from mlptrain.core.nn import MLP, build_model
 
 MAX_MAGNITUDE = 1e6  # of a weight or an optimizer's state: far beyond any trained MLP's, well below overflow
@@ -72,8 +72,10 @@ def _check_data(data: Any) -> None:
     _need(_is_int(data["in_features"]) and data["in_features"] >= 1, "data.in_features",
           f"must be a whole number from 1, got {quote(data['in_features'])}")  # fmt: skip
     _need(data["num_classes"] == NUM_CLASSES, "data.num_classes", f"must be {NUM_CLASSES}, got {data['num_classes']}")
-    _need(math.isfinite(data["mean"]), "data.mean", f"must be a finite number, got {data['mean']}")
-    _need(math.isfinite(data["std"]) and data["std"] > 0, "data.std", f"must be above 0, got {data['std']}")
+    # Pixels are scaled to [0, 1] before normalising, so their mean is in [0, 1] and their std at most 1.
+    _need(0 <= data["mean"] <= 1, "data.mean", f"must be a finite number in [0, 1], got {data['mean']}")
+    _need(MIN_STD <= data["std"] <= 1, "data.std", f"must be above 0 (from {MIN_STD:g}) and at most 1, got "
+          f"{data['std']}")  # fmt: skip
     for key in ("train_images", "val_images"):  # absent from checkpoints written before them
         if key in data:
             _need(_is_int(data[key]) and data[key] >= 1, f"data.{key}",

@@ -20,7 +20,7 @@ from typing import Any
 
 from mlptrain.base.config import read_yaml
 from mlptrain.base.errors import ConfigError, DataError, RunFailed
-from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir
+from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir, not_there
 from mlptrain.base.keys import applies
 from mlptrain.base.metrics import MONITORS, History, best_index, read_metrics
 from mlptrain.base.yamlfile import kind_of
@@ -167,7 +167,7 @@ def read_run(folder: Path) -> RunSummary:
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not os.path.lexists(config_path):  # one that is there but no file (a FIFO, a folder) is said by read_yaml
-        what = "no such folder" if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
+        what = not_there(folder, "folder") if not folder.exists() else f"not a run folder (it holds no {CONFIG_FILE})"
         raise DataError(f"{folder}: {what}")
     try:
         config = read_yaml(config_path, CONFIG_FILE)
@@ -204,7 +204,7 @@ def scan_runs(folder: Path) -> tuple[list[RunSummary], list[str]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
-            f"{folder}: no such folder (mlptrain train writes runs into output.dir, 'runs' by default)"
+            f"{folder}: {not_there(folder, 'folder')} (mlptrain train writes runs into output.dir, 'runs' by default)"
             if not folder.exists()
             else f"{folder} is a file, not a folder of runs"
         )

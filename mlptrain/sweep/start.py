@@ -129,7 +129,8 @@ def start(
     if (path is None) == (resume is None):
         raise ConfigError("give a SWEEP file to start a sweep, or --resume SWEEP_DIR to continue one (not both)")
     if resume is not None and folder is not None:
-        raise ConfigError("--resume continues a sweep in its own folder; --dir does not apply")
+        given = "--join SWEEP_DIR works on" if join is not None else "--resume continues"
+        raise ConfigError(f"{given} a sweep in its own folder; --dir does not apply")
     if resume is not None and storage is not None:
         raise ConfigError("--resume uses the storage the sweep was started with; --storage does not apply")
     _check_trials(trials)
@@ -162,7 +163,6 @@ def run(
     from mlptrain.sweep import worker
     from mlptrain.sweep import workers as workers_
 
-    if workers < 1 or workers > workers_.MAX_WORKERS:
-        raise ConfigError(f"--workers {workers}: must be in [1, {workers_.MAX_WORKERS}]")
+    workers_.check_count(workers)
     with workers_.spread(sweep.folder, workers, stop) as stop:
         return worker.work(sweep, callbacks or SweepCallbacks(), stop)

@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import random
+import re
 import socket
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,23 +55,53 @@ def storage_url(sweep: Sweep) -> str:
 
 
 def shown_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
+    """The URL as every message shows it: each password masked as ***, wherever it sits, in the user-info
+    (user:pass@host) or in the query string (?password=..., sslpassword=..., any key that names a secret)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or "://" not in url:  # not a URL whose password could be found: none of it is shown
+        return "the storage URL"
+    shown = url  # edited in place: urlunsplit would drop the empty host of sqlite:////path
+    user_info, at, host = parts.netloc.rpartition("@")
+    if at and ":" in user_info:
+        shown = shown.replace(parts.netloc, f"{user_info.split(':', 1)[0]}:***@{host}", 1)
+    if parts.query:
+        query = "&".join(_masked(pair) for pair in parts.query.split("&"))
+        shown = shown.replace(f"?{parts.query}", f"?{query}", 1)
+    return shown
 
-    with contextlib.suppress(Exception):
-        return make_url(url).render_as_string(hide_password=True)
-    return "the storage URL"
+
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)  # query keys whose values are masked
+
+
+def _masked(pair: str) -> str:
+    key, sep, value = pair.partition("=")
+    return f"{key}=***" if sep and value and _SECRET_KEY.search(urllib.parse.unquote(key)) else pair
+
+
+def _secrets(url: str) -> list[str]:
+    """Every password in `url`, as written and unquoted: what shown_url masks."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return []
+    found = []
+    if "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0]:
+        found.append(parts.netloc.rsplit("@", 1)[0].split(":", 1)[1])
+    for pair in parts.query.split("&") if parts.query else []:
+        key, sep, value = pair.partition("=")
+        if sep and value and _SECRET_KEY.search(urllib.parse.unquote(key)):
+            found.append(value)
+    return [text for secret in found for text in {secret, urllib.parse.unquote(secret)} if text]
 
 
 def _scrub(text: str, url: str) -> str:
-    """`text` (a driver's message) with the URL and its password taken out."""
-    from sqlalchemy.engine import make_url
-
+    """`text` (a driver's message) with the URL shown as shown_url shows it, and any password left masked."""
     text = text.replace(url, shown_url(url))
-    with contextlib.suppress(Exception):
-        password = make_url(url).password
-        if password:
-            text = text.replace(str(password), "***")
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 

@@ -18,6 +18,30 @@ if TYPE_CHECKING:
 MAX_WORKERS = 64
 
 
+def check_count(workers: int) -> None:
+    """Refuse --workers outside [1, MAX_WORKERS]: at once, before the sweep's folder holds anything."""
+    from mlptrain.base.errors import ConfigError
+
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers {workers}: must be in [1, {MAX_WORKERS}]")
+
+
+def capped(workers: int, trials: int) -> tuple[int, str | None]:
+    """How many workers to start for --workers `workers` on a sweep of `trials` trials: at most one per trial and
+    one per core here (more would only wait, or share a core's time); with a note when that is fewer."""
+    cores = len(_cores())
+    count = max(1, min(workers, trials, cores))
+    if count == workers:
+        return count, None
+    limit = f"{trials} trial{'s' * (trials != 1)}" if count == trials else f"{cores} core{'s' * (cores != 1)} here"
+    return count, f"--workers {workers}: starting {count}, one per {'trial' if count == trials else 'core'} ({limit})"
+
+
+def _cores() -> list[int]:
+    """The cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 @contextlib.contextmanager
 def spread(folder: Path, workers: int, stop: StopRequest | None) -> Iterator[StopRequest]:
     """Start the other workers, run the block (this process's own work), then wait for them."""
@@ -48,7 +72,7 @@ def spread(folder: Path, workers: int, stop: StopRequest | None) -> Iterator[Sto
 
 def _split(workers: int) -> list[list[int]]:
     """Each worker's cores: an equal share of this process's (a core may go to several when workers > cores)."""
-    mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    mine = _cores()
     share = max(1, len(mine) // workers)
     return [[mine[(i * share + j) % len(mine)] for j in range(share)] for i in range(workers)]
 

@@ -19,6 +19,7 @@ from mlptrain.core.augment import Augmenter
 from mlptrain.core.data import NUM_CLASSES, batches, epoch_order, load_training_data
 from mlptrain.core.device import resolve_device
 from mlptrain.core.engine import FlatParameters, build_optimizer, grad_scaler, train_step
+from mlptrain.core.memory import check_run_fits
 from mlptrain.core.nn import build_model
 from mlptrain.core.rng import seed_everything
 from mlptrain.core.threads import configure_threads
@@ -62,6 +63,7 @@ def lr_range_test(config: Config, min_lr: float = 1e-5, max_lr: float = 10.0, st
     if steps < 2 * (SKIP_START + SKIP_END):
         raise ConfigError(f"--steps {steps}: give at least {2 * (SKIP_START + SKIP_END)}")
     device = resolve_device(config.device)
+    check_run_fits(config, device)  # as train refuses it: at once, not at the first allocation
     configure_threads(config, device)
     data = load_training_data(config.data, config.seed, device)
     seed_everything(config.seed)

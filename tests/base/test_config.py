@@ -151,6 +151,24 @@ def test_augment_takes_its_kind_as_shorthand(tmp_path, text):
 
 
 @pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.augment=elastic", "data.augment.elastic_sigma=2"],
+        ["data.augment.elastic_sigma=2", "data.augment=elastic"],
+    ],
+)
+def test_the_augment_shorthand_and_its_keys_combine_in_either_order(overrides):
+    augment = load_config(None, overrides).data.augment
+    assert (augment.kind, augment.elastic_sigma, augment.elastic_alpha) == ("elastic", 2.0, 34.0)
+
+
+def test_a_file_shorthand_combines_with_a_set_key(tmp_path):
+    path = make_config_file(tmp_path, "data:\n  augment: affine\n")
+    augment = load_config(path, ["data.augment.rotation=5"]).data.augment
+    assert (augment.kind, augment.rotation) == ("affine", 5.0)
+
+
+@pytest.mark.parametrize(
     ("override", "needle"),
     [
         ("data.augment=wobble", "data.augment.kind: 'wobble' is not one of"),
@@ -259,6 +277,20 @@ BAD_CONFIGS = [
     ("duplicate-section", "train: {}\nmodel: {}\ntrain: {}\n", ["{path}", "duplicate key 'train'"]),
     ("unhashable-key", "train:\n  ? [lr, epochs]\n  : 0.1\n", ["{path}"]),
     ("non-utf8", b"name: caf\xe9\n", ["{path}", "not UTF-8", "byte 9"]),
+    # every number has an upper bound too, checked before any work
+    ("huge-epochs", f"train:\n  epochs: {10**30}\n", ["train.epochs", "at most 100,000"]),
+    ("huge-batch-size", "train:\n  batch_size: 1000000000000\n", ["train.batch_size", "at most 16,777,216"]),
+    ("huge-lr", "train:\n  lr: 1.0e+300\n", ["train.lr", "at most 1,000,000"]),
+    ("huge-weight-decay", "train:\n  weight_decay: 1.0e+9\n", ["train.weight_decay", "at most 10"]),
+    ("huge-patience", "train:\n  patience: 1000000000\n", ["train.patience", "at most 100,000"]),
+    ("long-name", f"name: {'a' * 300}\n", ["name", "at most 200 characters"]),
+    ("huge-translate", "data:\n  augment: {translate: 1.0e+9}\n", ["data.augment.translate", "at most 28"]),
+    ("huge-elastic-sigma", "data:\n  augment: {elastic_sigma: 1.0e+9}\n", ["data.augment.elastic_sigma", "at most 28"]),
+    (
+        "huge-elastic-alpha",
+        "data:\n  augment: {elastic_alpha: 1.0e+308}\n",
+        ["data.augment.elastic_alpha", "at most 1000"],
+    ),
 ]
 
 

@@ -95,6 +95,21 @@ def fifo(tmp: Path, name: str) -> str:
     return str(path)
 
 
+def digit_png(tmp: Path) -> str:
+    from PIL import Image
+
+    path = tmp / "digit.png"
+    Image.new("L", (28, 28)).save(path)
+    return str(path)
+
+
+def link_loop(tmp: Path, name: str) -> str:
+    """A symbolic link that names itself."""
+    path = tmp / name
+    path.symlink_to(path)
+    return str(path)
+
+
 def zip_bomb(tmp: Path) -> str:
     """A small file whose one part unpacks to 50 MB (torch.save stores its parts uncompressed)."""
     path = tmp / "bomb.pt"
@@ -333,7 +348,8 @@ CASES = [
     ("data-fifo", lambda t, c, m: ["train", SMOKE, *broken_mnist(t, m, lambda raw: (
         (raw / "t10k-labels-idx1-ubyte").unlink(), fifo(raw, "t10k-labels-idx1-ubyte")))],
      ["t10k-labels-idx1-ubyte", "not a regular file"]),
-    ("predict-fifo", lambda t, c, m: ["predict", str(c), fifo(t, "digit.png")], ["digit.png", "not a regular file"]),
+    ("predict-fifo", lambda t, c, m: ["predict", str(c), fifo(t, "digit.png")],
+     ["digit.png", "not a regular file", "not an image file"]),
     ("predict-pixel-bomb", lambda t, c, m: ["predict", str(c), huge_png(t)], ["huge.png", "refused", "exceeds limit"]),
     ("plot-missing-columns", lambda t, c, m: ["plot", run_folder(t, c, metrics="epoch,train_loss\n1,0.5\n")],
      ["metrics.csv", "no column train_acc"]),
@@ -351,13 +367,63 @@ CASES = [
                                                   "1000000000000"], ["--trials", "more than a sweep may run"]),
     ("sweep-huge-grid", lambda t, c, m: ["sweep", sweep_file(t, grid_of(5, 100))],
      ["sweep.yaml", "10,000,000,000 combinations"]),
+    ("sweep-workers-zero", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--workers", "0"], ["--workers 0"]),
+    ("sweep-workers-huge", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--workers", "10000"],
+     ["--workers 10000", "[1, 64]"]),
+    ("sweep-join-dir", lambda t, c, m: ["sweep", "--join", str(t), "--dir", str(t / "x")],
+     ["--join SWEEP_DIR", "--dir does not apply"]),
+    ("sweep-join-url-password", lambda t, c, m: ["sweep", "--join", f"sqlite:///{t}/no.db?password=SECRETPW"],
+     ["?password=***", "no such database file"]),
+    ("sweep-storage-password", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--storage",
+                                                "postgresql://u@127.0.0.1:1/db?password=SECRETPW"],
+     ["cannot open the study at postgresql://u@127.0.0.1:1/db?password=***"]),
+    ("data-one-value", lambda t, c, m: ["train", SMOKE, *broken_mnist(t, m, lambda raw: write_idx(
+        raw / "train-images-idx3-ubyte", torch.full((3000, 28, 28), 128, dtype=torch.uint8)))],
+     ["mnist", "all one value", "std 0"]),
+    ("ckpt-huge-mean", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("data", "mean", 1e30))],
+     ["data.mean", "[0, 1]", "1e+30"]),
+    ("ckpt-tiny-std", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("data", "std", 1e-30))],
+     ["data.std", "1e-30"]),
+    ("predict-empty-folder", lambda t, c, m: ["predict", str(c), str(Path(t, "empty").mkdir() or t / "empty")],
+     ["no image files to classify", "empty: no image files in it"]),
+    ("predict-image-loop", lambda t, c, m: ["predict", str(c), link_loop(t, "d.png")], ["d.png", "loop"]),
+    ("plot-run-loop", lambda t, c, m: ["plot", link_loop(t, "run")], ["run", "loop of symbolic links"]),
+    ("runs-folder-loop", lambda t, c, m: ["runs", link_loop(t, "runs")], ["runs", "loop of symbolic links"]),
+    ("config-keys-set", lambda t, c, m: ["config", "--keys", "--set", "x=1"], ["--keys", "no CONFIG or --set"]),
+    # bounds: every number is checked before any work, by every command that takes a config
+    ("set-huge-epochs", lambda t, c, m: ["train", SMOKE, "--set", f"train.epochs={10**30}"],
+     ["--set train.epochs=", "at most 100,000"]),
+    ("augment-huge-elastic-sigma", lambda t, c, m: ["augment", SMOKE, "--set", "data.augment.kind=elastic", "--set",
+                                                    "data.augment.elastic_sigma=1e9"],
+     ["data.augment.elastic_sigma", "at most 28"]),
+    ("lr-find-huge-model", lambda t, c, m: ["lr-find", SMOKE, "--set", "model.hidden=[100000000]", "--out",
+                                            str(t / "lr.png")], ["model.hidden", "GiB", "more than the cpu has"]),
+    # outputs: written whole through a temp file and a rename, which would replace a FIFO or a device
+    ("export-out-fifo", lambda t, c, m: ["export", str(c), fifo(t, "m.onnx")], ["OUT", "m.onnx", "not a regular"]),
+    ("export-out-folder", lambda t, c, m: ["export", str(c), str(Path(t, "d.onnx").mkdir() or t / "d.onnx")],
+     ["OUT", "d.onnx", "is a folder"]),
+    ("plot-out-fifo", lambda t, c, m: ["plot", str(c.parent), "--out", fifo(t, "c.png")], ["--out", "c.png", "not a"]),
+    ("runs-out-fifo", lambda t, c, m: ["runs", str(c.parent.parent), "--out", fifo(t, "r.png")],
+     ["--out", "r.png", "not a regular file"]),
+    ("eval-errors-fifo", lambda t, c, m: ["eval", str(c), "--errors", fifo(t, "e.png")],
+     ["--errors", "e.png", "not a regular file"]),
+    ("predict-csv-fifo", lambda t, c, m: ["predict", str(c), digit_png(t), "--csv", fifo(t, "p.csv")],
+     ["--csv", "p.csv", "not a regular file"]),
+    ("predict-csv-folder", lambda t, c, m: ["predict", str(c), digit_png(t), "--csv", str(t)],
+     ["--csv", "is a folder"]),
+    ("lr-find-out-fifo", lambda t, c, m: ["lr-find", SMOKE, "--out", fifo(t, "lr.png")],
+     ["--out", "lr.png", "not a regular file"]),
+    ("augment-out-fifo", lambda t, c, m: ["augment", SMOKE, "--out", fifo(t, "a.png")],
+     ["--out", "a.png", "not a regular file"]),
+    ("augment-out-loop", lambda t, c, m: ["augment", SMOKE, "--out", link_loop(t, "a.png")],
+     ["--out", "a.png", "loop of symbolic links"]),
 ]  # fmt: skip
 
 # Refused in well under this many seconds: each of these once took a minute or more, or never finished.
 QUICK = {"config-alias-bomb": 10, "set-alias-bomb": 10, "runs-config-bomb": 10, "sweep-alias-bomb": 10,
          "config-deep-nesting": 10, "config-too-large": 10, "config-fifo": 10, "ckpt-zip-bomb": 10,
          "set-huge-model": 30, "sweep-huge-trials": 10, "sweep-huge-grid": 10, "ckpt-fifo": 10, "predict-fifo": 30,
-         "sweep-fifo": 10, "plot-metrics-fifo": 10}  # fmt: skip
+         "sweep-fifo": 10, "plot-metrics-fifo": 10, "export-out-folder": 10, "lr-find-huge-model": 30}  # fmt: skip
 
 
 def _truncated(tmp: Path, good: Path) -> str:

@@ -104,3 +104,35 @@ def test_completion_helpers_directly(tmp_path, monkeypatch):
 
 def test_help_config_and_completion_scripts_do_not_import_torch():
     cli_in_fresh_python(["--help"], ["-h"], ["config", "--keys"], ["config"], ["predict", "-h"], ["eval", "--help"])
+
+
+@pytest.mark.parametrize("env", [{}, {"COMP_WORDS": "mlptrain tr", "COMP_CWORD": "abc"}])
+def test_completion_run_by_hand_is_one_line(env, tmp_path):
+    base = {k: v for k, v in os.environ.items() if k not in ("COMP_WORDS", "COMP_CWORD")}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlptrain"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, "_MLPTRAIN_COMPLETE": "complete_bash", **env},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "COMP_WORDS" in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_install_completion_that_cannot_write_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("")  # a file where the home folder should be: nothing can be written under it, even by root
+    env = {**os.environ, "HOME": str(home), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlptrain", "--install-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--install-completion: cannot write" in lines[0] and "Traceback" not in out.stderr

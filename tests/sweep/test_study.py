@@ -240,3 +240,25 @@ def test_a_hyperband_sweep_runs_with_its_settings(tmp_path):
     assert [t.state.name for t in study_of(folder).trials] == [
         {"done": "COMPLETE", "pruned": "PRUNED"}[s] for s in states(folder)
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:SECRETPW@db/x", "postgresql://u:***@db/x"),
+        ("postgresql://u@db/x?password=SECRETPW", "postgresql://u@db/x?password=***"),
+        ("postgresql://u:p%40ss@db/x?sslpassword=SECRETPW&connect_timeout=3",
+         "postgresql://u:***@db/x?sslpassword=***&connect_timeout=3"),
+        ("sqlite:////tmp/study.db", "sqlite:////tmp/study.db"),
+    ],
+)  # fmt: skip
+def test_a_url_is_shown_with_every_password_masked(url, shown):
+    from mlptrain.sweep.study import _scrub, shown_url
+
+    assert shown_url(url) == shown
+    assert _scrub(f"could not connect to {url}", url) == f"could not connect to {shown}"
+    if shown != url:  # a driver that quotes the password alone, as written or unquoted
+        assert _scrub("password 'SECRETPW' or 'p@ss' refused", url) in (
+            "password '***' or 'p@ss' refused",
+            "password '***' or '***' refused",
+        )

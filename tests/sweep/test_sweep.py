@@ -397,3 +397,19 @@ def test_a_crashing_trial_is_failed_and_bad_data_stops_the_sweep(tmp_path, monke
     assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1 and "train-images" in out.stderr
     assert [t["state"] for t in manifest(tmp_path / "b")["trials"]] == ["pending"]
     assert not (tmp_path / "b" / "001-lr=0.1").exists()
+
+
+@pytest.mark.parametrize(
+    ("asked", "trials", "cores", "expected"),
+    [
+        (64, 2, 16, (2, "--workers 64: starting 2, one per trial (2 trials)")),
+        (8, 100, 2, (2, "--workers 8: starting 2, one per core (2 cores here)")),
+        (2, 10, 4, (2, None)),
+        (1, 1, 1, (1, None)),
+    ],
+)
+def test_workers_are_capped_at_the_trials_and_the_cores(monkeypatch, asked, trials, cores, expected):
+    from mlptrain.sweep import workers
+
+    monkeypatch.setattr(workers, "_cores", lambda: list(range(cores)))
+    assert workers.capped(asked, trials) == expected
