@@ -27,9 +27,10 @@ def parameter_count(sizes: Sequence[int], bias: bool = True) -> int:
 
 
 def needed_bytes(sizes: Sequence[int], batch_size: int, training: bool, bias: bool = True) -> int:
-    """About how many bytes the model takes on its device: to train with `batch_size` rows, or to score."""
+    """About how many bytes the model takes on its device: to train with `batch_size` rows, or to score them (the
+    weights and one batch's activations, input included)."""
     if not training:
-        return parameter_count(sizes, bias) * BYTES_PER_VALUE
+        return (parameter_count(sizes, bias) + batch_size * sum(sizes)) * BYTES_PER_VALUE
     activations = batch_size * sum(sizes) * ACTIVATION_COPIES
     return (parameter_count(sizes, bias) * TRAINING_COPIES + activations) * BYTES_PER_VALUE
 
@@ -46,16 +47,24 @@ def device_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_fits(sizes: Sequence[int], device: torch.device, batch_size: int = 0, training: bool = True,
-               bias: bool = True) -> None:  # fmt: skip
-    """Refuse (ConfigError) a model of layer sizes `sizes` that would not fit in `device`'s memory."""
+def check_fits(
+    sizes: Sequence[int],
+    device: torch.device,
+    batch_size: int = 0,
+    training: bool = True,
+    bias: bool = True,
+    key: str = "model.hidden",
+    remedy: str = "make the layers smaller",
+) -> None:
+    """Refuse (ConfigError, naming `key`) a model of layer sizes `sizes` that would not fit in `device`'s memory."""
     have = device_bytes(device)
     need = needed_bytes(sizes, batch_size, training, bias)
     if have is not None and need > have:
-        purpose = f"to train on batches of {batch_size:,} images" if training else "to hold"
+        purpose = "to train on" if training else "to score"
+        purpose = f"{purpose} batches of {batch_size:,} images" if batch_size else "to hold"
         raise ConfigError(
-            f"model.hidden: a model of {parameter_count(sizes, bias):,} parameters needs about {_gib(need)} "
-            f"{purpose}, more than the {device.type} has ({_gib(have)}); make the layers smaller"
+            f"{key}: a model of {parameter_count(sizes, bias):,} parameters needs about {_gib(need)} "
+            f"{purpose}, more than the {device.type} has ({_gib(have)}); {remedy}"
         )
 
 

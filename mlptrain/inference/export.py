@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from mlptrain import __version__
+from mlptrain.base.config import MAX_BATCH
 from mlptrain.base.errors import ConfigError, DataMissing, RunFailed
 from mlptrain.base.extras import require
 from mlptrain.base.files import atomic_write, make_dirs
 from mlptrain.core.data import Split, class_names
 from mlptrain.core.engine import predict_logits
+from mlptrain.core.memory import check_fits
 from mlptrain.core.nn import ACTIVATIONS, MLP, to_torch
 from mlptrain.inference.evaluate import checkpoint_split
 from mlptrain.run.checkpoint import load_model
@@ -117,11 +119,15 @@ def export_checkpoint(
     fmt = export_format(out, fmt)
     if batch is not None and fmt == "safetensors":
         raise ConfigError("--batch applies to onnx and pt2: a safetensors file holds weights, not a batch shape")
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise ConfigError(f"--batch {batch}: must be at least 1 and at most {MAX_BATCH:,}")
     if out.exists() and path.exists() and out.resolve() == path.resolve():
         raise ConfigError(f"{out} is the checkpoint itself; give another file name")
     require(NEEDS[fmt], f"--format {fmt}")
     cpu = torch.device("cpu")
     ckpt, model = load_model(path, cpu)
+    if batch is not None:  # the check runs whole batches of it, padded
+        check_fits(model.sizes, cpu, batch, training=False, key=f"--batch {batch:,}", remedy="give a smaller N")
     split, compared = _comparison_images(ckpt, model, data_root)
     mean, std = float(ckpt["data"]["mean"]), float(ckpt["data"]["std"])
     inputs = exported_input(split.x, mean, std, raw_pixels)  # (N, in) what the file is fed
@@ -129,7 +135,7 @@ def export_checkpoint(
     meta = metadata(ckpt, model, raw_pixels)
     t0 = time.perf_counter()
     network = plain_network(model, mean, std, raw_pixels)
-    data, opset = _WRITERS[fmt](network, inputs[: batch or 2], batch, meta)
+    data, opset = _WRITERS[fmt](network, _example(inputs, batch), batch, meta)
     export_seconds = time.perf_counter() - t0
     result = ExportResult(
         path, out, fmt, len(data), INPUTS[raw_pixels], model.sizes, batch, opset, export_seconds, 0.0,
@@ -138,6 +144,15 @@ def export_checkpoint(
     make_dirs(out.parent)
     atomic_write(out, lambda f: f.write(data), check=lambda written: _verify(result, written, inputs, expected))
     return result
+
+
+def _example(inputs: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """What the exporter traces: two rows for any batch size, or exactly `batch` rows (zeros past the images)."""
+    if batch is None:
+        return inputs[:2]
+    if batch <= len(inputs):
+        return inputs[:batch]
+    return torch.cat([inputs, inputs.new_zeros(batch - len(inputs), inputs.shape[1])])
 
 
 def _comparison_images(ckpt: dict, model: MLP, data_root: Path | None) -> tuple[Split, str]:

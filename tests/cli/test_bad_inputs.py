@@ -417,13 +417,19 @@ CASES = [
      ["--out", "a.png", "not a regular file"]),
     ("augment-out-loop", lambda t, c, m: ["augment", SMOKE, "--out", link_loop(t, "a.png")],
      ["--out", "a.png", "loop of symbolic links"]),
+    # export --batch 10**12 traced and checked a padded batch of 10**12 images
+    ("export-huge-batch", lambda t, c, m: ["export", str(c), str(t / "m.pt2"), "--batch", "1000000000000"],
+     ["--batch 1000000000000", "at most 16,777,216"]),
+    ("export-batch-over-memory", lambda t, c, m: ["export", str(c), str(t / "m.pt2"), "--batch", "16777216"],
+     ["--batch 16,777,216", "GiB", "more than the cpu has", "smaller N"]),
 ]  # fmt: skip
 
 # Refused in well under this many seconds: each of these once took a minute or more, or never finished.
 QUICK = {"config-alias-bomb": 10, "set-alias-bomb": 10, "runs-config-bomb": 10, "sweep-alias-bomb": 10,
          "config-deep-nesting": 10, "config-too-large": 10, "config-fifo": 10, "ckpt-zip-bomb": 10,
          "set-huge-model": 30, "sweep-huge-trials": 10, "sweep-huge-grid": 10, "ckpt-fifo": 10, "predict-fifo": 30,
-         "sweep-fifo": 10, "plot-metrics-fifo": 10, "export-out-folder": 10, "lr-find-huge-model": 30}  # fmt: skip
+         "sweep-fifo": 10, "plot-metrics-fifo": 10, "export-out-folder": 10, "lr-find-huge-model": 30,
+         "export-huge-batch": 30, "export-batch-over-memory": 30}  # fmt: skip
 
 
 def _truncated(tmp: Path, good: Path) -> str:

@@ -133,6 +133,17 @@ def test_any_batch_size_by_default_and_a_fixed_one_on_request(odd_run, tmp_path,
         run_exported(fixed, fmt, x[:6])
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_a_fixed_batch_larger_than_the_compared_images_is_that_batch(odd_run, tmp_path, fmt):
+    x, expected, _ = reference(odd_run / "best.pt")
+    rows = len(x) + 3  # the exporter traced the images it had, fewer rows than asked for
+    fixed = tmp_path / f"big{SUFFIX[fmt]}"
+    result = invoke("export", odd_run / "best.pt", fixed, "--batch", rows, "--json")
+    assert result.exit_code == 0, result.stderr
+    padded = torch.cat([x, x[:3]])
+    assert (run_exported(fixed, fmt, padded)[: len(x)] - expected).abs().max() <= 1e-4
+
+
 def test_onnx_names_its_input_and_output_and_records_opset_and_metadata(trained_run, tmp_path):
     import onnx
 
