@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mlptrain.base.config import Config
-from mlptrain.base.errors import DataError, WriteFailed
+from mlptrain.base.errors import ConfigError, DataError, WriteFailed
 from mlptrain.base.files import atomic_write_text
 from mlptrain.core.data import Split, class_names, load_eval_split
 from mlptrain.core.device import resolve_device
@@ -131,6 +131,8 @@ def _record(result: EvalResult) -> None:
         result.record = target
     except WriteFailed as e:
         result.record_problem = f"cannot record the result in {target}: {e.reason}"
+    except ConfigError as e:  # something not a file in the way (a folder, a FIFO): never replaced
+        result.record_problem = f"cannot record the result: {e}"
 
 
 def save_mistakes(

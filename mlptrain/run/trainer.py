@@ -383,7 +383,7 @@ def _resumable(session: _Session, epoch: int) -> Iterator[None]:
             tail = f"; `mlptrain train --resume {session.run_dir}` carries on from {where} once it can write"
         else:
             tail = "; nothing was saved"
-        raise WriteFailed(f"{e}{tail}", e.path) from None
+        raise WriteFailed(f"{e}{tail}", e.path, e.reason) from None
 
 
 def _save_stop(session: _Session, progress) -> None:

@@ -115,6 +115,19 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT, grace_period=GRACE)
 
 
+def full_disk(error: BaseException, url: str) -> WriteFailed | None:
+    """The WriteFailed to raise for what the database's driver raised on a full disk (SQLite: "database or disk is
+    full"; Optuna wraps it in a StorageInternalError), else None."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    if not any("disk is full" in str(e) or "No space left" in str(e) for e in chain):
+        return None
+    where = shown_url(url)
+    return WriteFailed(f"no space left on the device while writing {where}", where, "no space left on the device")
+
+
 @contextlib.contextmanager
 def opening(url: str):
     """Turn what opening a database may raise into one line: a bad URL, a driver that is not installed, a server
@@ -124,10 +137,10 @@ def opening(url: str):
     except (ConfigError, WriteFailed):
         raise
     except Exception as e:
+        full = full_disk(e, url)
+        if full is not None:  # a failure (exit 1), not a bad input
+            raise full from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "disk is full" in first or "No space left" in first:  # a failure (exit 1), not a bad input
-            where = shown_url(url)
-            raise WriteFailed(f"no space left on the device while writing {where}", where, "no space") from None
         raise ConfigError(
             f"cannot open the study at {shown_url(url)}: {type(e).__name__}: {_scrub(first, url)}"
         ) from None

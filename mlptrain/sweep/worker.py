@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from mlptrain.base.errors import ConfigError, Interrupted, MlptrainError, RunFailed
+from mlptrain.base.errors import ConfigError, Interrupted, MlptrainError, RunFailed, WriteFailed
 from mlptrain.base.files import folder_lock, make_dirs
 from mlptrain.run.callbacks import Callbacks, Relay
 from mlptrain.run.runs import LAST_FILE, read_run
@@ -313,22 +313,35 @@ def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbac
         raise interrupted(sweep, f"sweep trial {trial.index}/{total}, {e}", e.exit_code - 128) from None
     except RunFailed as e:
         trial.state, trial.reason = "failed", str(e)
-    except MlptrainError:  # bad input (e.g. the dataset is missing): every trial would fail alike, so stop
-        trial.state = before
-        _pause(sweep, handle, trial)
-        if claim.made and not (run_dir / LAST_FILE).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    except Exception as e:  # a crash inside one trial does not stop the others
-        trial.state, trial.reason = "failed", f"{type(e).__name__}: {e}"
+    except Exception as e:
+        error = e if isinstance(e, MlptrainError) else study_.full_disk(e, study_.storage_url(sweep))
+        if error is None:  # a crash inside one trial does not stop the others
+            trial.state, trial.reason = "failed", f"{type(e).__name__}: {e}"
+        else:  # bad input (a dataset missing), a full disk: every trial would fail alike, so stop
+            trial.state = before
+            _pause(sweep, handle, trial)
+            if claim.made and not (run_dir / LAST_FILE).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise _for_the_sweep(error, sweep, trial) from None
     study.tell(trial.number, values, state=state)
     sweep.record(trial)
     cb.trial_done(trial, total)
 
 
+def _for_the_sweep(error: MlptrainError, sweep: Sweep, trial: Trial) -> MlptrainError:
+    """A trial's failed write says how the sweep carries on, not the trial's own `mlptrain train --resume`."""
+    if not isinstance(error, WriteFailed):
+        return error
+    resume = f"`mlptrain sweep --resume {sweep.folder}` carries on (trial {trial.index} from its last epoch saved)"
+    message = f"{error.reason} while writing {error.path}; {resume} once it can write"
+    return WriteFailed(message, error.path, error.reason)
+
+
 def _pause(sweep: Sweep, handle: optuna.Trial, trial: Trial) -> None:
-    """A trial stopped on purpose stays RUNNING in the study, for this folder's --resume: never re-run elsewhere."""
-    sweep.record(trial)
+    """A trial stopped on purpose stays RUNNING in the study, for this folder's --resume: never re-run elsewhere.
+    (On a full disk the manifest keeps the trial as claimed, running, which --resume continues all the same.)"""
+    with contextlib.suppress(WriteFailed):
+        sweep.record(trial)
     with contextlib.suppress(Exception):
         handle.set_user_attr(PAUSED, True)
 

@@ -341,6 +341,39 @@ def test_a_disk_too_full_for_any_checkpoint_leaves_no_folder(small_disk):
     assert not (small_disk / "sw").exists()
 
 
+def test_a_full_disk_mid_sweep_says_how_the_sweep_carries_on(small_disk):
+    pytest.importorskip("optuna")
+    from mlptrain.sweep import folder as sweep_folder
+    from mlptrain.sweep import start as sweep_start
+
+    spec = small_disk.parent / "sweep.yaml"
+    base = small_disk.parent / "base.yaml"
+    base.write_text(dump_yaml(wobbly(epochs=3)))
+    spec.write_text("base: base.yaml\nparams: {train.lr: [0.1, 0.2]}\n")
+
+    class FillInTrial2(sweep_folder.SweepCallbacks):
+        def trial_started(self, trial, total, resuming):
+            outer = self
+
+            class Fill(trainer.Callbacks):
+                def epoch_done(self, stats, is_best):
+                    if trial.index == 2 and stats.epoch == 2:
+                        outer.filler = fill(small_disk)
+
+            return Fill()
+
+    job = sweep_start.create(spec, folder=small_disk / "sw")
+    cb = FillInTrial2()
+    with pytest.raises(WriteFailed) as e:
+        sweep_start.run(job, callbacks=cb)
+    message = str(e.value)
+    assert message.startswith("no space left on the device while writing"), message
+    assert f"`mlptrain sweep --resume {small_disk / 'sw'}` carries on" in message and "train --resume" not in message
+    cb.filler.unlink()
+    trials = sweep_start.run(sweep_folder.load(small_disk / "sw"))
+    assert [t.state for t in trials] == ["done", "done"]
+
+
 # --- escapes -----------------------------------------------------------------------------------------------
 
 
