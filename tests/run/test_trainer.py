@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import StopAt
 from typer.testing import CliRunner
 
 from mlptrain.base.config import Config, with_values
-from mlptrain.base.errors import CheckpointError, ConfigError, Interrupted, RunFailed
+from mlptrain.base.errors import CheckpointError, ConfigError, DataError, Interrupted, RunFailed
 from mlptrain.base.files import new_run_dir
 from mlptrain.cli.main import app
 from mlptrain.core.nn import MLP
@@ -95,6 +96,21 @@ def test_stop_and_resume_is_bitwise_equal(reference, tmp_path, epoch, batch):
         assert (run_dir / "best.pt").read_bytes() == best_before  # untouched by the stop
 
 
+def test_resume_normalises_as_the_checkpoint_records(tmp_path):
+    # The data's mean and std come from last.pt, not summed again: a float sum split between threads gave another
+    # last bit at another thread count (0.14173229 at 1, 0.14173228 at 2), and with it other weights.
+    run_dir = tmp_path / "run"
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 3), stop=stop)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    recorded = ckpt["data"]["mean"] + 1e-3  # one a run of this data could not compute again
+    ckpt["data"]["mean"] = recorded
+    torch.save(ckpt, run_dir / "last.pt")
+    trainer.resume(run_dir)
+    assert load_checkpoint(run_dir / "last.pt")["data"]["mean"] == recorded
+
+
 def test_same_seed_same_metrics(reference, tmp_path):
     trainer.train(tiny(), run_dir=tmp_path / "again")
     assert metrics(tmp_path / "again") == metrics(reference)
@@ -142,6 +158,57 @@ def test_extend_a_finished_run(reference, tmp_path):
 def test_resume_refuses_other_changes(reference, overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         trainer.resume(reference, overrides)
+
+
+def test_resume_refuses_a_checkpoint_behind_last_pt(tmp_path):
+    # A rate so small that val_acc never improves on epoch 1: best.pt stays at epoch 1, last.pt goes on to 3.
+    run_dir = tmp_path / "r"
+    trainer.train(tiny(lr=1e-12, scheduler="none"), run_dir=run_dir)
+    last = (run_dir / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=f"continues from {re.escape(str(run_dir / 'last.pt'))}.*--resume"):
+        trainer.resume(run_dir / "best.pt", ["train.epochs=4"])  # once re-trained epochs 2-3 over the later ones
+    assert (run_dir / "last.pt").read_bytes() == last and len(metrics(run_dir)) == 3
+
+
+def test_resume_refuses_a_checkpoint_with_no_run_around_it(reference, tmp_path):
+    lone = tmp_path / "x"
+    lone.mkdir()
+    (lone / "model.pt").write_bytes((reference / "best.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"no last\.pt beside it.*mlptrain train CONFIG"):
+        trainer.resume(lone / "model.pt")  # once a FileNotFoundError for x/last.pt, leaving x/metrics.csv
+    assert sorted(p.name for p in lone.iterdir()) == ["model.pt"]
+
+
+FAILING_DATA = {"data": {"dataset": "mnist", "root": "/nonexistent", "download": False}}
+
+
+def test_a_run_refuses_a_folder_holding_run_files_it_did_not_write(tmp_path):
+    run_dir = tmp_path / "D"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "tensorboard" / "k").write_text("x")
+    (run_dir / "config.yaml").write_text("x")
+    with pytest.raises(ConfigError, match=r"holds config\.yaml, tensorboard/.*--force"):
+        trainer.train(Config.from_dict({**TINY, **FAILING_DATA}), run_dir=run_dir)  # once: left D empty
+    with pytest.raises(ConfigError, match=r"holds tensorboard/"):
+        (run_dir / "config.yaml").unlink()
+        trainer.train(tiny(), run_dir=run_dir)  # once: a run that succeeded wiped tensorboard/
+    assert (run_dir / "tensorboard" / "k").read_text() == "x"
+
+
+def test_a_failed_run_removes_only_the_files_it_made(tmp_path):
+    run_dir = tmp_path / "D"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "tensorboard" / "k").write_text("x")
+    (run_dir / "notes.txt").write_text("x")
+    with pytest.raises(DataError):
+        trainer.train(Config.from_dict({**TINY, **FAILING_DATA}), run_dir=run_dir, force=True)  # once: wiped k
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt", "tensorboard"]
+    assert (run_dir / "tensorboard" / "k").read_text() == "x"
+    (tmp_path / "F").mkdir()
+    (tmp_path / "F" / "notes.txt").write_text("x")
+    with pytest.raises(DataError):
+        trainer.train(Config.from_dict({**TINY, **FAILING_DATA}), run_dir=tmp_path / "F")
+    assert sorted(p.name for p in (tmp_path / "F").iterdir()) == ["notes.txt"]
 
 
 def test_early_stopping(tmp_path):
