@@ -66,20 +66,20 @@ class TrainingData:
         return self.train.x.shape[1]
 
 
-def load_training_data(cfg: DataConfig, seed: int, device: torch.device) -> TrainingData:
+def load_training_data(
+    cfg: DataConfig, seed: int, device: torch.device, stats: tuple[float, float] | None = None
+) -> TrainingData:
     """The training split minus its held-out images (data.val_size, a seeded choice), normalised by its own
-    statistics."""
+    statistics, or by `stats` (mean, std) where given: a resumed run normalises exactly as its checkpoint records."""
     images, labels = load_images(cfg, train=True)
     train_idx, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
     train_images = images[train_idx].to(device)
-    pixels = train_images.float().div_(255)
-    mean, std = pixels.mean().item(), pixels.std().item()
-    del pixels
     if bool(train_images.min() == train_images.max()):  # exact on the bytes; float32 says 6e-8, not 0
         raise DataError(
             f"{cfg.dataset} in {cfg.root}: the training images are all one value (pixel std 0): there is nothing "
             "to learn, and normalising would divide by 0"
         )
+    mean, std = stats or pixel_stats(train_images)
     return TrainingData(
         train=Split(normalize(train_images, mean, std), labels[train_idx].to(device)),
         val=Split(normalize(images[val_idx].to(device), mean, std), labels[val_idx].to(device)),
@@ -97,6 +97,20 @@ def load_eval_split(cfg: DataConfig, split: str, seed: int, mean: float, std: fl
         _, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
         images, labels = images[val_idx], labels[val_idx]
     return Split(normalize(images.to(device), mean, std), labels.to(device))
+
+
+def pixel_stats(images: torch.Tensor) -> tuple[float, float]:
+    """(mean, std, unbiased) of uint8 images' pixels scaled to [0, 1], exactly: from a count of each byte value.
+
+    Not float sums, which torch splits between threads: their last bit changed with the thread count (0.14173229
+    at 1, 0.14173228 at 2), and with it every weight of a run. Integer counts add up the same in any order.
+    """
+    counts = torch.bincount(images.reshape(-1), minlength=256).tolist()  # (256,) pixels of each value
+    n = sum(counts)
+    s1 = sum(v * c for v, c in enumerate(counts))
+    s2 = sum(v * v * c for v, c in enumerate(counts))
+    variance = (n * s2 - s1 * s1) / (n * (n - 1)) if n > 1 else math.nan  # Python's exact integers until here
+    return s1 / n / 255, math.sqrt(variance) / 255
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:

@@ -20,8 +20,39 @@ if TYPE_CHECKING:
     from mlptrain.base.config import ModelConfig
 
 
+# A layer whose batch, in_features or out_features is under this runs its products (the forward, both gradients)
+# at one thread on a CPU. There MKL's strict reproducible mode (mlptrain/__init__.py) still splits the work by
+# thread count, so the last bits followed the count that `threads: auto` picked from the load. On an AMD EPYC with
+# AVX-512 (torch 2.14), of batches 1-1024 against widths 1-2048, every product that differed at 1 and 2 threads had
+# a size of 17 or less: the forward at batches 2-17, the input gradient at batches 4-17 into layers of 18 units or
+# fewer, the weight gradient of a layer with 17 or fewer outputs or inputs at any batch (the 10 outputs included).
+# 64 leaves room for other CPUs; such products gain nothing from threads, and switching costs under a microsecond.
+SERIAL_BELOW = 64
+
+
+def one_thread(x: torch.Tensor, *sizes: int) -> bool:
+    """Whether a layer's products on the batch x (N, ...), the layer's in and out `sizes`, run at one thread."""
+    return x.is_cpu and torch.get_num_threads() > 1 and min(x.shape[0], *sizes) < SERIAL_BELOW
+
+
+def at_one_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with torch at one CPU thread, the count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (N, in) -> x Wᵀ + b (N, out); the bias is added inside the GEMM."""
+    """x (N, in) -> x Wᵀ + b (N, out); the bias is added inside the GEMM. Small layers at one thread (SERIAL_BELOW)."""
+    if one_thread(x, *weight.shape):
+        return at_one_thread(linear_product, x, weight, bias)
+    return linear_product(x, weight, bias)
+
+
+def linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.mm(weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
 
 
@@ -38,6 +69,13 @@ def linear_grads(
     autocast itself did in the forward. Autograd casts each gradient back to its input's dtype. `out` may give
     tensors for grad_weight and grad_bias to be written in place of new ones.
     """
+    other = x if x is not None else weight  # (N, in) or (out, in); neither when only the bias wants a gradient
+    if other is not None and one_thread(g, other.shape[1], g.shape[1]):
+        return at_one_thread(_linear_grads, g, x, weight, needs, out)
+    return _linear_grads(g, x, weight, needs, out)
+
+
+def _linear_grads(g, x, weight, needs, out):
     need_input, need_weight, need_bias = needs
     out_weight, out_bias = out or (None, None)
     grad_input = g.mm(_as(weight, g)) if need_input else None  # (N, out) @ (out, in) -> (N, in)

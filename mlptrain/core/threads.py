@@ -4,7 +4,8 @@ other processes are keeping busy now, measured from /proc/stat and measured agai
 Several threads wait for each other at every one of a step's operations, so a thread whose core another process
 holds stalls the whole step (beside one busy process, 2 threads trained 1.4-20× slower than 1 here), while
 on free cores more threads are faster at every size measured (README, Performance, has the figures and the
-`mlptrain bench` section that repeats them). mlptrain/__init__.py makes the results bitwise independent of the count.
+`mlptrain bench` section that repeats them). The results are bitwise independent of the count: MKL's strict
+mode (mlptrain/__init__.py), small layers at one thread (core/nn.py), the data's statistics counted exactly (data.py).
 """
 
 from __future__ import annotations

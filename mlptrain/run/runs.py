@@ -20,7 +20,7 @@ from typing import Any
 
 from mlptrain.base.config import read_yaml
 from mlptrain.base.errors import ConfigError, DataError, RunFailed
-from mlptrain.base.files import LOCK_FILE, file_problem, folder_lock, make_dirs, new_run_dir, not_there
+from mlptrain.base.files import file_problem, folder_lock, make_dirs, new_run_dir, not_there
 from mlptrain.base.keys import applies
 from mlptrain.base.metrics import MONITORS, History, best_index, read_metrics
 from mlptrain.base.yamlfile import kind_of
@@ -32,6 +32,7 @@ LAST_FILE = "last.pt"  # the latest checkpoint: what --resume continues
 BEST_FILE = "best.pt"  # the checkpoint of the best epoch on train.monitor
 CURVES_FILE = "curves.png"  # the training curves, drawn when the run ends and by `mlptrain plot`
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with output.tensorboard: true (tblog.py)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE, CURVES_FILE, TENSORBOARD_DIR)  # what a run writes
 # `mlptrain train` names folders <name>-<YYYYmmdd-HHMMSS>, with -2, -3... for runs started in the same second.
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
 # Keys that say where a run lives rather than how it trained; they differ without making runs different.
@@ -103,9 +104,10 @@ def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bo
     """The folder of a new run, held by this process (files.folder_lock) while the block runs: `run_dir`, or a
     new `output_dir/<name>-<timestamp>`, created now (before any data is loaded, so a bad place fails fast).
 
-    A folder that holds a run is refused unless `force`. If the block stops or fails (other than by a diverged
-    loss) before the run has a last.pt to resume from, what it wrote goes again: a folder it created is removed
-    (and the output folder, if it was made for this run alone), and from a folder that existed the run's own files.
+    A folder that holds any of the files a run writes (RUN_FILES) is refused unless `force`, naming them. If the
+    block stops or fails (other than by a diverged loss) before the run has a last.pt to resume from, what it made
+    goes again: a folder it created is removed (and the output folder, if it was made for this run alone), and from
+    a folder that existed the files it created; every file that was there before stays.
     """
     if run_dir is None:
         made_output = not Path(output_dir).exists()
@@ -116,18 +118,16 @@ def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bo
         created = make_dirs(folder)
     try:
         with folder_lock(folder):
-            if (folder / LAST_FILE).exists() and not force:
-                raise ConfigError(
-                    f"{folder} already holds a run ({LAST_FILE}); continue it with --resume {folder}, "
-                    "overwrite it with --force, or pick another --run-dir"
-                )
+            found = [] if created else run_files(folder)
+            if found and not force:
+                raise ConfigError(_held_files(folder, found))
             try:
                 yield folder
             except RunFailed:
                 raise  # a run whose loss diverged keeps its folder: its metrics.csv says when
             except BaseException:
                 if not (folder / LAST_FILE).exists():  # nothing to resume: leave nothing behind
-                    _remove_run(folder, created)
+                    _remove_run(folder, created, found)
                 raise
     except BaseException:
         for made in [folder] * created + [Path(output_dir)] * made_output:  # made for this run alone, and empty
@@ -136,13 +136,36 @@ def claimed_run_dir(run_dir: Path | None, output_dir: Path, name: str, force: bo
         raise
 
 
-def _remove_run(folder: Path, created: bool) -> None:
+def run_files(folder: Path) -> list[str]:
+    """The names of RUN_FILES that `folder` holds now (a folder listed with a slash)."""
+    return [f"{name}/" if (folder / name).is_dir() else name for name in RUN_FILES if os.path.lexists(folder / name)]
+
+
+def _held_files(folder: Path, found: list[str]) -> str:
+    if LAST_FILE in found:
+        return (
+            f"{folder} already holds a run ({LAST_FILE}); continue it with --resume {folder}, "
+            "overwrite it with --force, or pick another --run-dir"
+        )
+    return (
+        f"{folder} holds {', '.join(found)}, which a new run would write over; overwrite them with --force, "
+        "or pick another --run-dir"
+    )
+
+
+def _remove_run(folder: Path, created: bool, found: list[str]) -> None:
+    """What a run that failed before its first checkpoint made: the folder it created, else the files of
+    RUN_FILES it created (not those it `found` there)."""
     if created:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    for name in (CONFIG_FILE, METRICS_FILE, BEST_FILE, CURVES_FILE, LOCK_FILE):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
+    for name in RUN_FILES:
+        if name in found or f"{name}/" in found:
+            continue
+        if (folder / name).is_dir() and not (folder / name).is_symlink():
+            shutil.rmtree(folder / name, ignore_errors=True)
+        else:
+            (folder / name).unlink(missing_ok=True)
 
 
 def clear_run(run_dir: Path) -> None:

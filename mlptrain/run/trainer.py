@@ -152,7 +152,10 @@ def resume(
         check_config(config)
         with _processes(config) as processes:
             device = processes.device
-            data = distributed.main_first(processes.world, lambda: load_training_data(config.data, config.seed, device))
+            stats = ckpt["data"]["mean"], ckpt["data"]["std"]  # as the run began, not summed again
+            data = distributed.main_first(
+                processes.world, lambda: load_training_data(config.data, config.seed, device, stats)
+            )
             session = _new_session(config, run_dir, processes, data, ckpt)
             if processes.world.is_main:
                 session.notes += _repair(session, ckpt)
@@ -193,6 +196,8 @@ def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict | None,
     """
     path = Path(path)
     ckpt_path = path / LAST_FILE if path.is_dir() else path
+    if path.is_file() and path.name != LAST_FILE:
+        raise CheckpointError(_not_a_run_checkpoint(path))
     if path.is_dir() and not ckpt_path.exists():
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(
@@ -213,6 +218,22 @@ def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict | None,
             f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
         )
     return ckpt, config, ckpt_path.parent
+
+
+def _not_a_run_checkpoint(path: Path) -> str:
+    """Why --resume refuses a checkpoint that is not its run's last.pt (a best.pt, a copy): the run continues from
+    its last.pt, and one from an earlier epoch would write over the epochs after it."""
+    last, config = path.parent / LAST_FILE, path.parent / CONFIG_FILE
+    if last.is_file():
+        return (
+            f"--resume {path}: its run continues from {last}, not from {path.name} (that would write over the "
+            f"epochs after it); continue it with mlptrain train --resume {path.parent}"
+        )
+    start = f"mlptrain train {config} --run-dir NEW" if config.is_file() else "mlptrain train CONFIG"
+    return (
+        f"--resume {path}: no {LAST_FILE} beside it, so no run to continue (--resume takes a run folder or its "
+        f"{LAST_FILE}); to train that config again, start a new run: {start}"
+    )
 
 
 @contextlib.contextmanager

@@ -66,6 +66,21 @@ def edited_checkpoint(tmp: Path, good: Path, edit) -> str:
     return str(torch_file(tmp / "edited.pt", ckpt))
 
 
+def edited_run(tmp: Path, good: Path, edit) -> str:
+    """`good` edited, as the last.pt of a run folder: what --resume continues (it refuses any other checkpoint)."""
+    ckpt = torch.load(good, weights_only=True)
+    edit(ckpt)
+    (tmp / "edited").mkdir()
+    return str(torch_file(tmp / "edited" / "last.pt", ckpt))
+
+
+def lone_copy(tmp: Path, good: Path) -> str:
+    """A run's checkpoint copied out of its run folder, alone."""
+    (tmp / "x").mkdir()
+    (tmp / "x" / "model.pt").write_bytes(good.read_bytes())
+    return str(tmp / "x" / "model.pt")
+
+
 def broken_mnist(tmp: Path, mnist_root: Path, breaker) -> list[str]:
     root = copy_dataset(mnist_root, tmp / "data")
     breaker(root / "MNIST" / "raw")
@@ -220,6 +235,9 @@ CASES = [
     ("resume-other-key", lambda t, c, m: ["train", "--resume", str(c.parent), "--set", "train.lr=1"],
      ["only train.epochs can change"]),
     ("resume-no-run", lambda t, c, m: ["train", "--resume", str(t)], ["no last.pt"]),
+    ("resume-best-pt", lambda t, c, m: ["train", "--resume", str(c)], ["best.pt", "continues from", "last.pt"]),
+    ("resume-lone-checkpoint", lambda t, c, m: ["train", "--resume", lone_copy(t, c)],
+     ["model.pt", "no last.pt beside it", "start a new run"]),
     # checkpoints
     ("ckpt-missing", lambda t, c, m: ["eval", str(t / "none.pt")], ["checkpoint not found"]),
     ("ckpt-folder", lambda t, c, m: ["eval", str(c.parent)], ["is a folder", "did you mean"]),
@@ -332,11 +350,11 @@ CASES = [
      ["rng.torch", "not a generator state"]),
     ("ckpt-bad-scheduler", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("scheduler", "last_epoch", "x"))],
      ["scheduler.last_epoch"]),
-    ("resume-order-not-permutation", lambda t, c, m: ["train", "--resume", edited_checkpoint(
+    ("resume-order-not-permutation", lambda t, c, m: ["train", "--resume", edited_run(
         t, c, set_progress(torch.zeros(5000, dtype=torch.int64)))], ["progress.order", "permutation"]),
-    ("resume-order-wrong-length", lambda t, c, m: ["train", "--resume", edited_checkpoint(
+    ("resume-order-wrong-length", lambda t, c, m: ["train", "--resume", edited_run(
         t, c, set_progress(torch.arange(10)))], ["progress.order", "orders 10 images", "5000"]),
-    ("resume-scheduler-ahead", lambda t, c, m: ["train", "--resume", edited_checkpoint(
+    ("resume-scheduler-ahead", lambda t, c, m: ["train", "--resume", edited_run(
         t, c, set_entry("scheduler", "last_epoch", 10**6)), "--set", "train.epochs=2"], ["scheduler", "1000000"]),
     ("data-no-images", lambda t, c, m: ["train", SMOKE, *broken_mnist(t, m, lambda raw: (
         write_idx(raw / "train-images-idx3-ubyte", torch.zeros(0, 28, 28, dtype=torch.uint8)),

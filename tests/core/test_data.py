@@ -564,3 +564,20 @@ def test_reading_idx_files_does_not_import_torchvision(mnist_root):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_pixel_statistics_are_exact_whatever_the_thread_count():
+    # A float sum of the pixels, which torch splits between threads, gave another last bit at another count.
+    from mlptrain.core.data import pixel_stats
+
+    images = torch.randint(0, 256, (3000, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    exact = images.double().div(255)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = pixel_stats(images)
+        torch.set_num_threads(2)
+        assert pixel_stats(images) == one
+    finally:
+        torch.set_num_threads(before)
+    assert one == pytest.approx((exact.mean().item(), exact.std().item()), rel=1e-12)

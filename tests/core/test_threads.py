@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mlptrain.base.config import Config
-from mlptrain.core import threads
+from mlptrain.core import nn, threads
 from mlptrain.core.distributed import World
 from mlptrain.run import trainer
 from mlptrain.run.checkpoint import load_checkpoint
@@ -188,6 +188,31 @@ def test_each_layer_product_gives_the_same_bits_at_one_and_two_threads(restore_t
                 one = product(*args)
                 torch.set_num_threads(2)
                 assert torch.equal(one, product(*args)), (name, batch, n_in, n_out)
+
+
+ENGINE_BATCHES = [*range(1, 19), 31, 32, 33, 63, 64, 65, 100, 128, 1024]
+ENGINE_WIDTHS = [1, 2, 3, 4, 8, 10, 16, 17, 18, 31, 32, 33, 63, 64, 65, 128, 784, 2048]
+
+
+@pytest.mark.skipif(threads.cpu_cores() < 2, reason="needs two cores")
+@pytest.mark.parametrize("batch", ENGINE_BATCHES)
+def test_the_engines_layer_products_give_the_same_bits_at_one_and_two_threads(restore_threads, batch):
+    # Every batch and width, as nn.linear and nn.linear_grads run them (the fused step, the per-layer path and
+    # evaluation all do). Without their one thread for small layers (nn.SERIAL_BELOW), MKL's strict mode gave other
+    # bits at 1 and 2 threads: the forward at batches 2-17, the weight gradient of every 10-output layer.
+    gen = torch.Generator().manual_seed(batch)
+    for n_in in ENGINE_WIDTHS:
+        for n_out in ENGINE_WIDTHS:
+            if batch * n_in * n_out > 2**31:  # 1024 × 2048 × 2048, past SERIAL_BELOW: the test above has it
+                continue
+            x, w = torch.randn(batch, n_in, generator=gen), torch.randn(n_out, n_in, generator=gen)
+            b, g = torch.randn(n_out, generator=gen), torch.randn(batch, n_out, generator=gen)
+            got = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                got.append([nn.linear(x, w, b), *nn.linear_grads(g, x, w, (True, True, True))])
+            for name, one, two in zip(("forward", "input", "weight", "bias"), *got, strict=True):
+                assert torch.equal(one, two), (name, batch, n_in, n_out)
 
 
 def test_the_package_asks_mkl_for_results_independent_of_threads():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +19,11 @@ from conftest import StopAt
 from typer.testing import CliRunner
 
 from mlptrain.base.config import Config, with_values
-from mlptrain.base.errors import CheckpointError, ConfigError, Interrupted, RunFailed
+from mlptrain.base.errors import CheckpointError, ConfigError, DataError, Interrupted, RunFailed
 from mlptrain.base.files import new_run_dir
 from mlptrain.cli.main import app
 from mlptrain.core.nn import MLP
+from mlptrain.core.threads import cpu_cores
 from mlptrain.inference import evaluate
 from mlptrain.run import trainer
 from mlptrain.run.checkpoint import load_checkpoint
@@ -95,6 +97,21 @@ def test_stop_and_resume_is_bitwise_equal(reference, tmp_path, epoch, batch):
         assert (run_dir / "best.pt").read_bytes() == best_before  # untouched by the stop
 
 
+def test_resume_normalises_as_the_checkpoint_records(tmp_path):
+    # The data's mean and std come from last.pt, not summed again: a float sum split between threads gave another
+    # last bit at another thread count (0.14173229 at 1, 0.14173228 at 2), and with it other weights.
+    run_dir = tmp_path / "run"
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(tiny(), run_dir=run_dir, callbacks=StopAt(stop, 2, 3), stop=stop)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    recorded = ckpt["data"]["mean"] + 1e-3  # one a run of this data could not compute again
+    ckpt["data"]["mean"] = recorded
+    torch.save(ckpt, run_dir / "last.pt")
+    trainer.resume(run_dir)
+    assert load_checkpoint(run_dir / "last.pt")["data"]["mean"] == recorded
+
+
 def test_same_seed_same_metrics(reference, tmp_path):
     trainer.train(tiny(), run_dir=tmp_path / "again")
     assert metrics(tmp_path / "again") == metrics(reference)
@@ -144,6 +161,57 @@ def test_resume_refuses_other_changes(reference, overrides, needle):
         trainer.resume(reference, overrides)
 
 
+def test_resume_refuses_a_checkpoint_behind_last_pt(tmp_path):
+    # A rate so small that val_acc never improves on epoch 1: best.pt stays at epoch 1, last.pt goes on to 3.
+    run_dir = tmp_path / "r"
+    trainer.train(tiny(lr=1e-12, scheduler="none"), run_dir=run_dir)
+    last = (run_dir / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=f"continues from {re.escape(str(run_dir / 'last.pt'))}.*--resume"):
+        trainer.resume(run_dir / "best.pt", ["train.epochs=4"])  # once re-trained epochs 2-3 over the later ones
+    assert (run_dir / "last.pt").read_bytes() == last and len(metrics(run_dir)) == 3
+
+
+def test_resume_refuses_a_checkpoint_with_no_run_around_it(reference, tmp_path):
+    lone = tmp_path / "x"
+    lone.mkdir()
+    (lone / "model.pt").write_bytes((reference / "best.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"no last\.pt beside it.*mlptrain train CONFIG"):
+        trainer.resume(lone / "model.pt")  # once a FileNotFoundError for x/last.pt, leaving x/metrics.csv
+    assert sorted(p.name for p in lone.iterdir()) == ["model.pt"]
+
+
+FAILING_DATA = {"data": {"dataset": "mnist", "root": "/nonexistent", "download": False}}
+
+
+def test_a_run_refuses_a_folder_holding_run_files_it_did_not_write(tmp_path):
+    run_dir = tmp_path / "D"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "tensorboard" / "k").write_text("x")
+    (run_dir / "config.yaml").write_text("x")
+    with pytest.raises(ConfigError, match=r"holds config\.yaml, tensorboard/.*--force"):
+        trainer.train(Config.from_dict({**TINY, **FAILING_DATA}), run_dir=run_dir)  # once: left D empty
+    with pytest.raises(ConfigError, match=r"holds tensorboard/"):
+        (run_dir / "config.yaml").unlink()
+        trainer.train(tiny(), run_dir=run_dir)  # once: a run that succeeded wiped tensorboard/
+    assert (run_dir / "tensorboard" / "k").read_text() == "x"
+
+
+def test_a_failed_run_removes_only_the_files_it_made(tmp_path):
+    run_dir = tmp_path / "D"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "tensorboard" / "k").write_text("x")
+    (run_dir / "notes.txt").write_text("x")
+    with pytest.raises(DataError):
+        trainer.train(Config.from_dict({**TINY, **FAILING_DATA}), run_dir=run_dir, force=True)  # once: wiped k
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt", "tensorboard"]
+    assert (run_dir / "tensorboard" / "k").read_text() == "x"
+    (tmp_path / "F").mkdir()
+    (tmp_path / "F" / "notes.txt").write_text("x")
+    with pytest.raises(DataError):
+        trainer.train(Config.from_dict({**TINY, **FAILING_DATA}), run_dir=tmp_path / "F")
+    assert sorted(p.name for p in (tmp_path / "F").iterdir()) == ["notes.txt"]
+
+
 def test_early_stopping(tmp_path):
     # A rate so small that nothing changes: val_acc never improves on epoch 1, so patience 2 ends epoch 3.
     result = trainer.train(tiny(epochs=10, lr=1e-12, patience=2, scheduler="none"), run_dir=tmp_path / "r")
@@ -168,10 +236,12 @@ def test_unusable_output_place_is_refused_before_data_is_loaded(tmp_path):
 # --- real signals, real processes ---------------------------------------------------------------------------
 
 
+SMALL_BATCHES = {**TINY, "data": {**TINY["data"], "synthetic_size": 1600}, "train": {**TINY["train"], "batch_size": 8}}
+
+
 def start_training(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
     config = tmp_path / "c.yaml"
-    raw = {**TINY, "data": {**TINY["data"], "synthetic_size": 1600}, "train": {**TINY["train"], "batch_size": 8}}
-    config.write_text(yaml.safe_dump(raw))
+    config.write_text(yaml.safe_dump(SMALL_BATCHES))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "mlptrain", "train", str(config), "--run-dir", str(run_dir)],
@@ -183,12 +253,14 @@ def start_training(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
     )
 
 
-def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> str:
+    """Read proc's output up to the line starting with `prefix`; what it read."""
+    deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        seen.append(line)
         if line.startswith(prefix):
-            return
+            return "".join(seen)
         if not line and proc.poll() is not None:
             raise AssertionError(f"exited {proc.returncode} before {prefix!r}: {proc.stderr.read()}")
     raise AssertionError(f"no {prefix!r} within {timeout}s")
@@ -219,6 +291,37 @@ def test_signal_stops_cleanly_and_resumes_exactly(tmp_path, reference_small_batc
     assert out.exit_code == 0, out.stderr
     assert metrics(run_dir) == metrics(reference_small_batches)
     assert_same_weights(run_dir / "last.pt", reference_small_batches / "last.pt")
+
+
+@pytest.fixture
+def busy_process():
+    """Another process keeping a core busy (`while True: pass`) while the test runs: `threads: auto` then picks
+    fewer threads than on the idle machine, and the results must not change with it."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    yield busy
+    busy.kill()
+    busy.wait()
+
+
+@pytest.mark.skipif(cpu_cores() < 2, reason="needs two cores")
+def test_stopped_and_resumed_beside_a_busy_process_is_the_idle_run(tmp_path, busy_process):
+    # Batch 8 with the default threads: auto, beside a busy process, against the run at every core (what auto picks
+    # on an idle machine): the products MKL's strict mode splits by thread count, and the data's statistics summed
+    # again on resume. Before those ran at one thread and came from last.pt, this differed in 4 of 10 tries by hand.
+    idle = tmp_path / "idle"
+    trainer.train(Config.from_dict({**SMALL_BATCHES, "threads": cpu_cores()}), run_dir=idle)
+    run_dir = tmp_path / "run"
+    proc = start_training(tmp_path, run_dir)
+    header = wait_for_line(proc, "epoch 2/3")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert int(re.search(r"threads (\d+) \(", header)[1]) < cpu_cores()  # auto left the busy core out
+    out = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert out.exit_code == 0, out.stderr
+    assert busy_process.poll() is None  # busy all along
+    assert metrics(run_dir) == metrics(idle)
+    assert_same_weights(run_dir / "last.pt", idle / "last.pt")
 
 
 def test_kill_9_resumes_from_the_last_finished_epoch(tmp_path, reference_small_batches):
