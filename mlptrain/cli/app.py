@@ -92,6 +92,26 @@ def command(name: str | None = None, *lines: str, cls: type[Command] = Command) 
     return mark
 
 
+# Bash adds a space after a completion that is the only one, so `--set train.lr=<TAB>` or `runs/<TAB>` left the
+# cursor a word too far. The line below tells bash not to, for a lone reply that ends in = or /.
+BASH_NOSPACE = '    if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *[=/] ]]; then compopt -o nospace; fi\n'
+
+
+def _bash_script_without_that_space() -> None:
+    """Add BASH_NOSPACE to the bash script that `--install-completion` and `--show-completion` write.
+
+    The one place mlptrain touches a private part of Typer: its bash script template, in typer._completion_shared
+    (Typer has no public way to change it; its zsh and fish scripts already leave no space). If a Typer release
+    moves it, nothing changes here and tests/cli/test_completion.py fails.
+    """
+    from typer import _completion_shared
+
+    scripts = getattr(_completion_shared, "_completion_scripts", {})
+    script = scripts.get("bash", "")
+    if BASH_NOSPACE not in script and "    return 0\n}" in script:
+        scripts["bash"] = script.replace("    return 0\n}", BASH_NOSPACE + "    return 0\n}", 1)
+
+
 def new_app(commands: list[Callable[..., Any]]) -> typer.Typer:
     """The `mlptrain` app with `commands` (each marked by `command`) registered in that order."""
     app = typer.Typer(
@@ -103,6 +123,7 @@ def new_app(commands: list[Callable[..., Any]]) -> typer.Typer:
         epilog=examples("mlptrain train smoke", "mlptrain eval runs/<run>/best.pt"),
     )
     app.callback()(_root)
+    _bash_script_without_that_space()
     for fn in commands:
         mark: CommandMark = fn.command_mark
         app.command(mark.name, cls=mark.cls, epilog=mark.epilog)(fn)

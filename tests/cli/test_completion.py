@@ -136,3 +136,34 @@ def test_install_completion_that_cannot_write_is_one_line(tmp_path):
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "--install-completion: cannot write" in lines[0] and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("words", "reply", "nospace"),
+    [
+        ("mlptrain config --set train.l", "train.lr= train.label_smoothing=", False),  # two: bash completes neither
+        ("mlptrain config --set train.lr", "train.lr=", True),  # the value goes right after the =
+        ("mlptrain eval ru", "runs/", True),  # into the folder, not past it
+        ("mlptrain eval runs/r1/b", "runs/r1/best.pt", False),  # a file: the next word may follow
+    ],
+)
+def test_bash_leaves_no_space_after_a_lone_key_or_folder(tmp_path, words, reply, nospace):
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "runs" / "r1" / "best.pt").write_text("")
+    script = subprocess.run(
+        [sys.executable, "-m", "mlptrain", "--show-completion", "bash"], capture_output=True, text=True, check=True
+    ).stdout
+    # bash's own compopt works only while completing at a prompt: here a function of the same name records the call
+    probe = f"""compopt() {{ echo "compopt $1 $2"; }}
+{script}
+COMP_WORDS=({words})
+COMP_CWORD={len(words.split(" ")) - 1}
+_mlptrain_completion mlptrain
+echo "reply: ${{COMPREPLY[*]}}"
+"""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}  # mlptrain
+    out = subprocess.run(
+        ["bash", "--norc", "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert f"reply: {reply}" in out.stdout, out.stdout + out.stderr
+    assert ("compopt -o nospace" in out.stdout) == nospace, out.stdout
