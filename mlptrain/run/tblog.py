@@ -10,9 +10,11 @@ per batch. A resumed run appends to the same folder: steps already in its event 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mlptrain.base.config import Config
+from mlptrain.base.errors import ConfigError
 from mlptrain.base.metrics import COLUMNS, EpochStats, History
 from mlptrain.core.data import Split, class_names
 from mlptrain.core.engine import confusion_matrix, predict_logits
@@ -35,6 +37,11 @@ class TensorBoardLog(Relay):
         self.run_dir, self.optimizer, self.history, self.val = run_dir, optimizer, history, val
         self.steps = steps  # optimizer steps per epoch: the learning rate's step is (epoch - 1) * steps + batch
         folder = run_dir / TENSORBOARD_DIR
+        if os.path.lexists(folder) and not folder.is_dir():  # the writer would fail on it mid-set-up
+            raise ConfigError(
+                f"{folder} is not a folder; TensorBoard's event files go there: move it away, or set "
+                "output.tensorboard: false"
+            )
         self.logged = logged_steps(folder)  # tag -> the last step its event files hold (a resumed run)
         self.writer = SummaryWriter(str(folder))
         self.epoch, self.first, self.done = 0, 1, 0

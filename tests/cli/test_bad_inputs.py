@@ -74,6 +74,13 @@ def edited_run(tmp: Path, good: Path, edit) -> str:
     return str(torch_file(tmp / "edited" / "last.pt", ckpt))
 
 
+def run_with_file_for_tensorboard(tmp: Path, good: Path) -> str:
+    """`good`'s run as one that logs to TensorBoard, whose tensorboard/ is a file (a stray `> RUN/tensorboard`)."""
+    run = Path(edited_run(tmp, good, lambda ckpt: ckpt["config"]["output"].update(tensorboard=True))).parent
+    (run / "tensorboard").write_text("x")
+    return str(run)
+
+
 def lone_copy(tmp: Path, good: Path) -> str:
     """A run's checkpoint copied out of its run folder, alone."""
     (tmp / "x").mkdir()
@@ -236,6 +243,9 @@ CASES = [
      ["only train.epochs can change"]),
     ("resume-no-run", lambda t, c, m: ["train", "--resume", str(t)], ["no last.pt"]),
     ("resume-best-pt", lambda t, c, m: ["train", "--resume", str(c)], ["best.pt", "continues from", "last.pt"]),
+    ("resume-tensorboard-file", lambda t, c, m: ["train", "--resume", run_with_file_for_tensorboard(t, c), "--set",
+                                                 "train.epochs=2"],
+     ["tensorboard", "not a folder", "output.tensorboard: false"]),
     ("resume-lone-checkpoint", lambda t, c, m: ["train", "--resume", lone_copy(t, c)],
      ["model.pt", "no last.pt beside it", "start a new run"]),
     # checkpoints
