@@ -34,6 +34,15 @@ def describe(name: str) -> str:
     return ""
 
 
+def recipe_file(name: str) -> Path | None:
+    """The shipped recipe a bare name (`smoke`, `smoke.yaml`) means, or None."""
+    stem = name.removesuffix(_SUFFIXES[0]).removesuffix(_SUFFIXES[1])
+    if not stem or "/" in name or "\\" in name:
+        return None
+    recipe = RECIPES / f"{stem}.yaml"
+    return recipe if recipe.is_file() else None
+
+
 def resolve(argument: str | Path, what: str = "config file") -> Path:
     """The file `argument` names: itself if it exists (or names a folder), else the shipped recipe of that name
     (`mnist-best` or `mnist-best.yaml`). A bare name that is neither is refused in one line listing the recipes;
@@ -42,12 +51,11 @@ def resolve(argument: str | Path, what: str = "config file") -> Path:
     if path.exists() or path.is_symlink():
         return path
     text = str(argument)
-    name = text.removesuffix(_SUFFIXES[0]).removesuffix(_SUFFIXES[1])
-    if "/" in text or "\\" in text or not name:
-        return path
-    recipe = RECIPES / f"{name}.yaml"
-    if recipe.is_file():
+    recipe = recipe_file(text)
+    if recipe is not None:
         return recipe
+    if "/" in text or "\\" in text or not text.removesuffix(_SUFFIXES[0]).removesuffix(_SUFFIXES[1]):
+        return path
     if Path(text).suffix in ("", *_SUFFIXES):
         raise ConfigError(
             f"{what} not found: {text} (nor is it a recipe's name; the recipes are {', '.join(recipe_names())}: "

@@ -17,7 +17,7 @@ from mlptrain.base.config import Config, load_config, read_yaml, with_values
 from mlptrain.base.errors import ConfigError
 from mlptrain.base.extras import check_config
 from mlptrain.base.files import atomic_write_text, make_dirs, new_run_dir
-from mlptrain.base.recipes import resolve
+from mlptrain.base.recipes import recipe_file, resolve
 from mlptrain.sweep.folder import MANIFEST, WORKER_ENV, Sweep, SweepCallbacks, Trial, is_sweep, load
 from mlptrain.sweep.spec import parse_spec
 
@@ -33,8 +33,13 @@ def plan(path: Path, trials: int | None = None) -> Sweep:
     path = resolve(path, "sweep file")
     spec = parse_spec(read_yaml(path, "sweep file", "sweep"), str(path), trials)
     base_path = path.parent / spec.base
+    if not base_path.is_file():  # a shipped recipe's name works here as on the command line; a file beside wins
+        base_path = recipe_file(spec.base) or base_path
     if not base_path.is_file():
-        raise ConfigError(f"{path}: base: config file not found: {base_path} (the path is relative to the sweep file)")
+        raise ConfigError(
+            f"{path}: base: config file not found: {base_path} (the path is relative to the sweep file), nor is it "
+            "a recipe's name (mlptrain config --list)"
+        )
     sweep = Sweep(folder=Path(), spec=spec, base=load_config(base_path).to_dict())
     base = Config.from_dict(sweep.base)
     if spec.method == "grid":

@@ -68,6 +68,10 @@ def test_the_shipped_sweep_runs_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = plan(Path("sweep"))
     assert sweep.base["name"] == "smoke" and sweep.spec.size == 6
+    Path("mine.yaml").write_text("base: smoke\nparams: {train.lr: [0.1, 0.2]}\n")  # a recipe's name as its base
+    assert plan(Path("mine.yaml")).base["name"] == "smoke"
+    Path("smoke").write_text("name: beside\n")  # a file beside the sweep file wins
+    assert plan(Path("mine.yaml")).base["name"] == "beside"
 
 
 def test_completion_offers_the_recipes(tmp_path, monkeypatch):
