@@ -113,10 +113,13 @@ def train(
     force: bool = False,
     callbacks: Callbacks | None = None,
     stop: StopRequest | None = None,
+    curves: bool = True,
 ) -> TrainResult:
     """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch.
 
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
+    `curves`: draw curves.png when the run ends (a sweep's trials leave it to `mlptrain plot`: it costs more
+    than a short trial's training).
     """
     config = config.resolved()  # relative folders mean where the run starts; config.yaml records them absolute
     check_config(config)
@@ -131,11 +134,15 @@ def train(
             atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
             write_metrics(run_dir / METRICS_FILE, [])  # the header; resume rewrites it from last.pt (_repair)
         session = _new_session(config, run_dir, processes, data)
-        return _run(session, callbacks or Callbacks(), stop or StopRequest())
+        return _run(session, callbacks or Callbacks(), stop or StopRequest(), curves)
 
 
 def resume(
-    path: Path, overrides: list[str] = (), callbacks: Callbacks | None = None, stop: StopRequest | None = None
+    path: Path,
+    overrides: list[str] = (),
+    callbacks: Callbacks | None = None,
+    stop: StopRequest | None = None,
+    curves: bool = True,
 ) -> TrainResult:
     """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
 
@@ -148,7 +155,7 @@ def resume(
     with _resume_lock(path):
         ckpt, config, run_dir = load_for_resume(path, overrides)
         if ckpt is None:  # stopped before its first epoch was saved: start it again, in its own folder
-            return train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop)
+            return train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop, curves=curves)
         check_config(config)
         with _processes(config) as processes:
             device = processes.device
@@ -163,7 +170,7 @@ def resume(
                 return TrainResult(run_dir, session.history, already_finished=True)
             if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
                 atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
-            return _run(session, callbacks or Callbacks(), stop or StopRequest())
+            return _run(session, callbacks or Callbacks(), stop or StopRequest(), curves)
 
 
 def _resume_lock(path: Path) -> contextlib.AbstractContextManager:
@@ -297,7 +304,7 @@ def _finished(session: _Session) -> bool:
     return epoch >= session.config.train.epochs or stalled
 
 
-def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
+def _run(session: _Session, cb: Callbacks, stop: StopRequest, curves: bool = True) -> TrainResult:
     """The epoch loop shared by a new run and a resumed one.
 
     With several processes, all make the same decisions from the same all-reduced numbers (best epoch, early
@@ -326,7 +333,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest) -> TrainResult:
         except TrainingStopped as e:
             _save_stop(session, e.progress)
             raise _stopped(session, stop) from None
-    if world.is_main:
+    if world.is_main and curves:
         plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
     return result
 

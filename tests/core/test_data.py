@@ -581,3 +581,28 @@ def test_pixel_statistics_are_exact_whatever_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert one == pytest.approx((exact.mean().item(), exact.std().item()), rel=1e-12)
+
+
+def test_synthetic_digits_are_rendered_once_and_each_caller_gets_its_own(monkeypatch):
+    # A sweep's trials in one worker load the same data: rendered once (the cache), keyed by what determines the
+    # images (count and seed), and no caller's tensors are another's.
+    import mlptrain.core.data as data
+    import mlptrain.core.synthetic as synthetic
+
+    data._rendered_digits.cache_clear()
+    calls = []
+    render = synthetic.make_digits
+    monkeypatch.setattr(synthetic, "make_digits", lambda n, seed: calls.append((n, seed)) or render(n, seed=seed))
+    cfg = DataConfig(dataset="synthetic", synthetic_size=123, val_size=23)
+    first = load_training_data(cfg, 0, torch.device("cpu"))
+    images, labels = load_images(cfg, train=True)
+    first.train.x.add_(1.0)  # a trial that writes into its data...
+    images.zero_()
+    labels.zero_()
+    second = load_training_data(cfg, 0, torch.device("cpu"))  # ...is not seen by the next one
+    assert torch.equal(second.train.x, load_training_data(cfg, 0, torch.device("cpu")).train.x)
+    assert torch.equal(load_images(cfg, train=True)[0], make_digits(123, seed=1)[0])
+    assert not torch.equal(second.train.x, first.train.x)
+    assert calls == [(123, 1)]  # once, for all five loads
+    other = DataConfig(dataset="synthetic", synthetic_size=124, val_size=23)
+    assert len(load_training_data(other, 0, torch.device("cpu")).train) == 101 and len(calls) == 2

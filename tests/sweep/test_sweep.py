@@ -413,3 +413,16 @@ def test_workers_are_capped_at_the_trials_and_the_cores(monkeypatch, asked, tria
 
     monkeypatch.setattr(workers, "_cores", lambda: list(range(cores)))
     assert workers.capped(asked, trials) == expected
+
+
+def test_trials_leave_their_curves_to_mlptrain_plot(tmp_path):
+    # Drawing curves.png cost a 1-epoch smoke trial more than its training (0.3 s): a trial does not draw it, and
+    # `mlptrain plot` draws it on demand from the trial's metrics.csv.
+    path = write_sweep(tmp_path, {"params": {"train.lr": [0.1, 0.05]}, "seed": GRID_AS_LISTED})
+    out = invoke("sweep", path, "--dir", tmp_path / "sw")
+    assert out.exit_code == 0, out.stderr
+    trials = [tmp_path / "sw" / t["dir"] for t in manifest(tmp_path / "sw")["trials"]]
+    assert [(d / "best.pt").is_file() and not (d / "curves.png").exists() for d in trials] == [True, True]
+    drawn = invoke("plot", trials[0])
+    assert drawn.exit_code == 0, drawn.stderr
+    assert (trials[0] / "curves.png").is_file()
