@@ -31,7 +31,11 @@ SERIAL_BELOW = 64
 
 
 def one_thread(x: torch.Tensor, *sizes: int) -> bool:
-    """Whether a layer's products on the batch x (N, ...), the layer's in and out `sizes`, run at one thread."""
+    """Whether a layer's products on the batch x (N, ...), the layer's in and out `sizes`, run at one thread. Not
+    inside torch.compile, whose code does not go through here (a thread switch there only broke the graph, with a
+    warning)."""
+    if torch.compiler.is_compiling():
+        return False
     return x.is_cpu and torch.get_num_threads() > 1 and min(x.shape[0], *sizes) < SERIAL_BELOW
 
 

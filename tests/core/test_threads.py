@@ -223,3 +223,18 @@ def test_the_package_asks_mkl_for_results_independent_of_threads():
     env["MKL_CBWR"] = "COMPATIBLE"  # a user's own setting wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "COMPATIBLE"
+
+
+def test_the_one_thread_rule_stays_out_of_compiled_code():
+    """torch.compile traces through the layer: a thread switch there broke the graph (and warned)."""
+    from mlptrain.core.nn import linear
+
+    weight, bias = torch.randn(10, 32), torch.randn(10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compiled = torch.compile(lambda x: linear(x, weight, bias), fullgraph=True, backend="eager")
+        x = torch.randn(8, 32)
+        assert torch.allclose(compiled(x), x @ weight.T + bias, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
