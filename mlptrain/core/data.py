@@ -75,12 +75,12 @@ def load_training_data(
     images, labels = load_images(cfg, train=True)
     train_idx, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
     train_images = images[train_idx].to(device)
-    if bool(train_images.min() == train_images.max()):  # exact on the bytes; float32 says 6e-8, not 0
+    mean, std = stats or pixel_stats(train_images)
+    if std == 0:  # exactly: pixel_stats counts the bytes (float32 sums said 6e-8, not 0)
         raise DataError(
             f"{cfg.dataset} in {cfg.root}: the training images are all one value (pixel std 0): there is nothing "
             "to learn, and normalising would divide by 0"
         )
-    mean, std = stats or pixel_stats(train_images)
     return TrainingData(
         train=Split(normalize(train_images, mean, std), labels[train_idx].to(device)),
         val=Split(normalize(images[val_idx].to(device), mean, std), labels[val_idx].to(device)),
