@@ -28,8 +28,9 @@ from mlptrain.core.digit import SIZE, image_suffixes, prepare
 PREPARE_VERSION = 1
 CACHE_FORMAT = "mlptrain-folder-cache"
 NAMED = 3  # unreadable files the warning names; it counts them all
-# Measured on the 2,500 PNGs of a real-digit folder (docs/training.md, "A folder of images"): PIL decodes and
-# torch's small kernels release the GIL for most of each image, so threads scale without a process's start-up.
+# Threads, not processes (docs/training.md, "A folder of images", has the numbers): a process pool spent longer
+# starting Python and torch in each worker than 2,500 small PNGs take to decode; PIL's decode and torch's kernels
+# release the GIL, which pays on large images (on 28×28 ones the per-call overhead, under the GIL, dominates).
 MAX_WORKERS = 16
 
 

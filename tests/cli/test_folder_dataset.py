@@ -97,3 +97,27 @@ def test_a_checkpoint_without_class_names_reads_as_the_digits(trained_run, tmp_p
     result = invoke("eval", tmp_path / "old.pt", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["classes"] == [str(d) for d in range(10)]
+
+
+def test_a_folder_run_stopped_and_resumed_from_the_cache_is_the_uninterrupted_run(tmp_path):
+    from conftest import StopAt
+
+    from mlptrain.base.config import Config
+    from mlptrain.base.errors import Interrupted
+    from mlptrain.run import trainer
+    from mlptrain.run.interrupt import StopRequest
+
+    root = write_letters(tmp_path / "letters", per_class=20)
+    config = Config.from_dict({
+        "device": "cpu", "seed": 1, "data": {"dataset": "folder", "root": str(root), "val_size": 6},
+        "model": {"hidden": [16], "dropout": 0.2}, "train": {"epochs": 2, "batch_size": 8},
+    })  # fmt: skip
+    trainer.train(config, run_dir=tmp_path / "whole")
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        trainer.train(config, run_dir=tmp_path / "stopped", callbacks=StopAt(stop, 1, 3), stop=stop)
+    folder._MEMORY.clear()  # a new process: the resumed run reads the cache on disk
+    trainer.resume(tmp_path / "stopped")
+    whole, resumed = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("whole", "stopped"))
+    assert whole["data"] == resumed["data"]
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
