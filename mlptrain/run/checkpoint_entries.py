@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mlptrain.base.config import Config, TrainConfig, quote
+from mlptrain.base.errors import DataError
 from mlptrain.base.metrics import COLUMNS, MONITORS, stats_from_row
 from mlptrain.core.data import MIN_STD, NUM_CLASSES, class_names
 from mlptrain.core.nn import MLP, build_model
@@ -110,6 +111,16 @@ def checkpoint_classes(ckpt: dict[str, Any]) -> list[str]:
     if "classes" in data:
         return list(data["classes"])
     return class_names(ckpt["config"].data.dataset)[: int(data["num_classes"])]
+
+
+def check_same_classes(ckpt: dict[str, Any], classes: list[str], root: str) -> None:
+    """A resumed run's data (at `root`) must name the classes its model was trained on (a folder can change)."""
+    trained = checkpoint_classes(ckpt)
+    if classes != trained:
+        raise DataError(
+            f"{root}: its classes ({', '.join(classes)}) are not those the run trained on ({', '.join(trained)}); "
+            "give data.root the run's dataset, or train a new run"
+        )
 
 
 def _check_model(weights: Any, config: Config, data: dict, entry: str = "model") -> list[tuple[int, ...]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mlptrain.base.config import Config, dump_yaml, load_config, parse_override, with_values
-from mlptrain.base.errors import CheckpointError, ConfigError, DataError, Interrupted, RunFailed, WriteFailed
+from mlptrain.base.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
 from mlptrain.base.extras import check_config
 from mlptrain.base.files import atomic_write_text, folder_lock, held_signals
 from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
@@ -39,7 +39,7 @@ from mlptrain.core.rng import seed_everything
 from mlptrain.core.threads import ThreadChoice, adapts, configure_threads, recheck
 from mlptrain.run.callbacks import Callbacks, RunInfo
 from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
-from mlptrain.run.checkpoint_entries import checkpoint_classes
+from mlptrain.run.checkpoint_entries import check_same_classes
 from mlptrain.run.interrupt import AgreedStop, StopRequest, stop_on_signals
 from mlptrain.run.plot import plot_run
 from mlptrain.run.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
@@ -164,7 +164,7 @@ def resume(
             data = distributed.main_first(
                 processes.world, lambda: load_training_data(config.data, config.seed, device, stats)
             )
-            _check_classes(ckpt, data, config)
+            check_same_classes(ckpt, data.classes, config.data.root)
             session = _new_session(config, run_dir, processes, data, ckpt)
             if processes.world.is_main:
                 session.notes += _repair(session, ckpt)
@@ -173,16 +173,6 @@ def resume(
             if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
                 atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
             return _run(session, callbacks or Callbacks(), stop or StopRequest(), curves)
-
-
-def _check_classes(ckpt: dict, data: TrainingData, config: Config) -> None:
-    """A resumed run's data must name the classes its model was trained on (a folder dataset can change)."""
-    trained = checkpoint_classes(ckpt)
-    if data.classes != trained:
-        raise DataError(
-            f"{config.data.root}: its classes ({', '.join(data.classes)}) are not those the run trained on "
-            f"({', '.join(trained)}); give data.root the run's dataset, or train a new run"
-        )
 
 
 def _resume_lock(path: Path) -> contextlib.AbstractContextManager:
