@@ -141,3 +141,26 @@ class StopAt(Callbacks):
     def epoch_done(self, stats, is_best):
         if (stats.epoch, 0) == self.at:
             self.stop.request(signal.SIGTERM)
+
+
+def write_letters(root: str | Path, per_class: int, test_per_class: int = 0, seed: int = 0) -> Path:
+    """A `folder` dataset of drawn letters a, b and c (black on white, 48×48 PNGs), each at its own size, place and
+    grey with speckle noise, so that it is learnable but not identical: <root>/train/<letter>/ and test/<letter>/."""
+    import random
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    root, rng = Path(root), random.Random(seed)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for letter in "abc":
+            folder = root / split / letter
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                image = Image.new("L", (48, 48), 255)
+                draw = ImageDraw.Draw(image)
+                font = ImageFont.load_default(size=rng.randint(22, 32))
+                draw.text((rng.randint(4, 18), rng.randint(0, 10)), letter, fill=rng.randint(0, 80), font=font)
+                for _ in range(20):
+                    image.putpixel((rng.randrange(48), rng.randrange(48)), rng.randint(170, 255))
+                image.save(folder / f"{letter}{i:03d}.png")
+    return root

@@ -31,7 +31,7 @@ MAX_EPOCHS = 100_000  # train.epochs and train.patience: a month of the smallest
 MAX_BATCH = 2**24  # train.batch_size: beyond any split's size, and within torch's 32-bit index arithmetic
 MAX_LR = 1e6  # train.lr: far past divergence (lr-find stops at 10), where tests still make a run diverge on purpose
 MAX_WEIGHT_DECAY = 10.0  # train.weight_decay
-IMAGE_SIDE = 28  # pixels: every dataset here (MNIST, Fashion-MNIST, synthetic) has 28×28 images
+IMAGE_SIDE = 28  # pixels: every dataset here has 28×28 images (a folder's are made so, as predict makes them)
 MAX_ELASTIC_ALPHA = 1000.0  # pixels: far past the image's side, for the smoothest fields
 
 
@@ -74,7 +74,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["mnist", "fashion-mnist", "synthetic"] = "mnist"
+    dataset: Literal["mnist", "fashion-mnist", "synthetic", "folder"] = "mnist"  # folder: core/folder.py
     root: str = "data"
     download: bool = True
     val_size: int | float = 5000  # held-out images: a count, or a fraction in (0, 1) of the training split

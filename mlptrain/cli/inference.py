@@ -13,6 +13,8 @@ import typer
 from mlptrain.cli import exits, streams
 from mlptrain.cli.app import Checkpoint, DataRoot, Device, bare_means, command
 
+DATA_ROOT_HINT = "or give --data-root DIR, the folder that holds MNIST/ or FashionMNIST/ (a folder dataset: train/)"
+
 
 class SplitChoice(str, Enum):
     """What `eval --split` accepts."""
@@ -53,10 +55,12 @@ def evaluate(
         from mlptrain.cli import report
         from mlptrain.inference.evaluate import evaluate_checkpoint
 
-        with exits.hint("or give --data-root DIR, the folder that holds MNIST/ or FashionMNIST/"):
+        with exits.hint(DATA_ROOT_HINT):
             result = evaluate_checkpoint(
                 checkpoint, split=split.value, data_root=data_root, device=device, errors_image=errors
             )
+        for note in result.notes:
+            report.warning(note)
         if result.record_problem:
             report.warning(result.record_problem)
         if json_out:
@@ -103,7 +107,7 @@ def export(
         from mlptrain.inference.export import export_checkpoint, pixel_scale
 
         scale = pixel_scale(raw_pixels)
-        with exits.hint("or give --data-root DIR, the folder that holds MNIST/ or FashionMNIST/"):
+        with exits.hint(DATA_ROOT_HINT):
             result = export_checkpoint(
                 checkpoint, out, format_.value if format_ else None, scale, batch=batch, data_root=data_root
             )

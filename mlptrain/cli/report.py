@@ -126,7 +126,10 @@ def show_eval(console: Console, result: EvalResult) -> None:
         per_class = result.per_class
         console.print(
             "per-class accuracy: "
-            + "  ".join(f"{label}={_pct_or_dash(a)}" for label, a in zip(labels, per_class, strict=True))
+            + "  ".join(
+                f"{_label(label, name)}={_pct_or_dash(a)}"
+                for label, name, a in zip(labels, result.classes, per_class, strict=True)
+            )
         )
         console.print("confusion matrix (rows: true label, columns: predicted):")
         body = [

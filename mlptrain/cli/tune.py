@@ -42,6 +42,8 @@ def lr_find(config: ConfigFile = None, set_: Overrides = None, out: OutPng = Pat
         check_output(out, "--out")
 
         result = lrfind.run(load_config(config, set_ or []), out)
+        for note in result.notes:
+            report.warning(note)
         if json_out:
             return typer.echo(json.dumps(result.to_json()))
         report.show_lr_find(report.make_console(), result, out)

@@ -1,5 +1,5 @@
-"""Datasets as normalised device tensors: MNIST and Fashion-MNIST (downloaded by torchvision, read here), or
-synthetic digits.
+"""Datasets as normalised device tensors: MNIST and Fashion-MNIST (downloaded by torchvision, read here),
+synthetic digits, or a folder of image files in class folders (core/folder.py).
 
 Each split is read once, moved to the training device as uint8, and converted there; batches are slices of
 a per-epoch device permutation, so the hot loop touches no Python per sample and no DataLoader.
@@ -15,7 +15,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,9 +24,10 @@ import torch
 from mlptrain.base.config import DataConfig
 from mlptrain.base.errors import DataError, DataMissing
 from mlptrain.base.files import atomic_write, file_problem, make_dirs
+from mlptrain.core import folder as image_folder
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # of MNIST, Fashion-MNIST and synthetic digits; a folder dataset has one per class folder
 # Every dataset here is MNIST-shaped: 28×28 images. A model's input size comes from its data (TrainingData's
 # in_features); this is for sizing work before any data is loaded.
 IN_FEATURES = 28 * 28
@@ -50,6 +51,7 @@ class Split:
 
     x: torch.Tensor
     y: torch.Tensor
+    notes: list[str] = field(default_factory=list)  # warnings from reading it: files passed over
 
     def __len__(self) -> int:
         return self.y.shape[0]
@@ -61,6 +63,8 @@ class TrainingData:
     val: Split
     mean: float  # of the training split's pixels in [0, 1]; the checkpoint keeps both
     std: float
+    classes: list[str] = field(default_factory=lambda: class_names("mnist"))  # what each label means
+    notes: list[str] = field(default_factory=list)  # warnings from reading it, for the run to report
 
     @property
     def in_features(self) -> int:
@@ -72,7 +76,8 @@ def load_training_data(
 ) -> TrainingData:
     """The training split minus its held-out images (data.val_size, a seeded choice), normalised by its own
     statistics, or by `stats` (mean, std) where given: a resumed run normalises exactly as its checkpoint records."""
-    images, labels = load_images(cfg, train=True)
+    read = read_split(cfg, train=True)
+    images, labels = read.images, read.labels
     train_idx, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
     train_images = images[train_idx].to(device)
     mean, std = stats or pixel_stats(train_images)
@@ -86,18 +91,36 @@ def load_training_data(
         val=Split(normalize(images[val_idx].to(device), mean, std), labels[val_idx].to(device)),
         mean=mean,
         std=std,
+        classes=read.classes,
+        notes=read.notes,
     )
 
 
-def load_eval_split(cfg: DataConfig, split: str, seed: int, mean: float, std: float, device: torch.device) -> Split:
-    """The test split, or the validation images held out in training (same seed, same choice)."""
-    if split == "test":
-        images, labels = load_images(cfg, train=False)
-    else:
-        images, labels = load_images(cfg, train=True)
+def load_eval_split(
+    cfg: DataConfig,
+    split: str,
+    seed: int,
+    mean: float,
+    std: float,
+    device: torch.device,
+    classes: list[str] | None = None,
+) -> Split:
+    """The test split, or the validation images held out in training (same seed, same choice). `classes`: what
+    the model's outputs mean (its checkpoint's), which a folder dataset's labels are matched to by name."""
+    if split == "test" and cfg.dataset == "folder" and not image_folder.has_test(Path(cfg.root)):
+        raise DataMissing(
+            f"{Path(cfg.root) / 'test'}: not there, so this folder dataset has no test split; "
+            "score the images its run held out with --split val"
+        )
+    read = read_split(cfg, train=split != "test", classes=classes)
+    images, labels = read.images, read.labels
+    if split != "test":
+        if classes is not None and read.classes != classes:
+            raise DataError(f"{cfg.root}: its classes ({', '.join(read.classes)}) are not the model's "
+                            f"({', '.join(classes)})")  # fmt: skip
         _, val_idx = split_indices(len(labels), val_count(cfg, len(labels)), seed, cfg.dataset)
         images, labels = images[val_idx], labels[val_idx]
-    return Split(normalize(images.to(device), mean, std), labels.to(device))
+    return Split(normalize(images.to(device), mean, std), labels.to(device), read.notes)
 
 
 def pixel_stats(images: torch.Tensor) -> tuple[float, float]:
@@ -186,8 +209,35 @@ def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int
     return torch.cat([head.reshape(-1), tail]), local
 
 
+@dataclass
+class Images:
+    """One split as read, on the CPU: images uint8 (N, H, W), labels int64 (N,), what each label means, and
+    warnings about files passed over."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    notes: list[str]
+
+
+def read_split(cfg: DataConfig, train: bool, classes: list[str] | None = None) -> Images:
+    """One split with its classes: a folder dataset's are its class folders (or `classes`, matched by name)."""
+    if cfg.dataset == "folder":
+        got = image_folder.load_split(Path(cfg.root), "train" if train else "test", classes)
+        return Images(got.images, got.labels, got.classes, got.notes())
+    return Images(*load_images(cfg, train), class_names(cfg.dataset), [])
+
+
+def dataset_classes(cfg: DataConfig) -> list[str]:
+    """What each label of cfg's dataset means, without reading its images (a folder's: its class folders)."""
+    return image_folder.train_classes(Path(cfg.root)) if cfg.dataset == "folder" else class_names(cfg.dataset)
+
+
 def load_images(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as CPU tensors: images uint8 (N, H, W), labels int64 (N,)."""
+    if cfg.dataset == "folder":
+        got = read_split(cfg, train)
+        return got.images, got.labels
     if cfg.dataset == "synthetic":
         n = cfg.synthetic_size if train else max(1, cfg.synthetic_size // 6)
         images, labels = _rendered_digits(n, _SYNTHETIC_SEEDS["train" if train else "test"])
@@ -258,6 +308,8 @@ def count_training_images(cfg: DataConfig) -> int | None:
     their headers only; None where a file is missing (a run would download it, or refuse)."""
     if cfg.dataset == "synthetic":
         return cfg.synthetic_size
+    if cfg.dataset == "folder":
+        return image_folder.count_images(Path(cfg.root))
     folder = raw_folder(cfg)
     if all((folder / name).exists() for name in IDX_FILES):
         return _checked_files(folder, train=True)[2][0]

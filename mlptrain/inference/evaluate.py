@@ -14,11 +14,12 @@ import torch
 from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError, DataError, WriteFailed
 from mlptrain.base.files import atomic_write_text
-from mlptrain.core.data import Split, class_names, load_eval_split
+from mlptrain.core.data import Split, load_eval_split
 from mlptrain.core.device import resolve_device
 from mlptrain.core.engine import confusion_matrix, predict_logits, score_logits
 from mlptrain.core.nn import MLP
 from mlptrain.run.checkpoint import load_model
+from mlptrain.run.checkpoint_entries import checkpoint_classes
 from mlptrain.run.plot import save_error_grid
 from mlptrain.run.runs import eval_record_path
 
@@ -36,12 +37,13 @@ class EvalResult:
     epoch: int
     dataset: str
     device: str
-    classes: list[str] = field(default_factory=list)  # what each label means: '0'..'9', or Fashion-MNIST's names
+    classes: list[str] = field(default_factory=list)  # what each label means: the checkpoint's class names
     confusion: list[list[int]] = field(default_factory=list)  # (classes, classes): row = true, column = predicted
     record: Path | None = None  # where this result was recorded for `mlptrain runs`
     record_problem: str = ""  # why it could not be, if it could not
     errors_image: Path | None = None
     errors_shown: int = 0
+    notes: list[str] = field(default_factory=list)  # warnings from reading the split (files passed over)
 
     @property
     def per_class(self) -> list[float | None]:
@@ -97,8 +99,9 @@ def evaluate_checkpoint(
         epoch=int(ckpt["epoch"]),
         dataset=data_cfg.dataset,
         device=str(dev),
-        classes=class_names(data_cfg.dataset)[:num_classes],
+        classes=checkpoint_classes(ckpt),
         confusion=confusion_matrix(predicted, split_data.y, num_classes).tolist(),
+        notes=split_data.notes,
     )
     if errors_image is not None:
         confidence = logits.softmax(1).gather(1, predicted[:, None]).squeeze(1)  # (N,)
@@ -115,7 +118,7 @@ def checkpoint_split(ckpt: dict, model: MLP, split: str, data_root: Path | None,
     config: Config = ckpt["config"]
     data_cfg = replace(config.data, root=str(data_root)) if data_root is not None else config.data
     mean, std = float(ckpt["data"]["mean"]), float(ckpt["data"]["std"])
-    split_data = load_eval_split(data_cfg, split, config.seed, mean, std, device)
+    split_data = load_eval_split(data_cfg, split, config.seed, mean, std, device, checkpoint_classes(ckpt))
     if split_data.x.shape[1] != model.sizes[0]:
         raise DataError(
             f"{data_cfg.dataset} images have {split_data.x.shape[1]} pixels but the model expects {model.sizes[0]}"

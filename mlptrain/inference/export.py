@@ -24,12 +24,13 @@ from mlptrain.base.config import MAX_BATCH
 from mlptrain.base.errors import ConfigError, DataMissing, RunFailed
 from mlptrain.base.extras import require
 from mlptrain.base.files import atomic_write, make_dirs
-from mlptrain.core.data import Split, class_names
+from mlptrain.core.data import Split
 from mlptrain.core.engine import predict_logits
 from mlptrain.core.memory import check_fits
 from mlptrain.core.nn import ACTIVATIONS, MLP, to_torch
 from mlptrain.inference.evaluate import checkpoint_split
 from mlptrain.run.checkpoint import load_model
+from mlptrain.run.checkpoint_entries import checkpoint_classes
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".safetensors": "safetensors"}  # OUT's suffix -> format
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "pt2": (), "safetensors": ("safetensors",)}
@@ -210,7 +211,7 @@ def metadata(ckpt: dict, model: MLP, scale: int | None) -> dict[str, str]:
         "output_name": OUTPUT_NAME,
         "mean": repr(float(ckpt["data"]["mean"])),
         "std": repr(float(ckpt["data"]["std"])),
-        "classes": json.dumps(class_names(dataset)[: model.sizes[-1]]),
+        "classes": json.dumps(checkpoint_classes(ckpt)),
         "dataset": dataset,
         "epoch": str(int(ckpt["epoch"])),
     }

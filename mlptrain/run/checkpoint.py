@@ -2,9 +2,9 @@
 checking it (weights_only=True), and restoring a run's training state from it.
 
 A checkpoint holds everything needed to rebuild, score or resume the model without the original config file:
-the weights, the resolved config, the data's size and normalisation, the epoch, its metrics and the history,
-the optimizer, scheduler and loss-scaler state, every RNG's state, the place inside an epoch where a run was
-stopped, and the versions that wrote it.
+the weights, the resolved config, the data's size, class names and normalisation, the epoch, its metrics and the
+history, the optimizer, scheduler and loss-scaler state, every RNG's state, the place inside an epoch where a run
+was stopped, and the versions that wrote it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mlptrain.base.config import Config, quote
 from mlptrain.base.errors import CheckpointError, ConfigError
 from mlptrain.base.files import atomic_write, file_problem, held_signals
 from mlptrain.base.metrics import EpochStats, History, stats_from_row
-from mlptrain.core.data import NUM_CLASSES, TrainingData
+from mlptrain.core.data import TrainingData
 from mlptrain.core.engine import EpochProgress, TrainState
 from mlptrain.core.memory import check_fits
 from mlptrain.core.nn import MLP, build_model
@@ -95,8 +95,15 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
     epoch, kept = state.epoch, History(history.monitor, history.epochs[: state.epoch])
     return {
         "config": config.to_dict(),
-        "data": {"in_features": data.in_features, "num_classes": NUM_CLASSES, "mean": data.mean, "std": data.std,
-                 "train_images": len(data.train), "val_images": len(data.val)},  # data.val_size resolved; fmt: skip
+        "data": {
+            "in_features": data.in_features,
+            "num_classes": len(data.classes),
+            "classes": list(data.classes),
+            "mean": data.mean,
+            "std": data.std,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+        },  # data.val_size resolved; fmt: skip
         "model": state.eval_model.state_dict(),  # under train.ema the averaged weights, which eval uses
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
@@ -280,12 +287,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path, device: torch.device
     """Rebuild the MLP from a checkpoint that load_checkpoint read (and checked) and load its weights, on `device`
     if it fits there."""
     model_config = ckpt["config"].model
-    sizes = [int(ckpt["data"]["in_features"]), *model_config.hidden, NUM_CLASSES]
+    sizes = [int(ckpt["data"]["in_features"]), *model_config.hidden, int(ckpt["data"]["num_classes"])]
     try:
         check_fits(sizes, device, training=False, bias=model_config.bias)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    model = build_model(model_config, sizes[0], NUM_CLASSES)
+    model = build_model(model_config, sizes[0], sizes[-1])
     model.load_state_dict(ckpt["model"])
     return model.to(device)
 

@@ -10,12 +10,15 @@ from typing import Any
 import torch
 
 from mlptrain.base.config import Config, TrainConfig, quote
+from mlptrain.base.errors import DataError
 from mlptrain.base.metrics import COLUMNS, MONITORS, stats_from_row
-from mlptrain.core.data import MIN_STD, NUM_CLASSES
+from mlptrain.core.data import MIN_STD, NUM_CLASSES, class_names
 from mlptrain.core.nn import MLP, build_model
 
 MAX_MAGNITUDE = 1e6  # of a weight or an optimizer's state: far beyond any trained MLP's, well below overflow
 DATA_KEYS = ("in_features", "num_classes", "mean", "std")
+MAX_CLASSES = 100_000  # model outputs: far past any folder of class folders
+MAX_CLASS_NAME = 255  # characters: a class is a folder's name
 # What restore and a training step read from the optimizer's state_dict (torch fills in settings it adds later).
 _OPTIMIZER_GROUP_KEYS = {
     "sgd": ("params", "lr", "momentum", "dampening", "weight_decay", "nesterov"),
@@ -71,7 +74,7 @@ def _check_data(data: Any) -> None:
     )
     _need(_is_int(data["in_features"]) and data["in_features"] >= 1, "data.in_features",
           f"must be a whole number from 1, got {quote(data['in_features'])}")  # fmt: skip
-    _need(data["num_classes"] == NUM_CLASSES, "data.num_classes", f"must be {NUM_CLASSES}, got {data['num_classes']}")
+    _check_classes(data)
     # Pixels are scaled to [0, 1] before normalising, so their mean is in [0, 1] and their std at most 1.
     _need(0 <= data["mean"] <= 1, "data.mean", f"must be a finite number in [0, 1], got {data['mean']}")
     _need(MIN_STD <= data["std"] <= 1, "data.std", f"must be above 0 (from {MIN_STD:g}) and at most 1, got "
@@ -82,11 +85,49 @@ def _check_data(data: Any) -> None:
                   f"must be a whole number from 1, got {quote(data[key])}")  # fmt: skip
 
 
+def _check_classes(data: dict) -> None:
+    """data.classes names the model's outputs, one each; a checkpoint written before it has 10 outputs."""
+    count = data["num_classes"]
+    if "classes" not in data:
+        _need(count == NUM_CLASSES, "data.num_classes", f"must be {NUM_CLASSES} (no data.classes), got {count}")
+        return
+    _need(_is_int(count) and 2 <= count <= MAX_CLASSES, "data.num_classes",
+          f"must be a whole number in 2..{MAX_CLASSES:,}, got {quote(count)}")  # fmt: skip
+    names = data["classes"]
+    _need(
+        isinstance(names, list)
+        and len(names) == count
+        and all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME for n in names)
+        and len(set(names)) == count,
+        "data.classes",
+        f"must be {count} different names (data.num_classes), each 1 to {MAX_CLASS_NAME} characters",
+    )
+
+
+def checkpoint_classes(ckpt: dict[str, Any]) -> list[str]:
+    """What each of the model's outputs means: the names its checkpoint records, or, in one written before
+    data.classes, its dataset's ('0'..'9', or Fashion-MNIST's names)."""
+    data = ckpt["data"]
+    if "classes" in data:
+        return list(data["classes"])
+    return class_names(ckpt["config"].data.dataset)[: int(data["num_classes"])]
+
+
+def check_same_classes(ckpt: dict[str, Any], classes: list[str], root: str) -> None:
+    """A resumed run's data (at `root`) must name the classes its model was trained on (a folder can change)."""
+    trained = checkpoint_classes(ckpt)
+    if classes != trained:
+        raise DataError(
+            f"{root}: its classes ({', '.join(classes)}) are not those the run trained on ({', '.join(trained)}); "
+            "give data.root the run's dataset, or train a new run"
+        )
+
+
 def _check_model(weights: Any, config: Config, data: dict, entry: str = "model") -> list[tuple[int, ...]]:
     """Check the weights against the MLP the config describes (built on the meta device: shapes, no memory);
     returns its parameters' shapes."""
     with torch.device("meta"):
-        model = build_model(config.model, int(data["in_features"]), NUM_CLASSES)
+        model = build_model(config.model, int(data["in_features"]), int(data["num_classes"]))
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     _need(
         isinstance(weights, dict) and set(weights) == set(expected),

@@ -12,7 +12,7 @@ from pathlib import Path
 from mlptrain.base.config import Config
 from mlptrain.base.errors import DataMissing
 from mlptrain.base.extras import check_config
-from mlptrain.core.data import IDX_FILES, IN_FEATURES, NUM_CLASSES, count_training_images, raw_folder, val_count
+from mlptrain.core.data import IDX_FILES, IN_FEATURES, count_training_images, dataset_classes, raw_folder, val_count
 from mlptrain.core.device import resolve_device
 from mlptrain.core.distributed import World, check_world
 from mlptrain.core.memory import MNIST_TRAIN_IMAGES, check_run_fits
@@ -42,7 +42,7 @@ def plan_run(config: Config) -> RunPlan:
     device = world.device(resolve_device(config.device))
     check_world(config, device, world.size, world.local_size)
     check_run_fits(config, device, world.size)
-    sizes = [IN_FEATURES, *config.model.hidden, NUM_CLASSES]
+    sizes = [IN_FEATURES, *config.model.hidden, len(dataset_classes(config.data))]
     layers = list(itertools.pairwise(sizes))
     parameters = sum(i * o + (o if config.model.bias else 0) for i, o in layers)
     # Adam keeps two moments per parameter, SGD with momentum one buffer, plain SGD none.
@@ -60,6 +60,10 @@ def _data_source(config: Config) -> tuple[str, int]:
     images = count_training_images(cfg)
     if cfg.dataset == "synthetic":
         source = "synthetic: digits drawn in memory, no files"
+    elif cfg.dataset == "folder":
+        classes = dataset_classes(cfg)
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        source = f"folder: {Path(cfg.root) / 'train'} ({len(classes)} classes: {shown}; image files counted, not read)"
     else:
         folder = raw_folder(cfg)
         missing = [name for name in IDX_FILES if not (folder / name).exists() and not (folder / f"{name}.gz").is_file()]

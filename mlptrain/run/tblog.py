@@ -16,10 +16,11 @@ from pathlib import Path
 from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError
 from mlptrain.base.metrics import COLUMNS, EpochStats, History
-from mlptrain.core.data import Split, class_names
+from mlptrain.core.data import Split
 from mlptrain.core.engine import confusion_matrix, predict_logits
 from mlptrain.run.callbacks import Callbacks, Relay, RunInfo
 from mlptrain.run.checkpoint import load_checkpoint, model_from_checkpoint
+from mlptrain.run.checkpoint_entries import checkpoint_classes
 from mlptrain.run.runs import BEST_FILE, TENSORBOARD_DIR, flatten
 
 HPARAMS_TAG = "_hparams_/session_start_info"  # what TensorBoard's HParams view reads for a run
@@ -93,7 +94,7 @@ class TensorBoardLog(Relay):
         counts = confusion_matrix(logits.argmax(1), self.val.y, logits.shape[1]).tolist()
         from mlptrain.run.plot import confusion_image
 
-        names = class_names(ckpt["config"].data.dataset)[: logits.shape[1]]
+        names = checkpoint_classes(ckpt)
         title = f"{self.run_dir.name}: validation, epoch {best.epoch} (val acc {100 * best.val_acc:.2f}%)"
         self.writer.add_image(
             "confusion/val_best", confusion_image(counts, names, title), best.epoch, dataformats="HWC"

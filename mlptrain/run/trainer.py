@@ -18,7 +18,7 @@ from mlptrain.base.extras import check_config
 from mlptrain.base.files import atomic_write_text, folder_lock, held_signals
 from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
 from mlptrain.core import distributed
-from mlptrain.core.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
+from mlptrain.core.data import TrainingData, load_training_data, steps_per_epoch
 from mlptrain.core.device import resolve_device
 from mlptrain.core.distributed import World
 from mlptrain.core.engine import (
@@ -39,6 +39,7 @@ from mlptrain.core.rng import seed_everything
 from mlptrain.core.threads import ThreadChoice, adapts, configure_threads, recheck
 from mlptrain.run.callbacks import Callbacks, RunInfo
 from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
+from mlptrain.run.checkpoint_entries import check_same_classes
 from mlptrain.run.interrupt import AgreedStop, StopRequest, stop_on_signals
 from mlptrain.run.plot import plot_run
 from mlptrain.run.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
@@ -163,6 +164,7 @@ def resume(
             data = distributed.main_first(
                 processes.world, lambda: load_training_data(config.data, config.seed, device, stats)
             )
+            check_same_classes(ckpt, data.classes, config.data.root)
             session = _new_session(config, run_dir, processes, data, ckpt)
             if processes.world.is_main:
                 session.notes += _repair(session, ckpt)
@@ -261,7 +263,7 @@ def _new_session(
     """Build model, optimizer and schedule; from a checkpoint, restore every piece of state it holds."""
     world, device = processes.world, processes.device
     seed_everything(config.seed)  # the weights depend on the seed alone, whatever the device
-    model = build_model(config.model, data.in_features, NUM_CLASSES).to(device)
+    model = build_model(config.model, data.in_features, len(data.classes)).to(device)
     flat = FlatParameters(model, weights_first=config.train.weight_decay > 0)  # biases do not decay
     optimizer = build_optimizer(flat.groups(), config.train)
     steps = steps_per_epoch(len(data.train), config.train.batch_size, world.size)
@@ -269,7 +271,7 @@ def _new_session(
     state = TrainState(model, optimizer, scheduler, grad_scaler(device, config.train.precision))
     if config.train.ema > 0:
         state.average = WeightAverage(model, flat.param, config.train.ema)
-    session = _Session(config, run_dir, processes, data, state, History(config.train.monitor))
+    session = _Session(config, run_dir, processes, data, state, History(config.train.monitor), list(data.notes))
     if config.train.compile:
         x, y = data.train.x[: config.train.batch_size], data.train.y[: config.train.batch_size]
         state.train_model, note = compile_model(model, optimizer, x, y, config.train.precision)
@@ -430,7 +432,7 @@ def _info(session: _Session) -> RunInfo:
         device=str(session.processes.device),
         threads=session.processes.threads.threads,
         threads_why=session.processes.threads.why,
-        dataset=config.data.dataset,
+        dataset=config.data.dataset + (f" · {len(data.classes)} classes" if config.data.dataset == "folder" else ""),
         sizes=model.sizes,
         parameters=sum(p.numel() for p in model.parameters()),
         train_samples=len(data.train),

@@ -16,7 +16,7 @@ import torch
 from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError
 from mlptrain.core.augment import Augmenter
-from mlptrain.core.data import NUM_CLASSES, batches, epoch_order, load_training_data
+from mlptrain.core.data import batches, epoch_order, load_training_data
 from mlptrain.core.device import resolve_device
 from mlptrain.core.engine import FlatParameters, build_optimizer, grad_scaler, train_step
 from mlptrain.core.memory import check_run_fits
@@ -41,6 +41,7 @@ class RangeTest:
     stopped: str | None = None  # why it ended before `steps`, if it did
     steepest: float | None = None  # the rate where the smoothed loss falls fastest (per log-rate)
     valley: float | None = None  # the rate of the lowest smoothed loss, divided by ten
+    notes: list[str] = field(default_factory=list)  # warnings from reading the data (files passed over)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,12 +68,12 @@ def lr_range_test(config: Config, min_lr: float = 1e-5, max_lr: float = 10.0, st
     configure_threads(config, device)
     data = load_training_data(config.data, config.seed, device)
     seed_everything(config.seed)
-    model = build_model(config.model, data.in_features, NUM_CLASSES).to(device)
+    model = build_model(config.model, data.in_features, len(data.classes)).to(device)
     cfg = dataclasses.replace(config.train, lr=min_lr)
     optimizer = build_optimizer(FlatParameters(model, weights_first=cfg.weight_decay > 0).groups(), cfg)
     scaler, augment = grad_scaler(device, cfg.precision), Augmenter.build(config.data.augment, data, config.seed)
     clip = (cfg.grad_clip_norm, torch.zeros((), dtype=torch.int64, device=device)) if cfg.grad_clip_norm else None
-    result, average, best = RangeTest(min_lr, max_lr, steps), 0.0, math.inf
+    result, average, best = RangeTest(min_lr, max_lr, steps, notes=list(data.notes)), 0.0, math.inf
     model.train()
     for i, (epoch, step, x, y) in enumerate(itertools.islice(_batches(data, config, cfg.batch_size), steps)):
         lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))

@@ -14,9 +14,10 @@ from mlptrain.core.data import load_training_data
 from mlptrain.run.plot import save_augment_grid
 
 
-def preview(config: Config, rows: int = 10, copies: int = 7) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def preview(config: Config, rows: int = 10, copies: int = 7) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """What data.augment does to `config`'s training images: (originals (K, H, W), copies (K, C, H, W)) in [0, 1]
-    and the K labels; one image of each class first, on the CPU, copy j drawn as batch j of epoch 1 would be."""
+    and the K class names; one image of each class first, on the CPU, copy j drawn as batch j of epoch 1 would
+    be."""
     if config.data.augment.kind == "none":
         raise ConfigError("data.augment is none: nothing to show; set one, e.g. --set data.augment=affine+elastic")
     data = load_training_data(config.data, config.seed, torch.device("cpu"))
@@ -32,7 +33,7 @@ def preview(config: Config, rows: int = 10, copies: int = 7) -> tuple[torch.Tens
     def pixels(t: torch.Tensor) -> torch.Tensor:
         return (t * data.std + data.mean).clamp_(0, 1).view(*t.shape[:-1], side, side)
 
-    return pixels(x), pixels(copied), y[picked].tolist()
+    return pixels(x), pixels(copied), [data.classes[label] for label in y[picked].tolist()]
 
 
 def save_preview(config: Config, out: Path) -> Path:
@@ -45,5 +46,5 @@ def save_preview(config: Config, out: Path) -> Path:
     if a.kind == "elastic":
         settings = settings.split(", elastic ")[1]
     title = f"data.augment: {a.kind} ({config.data.dataset})\n{settings}"
-    save_augment_grid(out, originals, copies, [str(label) for label in labels], title)
+    save_augment_grid(out, originals, copies, labels, title)
     return out

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mlptrain.base.errors import DataError
 from mlptrain.cli.main import app
-from mlptrain.inference.predict import BOX, SIZE, centre_of_mass, load_grayscale, prepare, to_mnist
+from mlptrain.core.digit import BOX, SIZE, centre_of_mass, load_grayscale, prepare, to_mnist
 
 runner = CliRunner()
 
