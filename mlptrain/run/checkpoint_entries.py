@@ -172,7 +172,7 @@ def _check_optimizer(saved: Any, train: TrainConfig, sizes: list[int]) -> None:
         for key, value in group.items():
             _need(key == "params" or _is_setting(value), f"optimizer.param_groups.{key}",
                   f"must be a finite number or true/false, got {quote(value)}")  # fmt: skip
-            _check_rate(key, value, train.lr)
+            _check_rate(key, value, train)
     state = saved["state"]
     _need(set(state) <= set(range(len(sizes))) and all(isinstance(v, dict) for v in state.values()),
           "optimizer.state", "must hold the state of the optimizer's parameters only")  # fmt: skip
@@ -195,12 +195,16 @@ def _check_state(optimizer: str, key: Any, value: Any, size: int) -> None:
     _need(ok, where, f"must be finite numbers within ±{MAX_MAGNITUDE:g}, one per parameter ({size:,})")
 
 
-def _check_rate(key: str, value: Any, lr: float) -> None:
-    """The schedules keep every rate in [0, train.lr] and every momentum (Adam's betas too) in [0, 1): a value
-    outside is a damaged file, and would make the run diverge."""
-    values = value if isinstance(value, tuple) else (value,)
+def _check_rate(key: str, value: Any, train: TrainConfig) -> None:
+    """The schedules keep every rate in [0, train.lr] and every momentum (Adam's betas too) in [0, 1), and a
+    group's weight decay is train.weight_decay or (the biases') 0: a value outside is a damaged file, and would make
+    the run diverge."""
+    values, lr = (value if isinstance(value, tuple) else (value,)), train.lr
     where = f"optimizer.param_groups.{key}"
-    if key.endswith("lr"):
+    if key == "weight_decay":
+        _need(value in (0, train.weight_decay), where, f"must be 0 or train.weight_decay ({train.weight_decay}), "
+              f"got {value}")  # fmt: skip
+    elif key.endswith("lr"):
         _need(all(0 <= v <= lr * (1 + 1e-6) for v in values), where, f"must be in [0, train.lr = {lr}], got {value}")
     elif key.endswith("momentum") or key == "betas":
         _need(all(0 <= v < 1 for v in values), where, f"must be in [0, 1), got {value}")

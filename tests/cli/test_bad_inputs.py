@@ -356,6 +356,9 @@ CASES = [
      ["optimizer.state", "momentum_buffer", "one per parameter"]),
     ("ckpt-bad-optimizer-lr", lambda t, c, m: ["eval", edited_checkpoint(
         t, c, set_entry("optimizer", "param_groups", 0, "lr", "fast"))], ["optimizer.param_groups.lr", "'fast'"]),
+    ("ckpt-bad-weight-decay", lambda t, c, m: ["eval", edited_checkpoint(
+        t, c, set_entry("optimizer", "param_groups", 0, "weight_decay", -1e154))],
+     ["optimizer.param_groups.weight_decay", "train.weight_decay (0.0)"]),
     ("ckpt-bad-rng", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("rng", "torch", torch.zeros(3)))],
      ["rng.torch", "not a generator state"]),
     ("ckpt-bad-scheduler", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("scheduler", "last_epoch", "x"))],
