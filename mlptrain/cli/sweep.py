@@ -74,7 +74,8 @@ def sweep(
     json_out: Annotated[
         bool,
         typer.Option(
-            "--json", help="Print one JSON list, an object per trial (with --timeout: {trials, stopped}), only that."
+            "--json",
+            help="Print one JSON list, an object per trial (with --timeout: an object, trials and stopped), only that.",
         ),
     ] = False,
 ) -> None:
