@@ -221,7 +221,9 @@ def run(
     workers_.check_count(workers)
     deadline = budget.deadline if budget is not None else workers_.inherited_deadline()
     with workers_.spread(sweep.folder, workers, stop, deadline) as stop:
-        worker.work(sweep, callbacks or SweepCallbacks(), stop, deadline)
-    with sweep.lock():  # the other workers' last trials too: they finished after this one's
+        trials = worker.work(sweep, callbacks or SweepCallbacks(), stop, deadline)
+    if workers == 1:
+        return trials
+    with sweep.lock():  # the other workers' last trials too: they may have finished after this one's
         sweep.refresh()
     return sweep.trials
