@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from mlptrain.cli import completion, exits
 from mlptrain.cli.app import command
+
+if TYPE_CHECKING:
+    from mlptrain.sweep.start import BudgetEnd
+    from mlptrain.sweep.table import SweepTable
 
 SweepDir = Annotated[
     Optional[Path],  # noqa: UP045
@@ -95,16 +99,21 @@ def sweep(
             report.note(note)
         with exits.live(live.SweepReporter(report.make_console(), quiet=quiet or json_out)) as reporter:
             job.trials = run(job, callbacks=reporter, workers=workers, budget=budget)
-        found, end = table(job.folder), budget_end(job, budget)
-        if json_out:
-            trials_json = found.to_json()
-            stopped = end.to_json() if end else None
-            typer.echo(json.dumps(trials_json if budget is None else {"trials": trials_json, "stopped": stopped}))
-        else:
-            report.show_sweep(report.make_console(), found)
-            if end is not None:
-                report.show_budget_end(report.make_console(), end)
+        _show(table(job.folder), budget is not None, budget_end(job, budget), json_out)
         failed = sum(t.state == "failed" for t in job.trials)
         if failed:
             report.error(f"{failed} of {len(job.trials)} trials failed; the others ran (see the table)")
             raise SystemExit(1)
+
+
+def _show(found: SweepTable, budgeted: bool, end: BudgetEnd | None, json_out: bool) -> None:
+    """The closing table (or --json), and the line saying that --timeout ended the sweep if it did."""
+    from mlptrain.cli import report
+
+    if json_out:
+        trials = found.to_json()
+        typer.echo(json.dumps({"trials": trials, "stopped": end.to_json() if end else None} if budgeted else trials))
+        return
+    report.show_sweep(report.make_console(), found)
+    if end is not None:
+        report.show_budget_end(report.make_console(), end)
