@@ -32,6 +32,14 @@ Join = Annotated[
         help="One more worker on a sweep: its folder, or its study's database URL from any machine.",
     ),
 ]
+Timeout = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Start no trial after SECONDS (from now; every worker); those under way finish. --resume goes on.",
+    ),
+]
 StudyName = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(metavar="NAME", help="With --join URL: the study, where the database holds several."),
@@ -64,14 +72,7 @@ def sweep(
     ] = None,
     storage: Annotated[Optional[str], typer.Option(metavar="URL", help="The study's database URL.")] = None,  # noqa: UP045
     workers: Annotated[int, typer.Option(metavar="N", help="Run N trials at a time here, CPU threads split.")] = 1,
-    timeout: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            help="Start no trial after SECONDS (from now; every worker); those under way finish. --resume goes on.",
-        ),
-    ] = None,
+    timeout: Timeout = None,
     join: Join = None,
     study: StudyName = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table.")] = False,
