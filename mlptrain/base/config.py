@@ -27,7 +27,8 @@ DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what `device` may say (co
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_LAYERS = 1000  # hidden layers
 MAX_NAME = 200  # characters: a run folder's name adds a timestamp, and a file system takes 255 bytes
-MAX_EPOCHS = 100_000  # train.epochs and train.patience: a month of the smallest epochs; more is a typo
+MAX_EPOCHS = 100_000  # train.epochs and the patiences: a month of the smallest epochs; more is a typo
+MAX_MIN_DELTA = 100.0  # train.min_delta: losses start near ln 10 ≈ 2.3 and accuracies are fractions; more is a typo
 MAX_BATCH = 2**24  # train.batch_size: beyond any split's size, and within torch's 32-bit index arithmetic
 MAX_LR = 1e6  # train.lr: far past divergence (lr-find stops at 10), where tests still make a run diverge on purpose
 MAX_WEIGHT_DECAY = 10.0  # train.weight_decay
@@ -115,9 +116,13 @@ class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    scheduler: Literal["none", "cosine", "onecycle"] = "onecycle"
+    scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "onecycle"
+    warmup_epochs: float = 0.0  # the rate climbs linearly to lr over these (fractional) epochs first; not onecycle
+    plateau_factor: float = 0.1  # plateau: the rate is multiplied by this when `monitor` stalls
+    plateau_patience: int = 2  # plateau: the rate is cut after this many epochs in a row without improvement
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
     patience: int = 0  # stop after this many epochs without improvement on `monitor`; 0 = never
+    min_delta: float = 0.0  # an improvement (for patience and plateau) beats the last one by more than this
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the matmuls
     compile: bool = False  # torch.compile the model (forward and backward); falls back to eager if it can't
     label_smoothing: float = 0.0  # ε: targets (1 - ε) on the label plus ε/classes on every class
@@ -147,11 +152,24 @@ class TrainConfig:
             "train.patience",
             f"must be >= 0 (0 turns early stopping off) and at most {MAX_EPOCHS:,}, got {self.patience}",
         )
+        self._validate_schedule()
         _check(
             0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}"
         )
         _check(self.grad_clip_norm >= 0, "train.grad_clip_norm", f"must be >= 0 (0 = off), got {self.grad_clip_norm}")
         _check(0.0 <= self.ema < 1.0, "train.ema", f"must be in [0, 1) (0 = off), got {self.ema}")
+
+    def _validate_schedule(self) -> None:
+        """warmup_epochs, the plateau settings and min_delta."""
+        _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",
+               f"must be >= 0 and less than train.epochs ({self.epochs}), got {self.warmup_epochs}")  # fmt: skip
+        _check(self.warmup_epochs == 0 or self.scheduler != "onecycle", "train.warmup_epochs",
+               f"onecycle warms up by itself, got {self.warmup_epochs}; use 0, or another scheduler")  # fmt: skip
+        _check(0 < self.plateau_factor < 1, "train.plateau_factor", f"must be in (0, 1), got {self.plateau_factor}")
+        _check(1 <= self.plateau_patience <= MAX_EPOCHS, "train.plateau_patience",
+               f"must be at least 1 and at most {MAX_EPOCHS:,}, got {self.plateau_patience}")  # fmt: skip
+        _check(0 <= self.min_delta <= MAX_MIN_DELTA, "train.min_delta",
+               f"must be >= 0 and at most {MAX_MIN_DELTA:g}, got {self.min_delta}")  # fmt: skip
 
 
 @dataclass

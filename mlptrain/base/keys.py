@@ -40,9 +40,13 @@ MEANINGS = {
     "train.optimizer": "how the weights are updated",
     "train.momentum": "SGD momentum; for adam/adamw it is beta1",
     "train.weight_decay": "L2 penalty on weights, not biases (decoupled for adamw)",
-    "train.scheduler": "how the rate changes, stepped every batch",
+    "train.scheduler": "how the rate changes: every batch, or (plateau) cut after epochs without improvement",
+    "train.warmup_epochs": "epochs (fractions too) over which the rate climbs linearly to lr first; not onecycle",
+    "train.plateau_factor": "plateau only: the rate is multiplied by this, in (0, 1), when the monitor stalls",
+    "train.plateau_patience": "plateau only: the rate is cut after this many epochs in a row without improvement",
     "train.monitor": "which epoch best.pt keeps: the highest val_acc or the lowest val_loss",
-    "train.patience": "stop after this many epochs without a better monitor; 0 = never stop early",
+    "train.patience": "stop after this many epochs without improvement on the monitor; 0 = never stop early",
+    "train.min_delta": "an improvement (patience, plateau) beats the last one by more than this; best.pt: any",
     "train.precision": "autocast dtype for the matmuls (fp16 adds loss scaling on CUDA)",
     "train.compile": "torch.compile the model; falls back to eager, with a warning, where it cannot",
     "train.label_smoothing": "ε in [0, 1): the target puts 1 - ε on the label and ε/classes on every class",
@@ -109,7 +113,12 @@ def _leaves(cls: Any, value: Any, section: str) -> list[tuple[str, Any, Any]]:
 def applies(key: str, settings: dict[str, Any]) -> bool:
     """Whether `key` shaped a run of these `settings` (dotted keys, as a run folder's config.yaml holds them):
     data.augment's settings do only under an augmentation (a kind other than none; runs from before
-    augmentation have none)."""
+    augmentation have none), plateau's only under that scheduler, and min_delta only where something counts
+    improvements (train.patience, or plateau)."""
     if key.startswith("data.augment.") and key != "data.augment.kind":
         return settings.get("data.augment.kind", "none") not in ("none", None)
+    if key.startswith("train.plateau_"):
+        return settings.get("train.scheduler") == "plateau"
+    if key == "train.min_delta":
+        return settings.get("train.scheduler") == "plateau" or bool(settings.get("train.patience"))
     return True

@@ -85,6 +85,17 @@ def is_better(monitor: str, value: float, best: float | None) -> bool:
     return value > best if _HIGHER_IS_BETTER[monitor] else value < best
 
 
+def improves(monitor: str, value: float, reference: float | None, min_delta: float = 0.0) -> bool:
+    """Whether `value` of `monitor` is an improvement on `reference` (the last improvement's value; None: nothing
+    yet) for train.patience and plateau: better by more than `min_delta`, as Keras's EarlyStopping has it. With
+    min_delta 0 it is is_better; best.pt follows is_better alone."""
+    if not math.isfinite(value):
+        return False
+    if reference is None:
+        return True
+    return value > reference + min_delta if _HIGHER_IS_BETTER[monitor] else value < reference - min_delta
+
+
 def direction(monitor: str) -> str:
     """Which way `monitor` improves, in the words of an optimiser: 'maximize' (val_acc) or 'minimize' (val_loss)."""
     return "maximize" if _HIGHER_IS_BETTER[monitor] else "minimize"
@@ -130,6 +141,16 @@ class History:
         usable = [s for s in self.epochs if not s.diverged]
         index = best_index((getattr(s, self.monitor) for s in usable), self.monitor)
         return 0 if index is None else usable[index].epoch
+
+    def last_improvement(self, min_delta: float = 0.0) -> int:
+        """The last epoch that improved on the one before it that did (by more than `min_delta`, see improves),
+        the first counting; 0 before any. What train.patience counts from; with min_delta 0, best_epoch."""
+        reference, found = None, 0
+        for s in self.epochs:
+            value = getattr(s, self.monitor)
+            if not s.diverged and improves(self.monitor, value, reference, min_delta):
+                reference, found = value, s.epoch
+        return found
 
     @property
     def best(self) -> EpochStats | None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # runtime imports would pull in torch, and errors must print 
     from mlptrain.run.plan import RunPlan
     from mlptrain.run.runs import RunSummary
     from mlptrain.run.trainer import TrainResult
+    from mlptrain.sweep.start import BudgetEnd
     from mlptrain.sweep.table import Listing, SweepTable
     from mlptrain.tune.lrfind import RangeTest
 
@@ -331,6 +332,15 @@ def show_sweep(console: Console, table: SweepTable) -> None:
     best = next((row for row in table.rows if row.best), None)
     if best is not None:
         console.print(f"best: trial {best.trial.index}, {table.folder / best.trial.dir / 'best.pt'}", markup=False)
+
+
+def show_budget_end(console: Console, end: BudgetEnd) -> None:
+    """The line under a sweep's table when --timeout ended it: how far it got, and how it carries on."""
+    console.print(
+        f"stopped: time budget of {end.seconds:g} s reached, {end.done:,} of {end.total:,} trials done; "
+        f"`mlptrain sweep --resume {end.folder}` continues",
+        markup=False,
+    )
 
 
 def duration(seconds: float) -> str:

@@ -33,6 +33,7 @@ from mlptrain.core.data import (
 from mlptrain.core.distributed import SINGLE, World
 from mlptrain.core.nn import MLP
 from mlptrain.core.recipe import WeightAverage, clip_grad_norm
+from mlptrain.core.schedule import step_plateau
 
 
 class FlatParameters:
@@ -96,24 +97,6 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return eager.make_optimizer(cls, params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **options)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
         return eager.make_optimizer(cls, params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
-    """A per-step schedule over `steps` optimizer steps in all, or None for a constant rate."""
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    if cfg.scheduler == "onecycle":
-        # Momentum (beta1 for Adam) dips by 0.1 while the rate climbs and recovers as it falls, as in
-        # Smith's one-cycle policy; a run without momentum keeps none.
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=cfg.lr,
-            total_steps=steps,
-            cycle_momentum=cfg.momentum > 0,
-            base_momentum=max(cfg.momentum - 0.1, 0.0),
-            max_momentum=cfg.momentum,
-        )
-    return None
 
 
 def synchronize(device: torch.device) -> None:
@@ -193,7 +176,8 @@ class TrainState:
 
     model: nn.Module  # what validation runs and a checkpoint holds
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped after every batch
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None  # stepped after every epoch's validation
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling
     train_model: nn.Module | None = None  # what training calls, if not `model`: its compiled or DDP-wrapped form
     average: WeightAverage | None = None  # train.ema: the weights' moving average, updated after every step
@@ -386,6 +370,7 @@ def fit(
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(state.eval_model, data.val, cfg.precision)
         synchronize(device)
+        step_plateau(state.plateau, cfg, epoch, steps, val_acc if cfg.monitor == "val_acc" else val_loss)
         state.epoch, state.progress = epoch, None
         yield EpochStats(
             epoch=epoch,

@@ -3,8 +3,8 @@ checking it (weights_only=True), and restoring a run's training state from it.
 
 A checkpoint holds everything needed to rebuild, score or resume the model without the original config file:
 the weights, the resolved config, the data's size, class names and normalisation, the epoch, its metrics and the
-history, the optimizer, scheduler and loss-scaler state, every RNG's state, the place inside an epoch where a run
-was stopped, and the versions that wrote it.
+history, the optimizer, scheduler, plateau and loss-scaler state, every RNG's state, the place inside an epoch
+where a run was stopped, and the versions that wrote it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from mlptrain.core.engine import EpochProgress, TrainState
 from mlptrain.core.memory import check_fits
 from mlptrain.core.nn import MLP, build_model
 from mlptrain.core.rng import rng_state, set_rng_state
+from mlptrain.core.schedule import steps_the_rate
 from mlptrain.run.checkpoint_entries import EntryProblem, check_entries
 
 FORMAT = "mlptrain-checkpoint"
@@ -46,7 +47,7 @@ _REQUIRED = (
     "scheduler",
     "rng",
     "progress",
-)  # and "scaler", which checkpoints of runs without loss scaling may lack
+)  # and "scaler", which checkpoints of runs without loss scaling may lack, and "plateau", under that scheduler
 MAX_UNPACK_RATIO = 2  # a checkpoint's parts may unpack to at most twice the file's size (plus 1 MiB)
 # What a learning-rate scheduler's state_dict holds about how far it has got; the rest describes the schedule.
 _SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
@@ -107,6 +108,7 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
         "model": state.eval_model.state_dict(),  # under train.ema the averaged weights, which eval uses
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        **({"plateau": state.plateau.state_dict()} if state.plateau is not None else {}),
         "epoch": epoch,
         "metrics": kept.epochs[-1].as_dict() if epoch else {},
         "history": [s.as_dict() for s in kept.epochs],
@@ -142,6 +144,9 @@ def restore(
         entry = "scheduler"
         if state.scheduler is not None:
             _restore_scheduler(state.scheduler, ckpt["scheduler"])
+        entry = "plateau"
+        if state.plateau is not None:
+            state.plateau.load_state_dict(ckpt["plateau"])
         entry = "scaler"
         if state.scaler is not None and ckpt.get("scaler"):
             state.scaler.load_state_dict(ckpt["scaler"])
@@ -177,7 +182,7 @@ def _check_place(ckpt: dict[str, Any], steps: int | None, samples: int | None) -
         problem = f"progress.order: orders {len(progress['order'])} images, but the run trains on {samples}"
     elif steps is not None and step > steps:
         problem = f"progress.step: {step} batches done, but an epoch has {steps}"
-    elif steps is not None and ckpt["config"].train.scheduler != "none":
+    elif steps is not None and steps_the_rate(ckpt["config"].train):
         done = ckpt["epoch"] * steps + step
         if ckpt["scheduler"]["last_epoch"] > done:
             problem = f"scheduler: at step {ckpt['scheduler']['last_epoch']}, past the {done} steps the run has taken"

@@ -14,6 +14,7 @@ from mlptrain.base.errors import DataError
 from mlptrain.base.metrics import COLUMNS, MONITORS, stats_from_row
 from mlptrain.core.data import MIN_STD, NUM_CLASSES, class_names
 from mlptrain.core.nn import MLP, build_model
+from mlptrain.core.schedule import steps_the_rate
 
 MAX_MAGNITUDE = 1e6  # of a weight or an optimizer's state: far beyond any trained MLP's, well below overflow
 DATA_KEYS = ("in_features", "num_classes", "mean", "std")
@@ -60,7 +61,8 @@ def check_entries(ckpt: dict[str, Any]) -> None:
         _check_average(ckpt["ema"], config, ckpt["data"])
     _check_history(ckpt["history"], ckpt["metrics"], ckpt["best"], epoch)
     _check_optimizer(ckpt["optimizer"], config.train, _group_sizes(shapes, config.train))
-    _check_scheduler(ckpt["scheduler"], config.train.scheduler, len(_group_sizes(shapes, config.train)))
+    _check_scheduler(ckpt["scheduler"], config.train, len(_group_sizes(shapes, config.train)))
+    _check_plateau(ckpt.get("plateau"), config.train)
     _check_rng(ckpt["rng"])
     _check_progress(ckpt["progress"], epoch)
     _check_scaler(ckpt.get("scaler"))
@@ -211,7 +213,7 @@ def _check_optimizer(saved: Any, train: TrainConfig, sizes: list[int]) -> None:
         for key, value in group.items():
             _need(key == "params" or _is_setting(value), f"optimizer.param_groups.{key}",
                   f"must be a finite number or true/false, got {quote(value)}")  # fmt: skip
-            _check_rate(key, value, train.lr)
+            _check_rate(key, value, train)
     state = saved["state"]
     _need(set(state) <= set(range(len(sizes))) and all(isinstance(v, dict) for v in state.values()),
           "optimizer.state", "must hold the state of the optimizer's parameters only")  # fmt: skip
@@ -234,21 +236,25 @@ def _check_state(optimizer: str, key: Any, value: Any, size: int) -> None:
     _need(ok, where, f"must be finite numbers within ±{MAX_MAGNITUDE:g}, one per parameter ({size:,})")
 
 
-def _check_rate(key: str, value: Any, lr: float) -> None:
-    """The schedules keep every rate in [0, train.lr] and every momentum (Adam's betas too) in [0, 1): a value
-    outside is a damaged file, and would make the run diverge."""
-    values = value if isinstance(value, tuple) else (value,)
+def _check_rate(key: str, value: Any, train: TrainConfig) -> None:
+    """The schedules keep every rate in [0, train.lr] and every momentum (Adam's betas too) in [0, 1), and a
+    group's weight decay is train.weight_decay or (the biases') 0: a value outside is a damaged file, and would make
+    the run diverge."""
+    values, lr = (value if isinstance(value, tuple) else (value,)), train.lr
     where = f"optimizer.param_groups.{key}"
-    if key.endswith("lr"):
+    if key == "weight_decay":
+        _need(value in (0, train.weight_decay), where, f"must be 0 or train.weight_decay ({train.weight_decay}), "
+              f"got {value}")  # fmt: skip
+    elif key.endswith("lr"):
         _need(all(0 <= v <= lr * (1 + 1e-6) for v in values), where, f"must be in [0, train.lr = {lr}], got {value}")
     elif key.endswith("momentum") or key == "betas":
         _need(all(0 <= v < 1 for v in values), where, f"must be in [0, 1), got {value}")
 
 
-def _check_scheduler(saved: Any, scheduler: str, groups: int) -> None:
-    if scheduler == "none":
+def _check_scheduler(saved: Any, train: TrainConfig, groups: int) -> None:
+    if not steps_the_rate(train):
         return  # restore does not read it
-    _need(isinstance(saved, dict), "scheduler", f"a {scheduler} schedule's state is missing")
+    _need(isinstance(saved, dict), "scheduler", f"a {train.scheduler} schedule's state is missing")
     for key in ("last_epoch", "_step_count"):
         _need(_is_int(saved.get(key)) and saved[key] >= 0, f"scheduler.{key}", "must be a whole number from 0")
     last_lr = saved.get("_last_lr", [0.0] * groups)
@@ -256,6 +262,18 @@ def _check_scheduler(saved: Any, scheduler: str, groups: int) -> None:
     _need(finite and len(last_lr) == groups, "scheduler._last_lr", f"must be {groups} finite rate(s), one per group")
     for key in ("_get_lr_called_within_step", "_is_initial"):
         _need(isinstance(saved.get(key, False), bool), f"scheduler.{key}", "must be true or false")
+
+
+def _check_plateau(saved: Any, train: TrainConfig) -> None:
+    """plateau's count: what ReduceLROnPlateau.step reads (its settings are the config's, which cannot change)."""
+    if train.scheduler != "plateau":
+        return  # restore does not read it
+    _need(isinstance(saved, dict), "plateau", "the plateau schedule's state is missing")
+    for key in ("last_epoch", "num_bad_epochs", "cooldown_counter"):
+        _need(_is_int(saved.get(key)) and saved[key] >= 0, f"plateau.{key}", "must be a whole number from 0")
+    _need(_is_number(saved.get("best")) and not math.isnan(saved["best"]), "plateau.best", "must be a number")
+    _need(saved.get("mode") in ("min", "max"), "plateau.mode", f"must be min or max, got {quote(saved.get('mode'))}")
+    _need(saved.get("threshold_mode") == "abs", "plateau.threshold_mode", "must be abs")
 
 
 def _check_rng(saved: Any) -> None:

@@ -27,7 +27,6 @@ from mlptrain.core.engine import (
     TrainingStopped,
     TrainState,
     build_optimizer,
-    build_scheduler,
     compile_model,
     fit,
     grad_scaler,
@@ -36,6 +35,7 @@ from mlptrain.core.memory import check_run_fits
 from mlptrain.core.nn import build_model
 from mlptrain.core.recipe import WeightAverage
 from mlptrain.core.rng import seed_everything
+from mlptrain.core.schedule import build_plateau, build_scheduler
 from mlptrain.core.threads import ThreadChoice, adapts, configure_threads, recheck
 from mlptrain.run.callbacks import Callbacks, RunInfo
 from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
@@ -268,7 +268,8 @@ def _new_session(
     optimizer = build_optimizer(flat.groups(), config.train)
     steps = steps_per_epoch(len(data.train), config.train.batch_size, world.size)
     scheduler = build_scheduler(optimizer, config.train, steps * config.train.epochs)
-    state = TrainState(model, optimizer, scheduler, grad_scaler(device, config.train.precision))
+    state = TrainState(model, optimizer, scheduler, build_plateau(optimizer, config.train))
+    state.scaler = grad_scaler(device, config.train.precision)
     if config.train.ema > 0:
         state.average = WeightAverage(model, flat.param, config.train.ema)
     session = _Session(config, run_dir, processes, data, state, History(config.train.monitor), list(data.notes))
@@ -301,8 +302,10 @@ def _join_processes(session: _Session) -> None:
 
 
 def _finished(session: _Session) -> bool:
-    epoch, patience = session.state.epoch, session.config.train.patience
-    stalled = patience > 0 and epoch - session.history.best_epoch >= patience
+    """Every epoch trained, or train.patience epochs since the last improvement (by more than train.min_delta), from
+    the history alone: a resumed run decides as the uninterrupted one."""
+    epoch, train = session.state.epoch, session.config.train
+    stalled = train.patience > 0 and epoch - session.history.last_improvement(train.min_delta) >= train.patience
     return epoch >= session.config.train.epochs or stalled
 
 

@@ -7,9 +7,12 @@ study.py's and worker.py's (with internals.py, the only optuna users); optuna is
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,13 +21,55 @@ from mlptrain.base.errors import ConfigError
 from mlptrain.base.extras import check_config
 from mlptrain.base.files import atomic_write_text, make_dirs, new_run_dir
 from mlptrain.base.recipes import recipe_file, resolve
-from mlptrain.sweep.folder import MANIFEST, WORKER_ENV, Sweep, SweepCallbacks, Trial, is_sweep, load
+from mlptrain.sweep.folder import FINISHED, MANIFEST, WORKER_ENV, Sweep, SweepCallbacks, Trial, is_sweep, load
 from mlptrain.sweep.spec import parse_spec
 
 if TYPE_CHECKING:
     from mlptrain.run.interrupt import StopRequest
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # `--join postgresql://...`, not a folder
+MAX_TIMEOUT = 30 * 24 * 3600  # seconds: --timeout of a month; more is a typo
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`--timeout SECONDS`: no trial is started (nor a paused one continued) once `deadline` has passed, a wall-clock
+    time (time.time()) that this invocation's workers share; trials under way finish. Per invocation, never stored:
+    --resume continues towards the sweep's trials with the budget it is given, or none."""
+
+    seconds: float
+    deadline: float
+
+    @classmethod
+    def starting(cls, seconds: float | None, began: float) -> Budget | None:
+        """The budget of `seconds` from `began` (time.time() when the command began), refused outside its range."""
+        if seconds is None:
+            return None
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+            raise ConfigError(f"--timeout {seconds:g}: must be above 0 and at most {MAX_TIMEOUT:,} seconds (30 days)")
+        return cls(seconds, began + seconds)
+
+
+@dataclass(frozen=True)
+class BudgetEnd:
+    """A sweep that its budget stopped before all its trials were done: what the closing table says of it."""
+
+    seconds: float
+    done: int  # trials finished (done, failed or pruned), of
+    total: int
+    folder: Path
+
+    def to_json(self) -> dict:
+        return {"reason": "timeout", "seconds": self.seconds, "trials_done": self.done, "trials": self.total,
+                "resume": f"mlptrain sweep --resume {self.folder}"}  # fmt: skip
+
+
+def budget_end(sweep: Sweep, budget: Budget | None, now: float | None = None) -> BudgetEnd | None:
+    """How the budget ended the sweep, if it did: its deadline passed with trials left to do; else None."""
+    if budget is None or (time.time() if now is None else now) < budget.deadline:
+        return None
+    done = sum(t.state in FINISHED for t in sweep.trials)
+    return BudgetEnd(budget.seconds, done, sweep.total, sweep.folder) if done < sweep.total else None
 
 
 def plan(path: Path, trials: int | None = None) -> Sweep:
@@ -161,13 +206,24 @@ def engine():
 
 
 def run(
-    sweep: Sweep, callbacks: SweepCallbacks | None = None, stop: StopRequest | None = None, workers: int = 1
+    sweep: Sweep,
+    callbacks: SweepCallbacks | None = None,
+    stop: StopRequest | None = None,
+    workers: int = 1,
+    budget: Budget | None = None,
 ) -> list[Trial]:
-    """Work on the sweep until no trial is left to run (worker.work), with `workers` - 1 more worker
-    processes beside this one; returns the trials as the manifest has them."""
+    """Work on the sweep until no trial is left to run (worker.work), or until the budget's deadline (a worker
+    that --workers started has its parent's, workers.inherited_deadline), with `workers` - 1 more worker processes
+    beside this one; returns the trials as the manifest has them."""
     from mlptrain.sweep import worker
     from mlptrain.sweep import workers as workers_
 
     workers_.check_count(workers)
-    with workers_.spread(sweep.folder, workers, stop) as stop:
-        return worker.work(sweep, callbacks or SweepCallbacks(), stop)
+    deadline = budget.deadline if budget is not None else workers_.inherited_deadline()
+    with workers_.spread(sweep.folder, workers, stop, deadline) as stop:
+        trials = worker.work(sweep, callbacks or SweepCallbacks(), stop, deadline)
+    if workers == 1:
+        return trials
+    with sweep.lock():  # the other workers' last trials too: they may have finished after this one's
+        sweep.refresh()
+    return sweep.trials

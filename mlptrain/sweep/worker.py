@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,11 +52,14 @@ class Claim:
     made: bool  # the run folder was made by this claim
 
 
-def work(sweep: Sweep, cb: SweepCallbacks, stop: StopRequest | None = None) -> list[Trial]:
-    """Run trials until none is left: first those stopped or killed mid-way in this folder (continued from their
-    last.pt), then queued ones, then new ones. Any number of workers, on any number of hosts, may do this at once
-    on one study; each trial has one, by the study's atomic WAITING -> RUNNING and the lock of its run folder. A
-    signal stops the running trial at a batch boundary and raises Interrupted."""
+def work(
+    sweep: Sweep, cb: SweepCallbacks, stop: StopRequest | None = None, deadline: float | None = None
+) -> list[Trial]:
+    """Run trials until none is left, or until `deadline` (time.time(); --timeout) has passed: first those stopped
+    or killed mid-way in this folder (continued from their last.pt), then queued ones, then new ones. Any number of
+    workers, on any number of hosts, may do this at once on one study; each trial has one, by the study's atomic
+    WAITING -> RUNNING and the lock of its run folder. A signal stops the running trial at a batch boundary and
+    raises Interrupted."""
     from mlptrain.run.interrupt import StopRequest, stop_on_signals
 
     stop = stop or StopRequest()
@@ -68,7 +72,7 @@ def work(sweep: Sweep, cb: SweepCallbacks, stop: StopRequest | None = None) -> l
         cb.sweep_started(sweep, _todo(sweep, study))
         while True:
             with contextlib.ExitStack() as stack:
-                claim = _claim(sweep, study, stack, stop)
+                claim = _claim(sweep, study, stack, stop, deadline)
                 if claim is None:
                     break
                 _run_trial(sweep, study, claim, cb, stop)
@@ -99,8 +103,11 @@ def _settle(sweep: Sweep, study: optuna.Study) -> None:
             sweep.record(trial)
 
 
-def _claim(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack, stop: StopRequest) -> Claim | None:
-    """The next trial for this worker, its folder's lock entered into `stack`; None when nothing is left."""
+def _claim(
+    sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack, stop: StopRequest, deadline: float | None
+) -> Claim | None:
+    """The next trial for this worker, its folder's lock entered into `stack`; None when nothing is left, or when
+    the deadline has passed (no trial starts after it)."""
     with sweep.lock():
         sweep.refresh()
         if stop():  # a signal between trials
@@ -108,6 +115,8 @@ def _claim(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack, stop:
             raise interrupted(
                 sweep, f"{stop.name}: the sweep stopped before trial {todo[0]}/{sweep.total}", stop.signum
             )
+        if deadline is not None and time.time() >= deadline:
+            return None
         states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         for trial in sweep.trials:  # a trial stopped, or left by a worker that was killed: its folder is free
             if trial.state not in FINISHED and states.get(trial.number) == TrialState.RUNNING:

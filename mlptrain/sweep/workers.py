@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mlptrain.run.interrupt import StopRequest
 
 MAX_WORKERS = 64
+DEADLINE_ENV = "MLPTRAIN_SWEEP_DEADLINE"  # --timeout's deadline (time.time()), handed to the workers started here
 
 
 def check_count(workers: int) -> None:
@@ -42,9 +43,20 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
+def inherited_deadline() -> float | None:
+    """The deadline of the `mlptrain sweep --timeout` that started this worker (spread); None if none."""
+    try:
+        return float(os.environ[DEADLINE_ENV])
+    except (KeyError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
-def spread(folder: Path, workers: int, stop: StopRequest | None) -> Iterator[StopRequest]:
-    """Start the other workers, run the block (this process's own work), then wait for them."""
+def spread(
+    folder: Path, workers: int, stop: StopRequest | None, deadline: float | None = None
+) -> Iterator[StopRequest]:
+    """Start the other workers (each with `deadline`, if any), run the block (this process's own work), then wait
+    for them."""
     from mlptrain.run.interrupt import StopRequest
 
     stop = stop or StopRequest()
@@ -53,7 +65,7 @@ def spread(folder: Path, workers: int, stop: StopRequest | None) -> Iterator[Sto
         return
     cores = _split(workers)
     _pin(cores[0])
-    children = [_start(folder, part, k) for k, part in enumerate(cores[1:], 1)]
+    children = [_start(folder, part, k, deadline) for k, part in enumerate(cores[1:], 1)]
     try:
         yield stop
     except BaseException:
@@ -85,10 +97,13 @@ def _pin(cores: list[int]) -> None:
         sys.modules["torch"].set_num_threads(len(cores))
 
 
-def _start(folder: Path, cores: list[int], k: int) -> subprocess.Popen:
+def _start(folder: Path, cores: list[int], k: int, deadline: float | None) -> subprocess.Popen:
     from mlptrain.sweep.folder import WORKER_ENV
 
     env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), WORKER_ENV: str(k)}
+    env.pop(DEADLINE_ENV, None)
+    if deadline is not None:
+        env[DEADLINE_ENV] = repr(deadline)
     pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
     return subprocess.Popen(
         [sys.executable, "-m", "mlptrain", "sweep", "--join", str(folder), "--quiet"],

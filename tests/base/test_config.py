@@ -95,7 +95,8 @@ data: {dataset: fashion-mnist, root: /tmp/d, download: false, val_size: 10, synt
                  elastic_sigma: 5}}
 model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false, fused: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
-        scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true,
+        scheduler: cosine, warmup_epochs: 0.5, plateau_factor: 0.5, plateau_patience: 3, monitor: val_loss,
+        patience: 2, min_delta: 0.01, precision: bf16, compile: true,
         label_smoothing: 0.1, grad_clip_norm: 2, ema: 0.99}
 output: {dir: out, tensorboard: true}
 """
@@ -130,8 +131,12 @@ output: {dir: out, tensorboard: true}
             "momentum": 0.0,
             "weight_decay": 0.01,
             "scheduler": "cosine",
+            "warmup_epochs": 0.5,
+            "plateau_factor": 0.5,
+            "plateau_patience": 3,
             "monitor": "val_loss",
             "patience": 2,
+            "min_delta": 0.01,
             "precision": "bf16",
             "compile": True,
             "label_smoothing": 0.1,
@@ -277,12 +282,25 @@ BAD_CONFIGS = [
     ("duplicate-section", "train: {}\nmodel: {}\ntrain: {}\n", ["{path}", "duplicate key 'train'"]),
     ("unhashable-key", "train:\n  ? [lr, epochs]\n  : 0.1\n", ["{path}"]),
     ("non-utf8", b"name: caf\xe9\n", ["{path}", "not UTF-8", "byte 9"]),
+    ("warmup-negative", "train:\n  scheduler: cosine\n  warmup_epochs: -1\n", ["train.warmup_epochs", ">= 0"]),
+    (
+        "warmup-all-epochs",
+        "train:\n  epochs: 3\n  scheduler: cosine\n  warmup_epochs: 3\n",
+        ["train.warmup_epochs", "less than train.epochs (3)"],
+    ),
+    ("warmup-with-onecycle", "train:\n  warmup_epochs: 1\n", ["train.warmup_epochs", "onecycle warms up by itself"]),
+    ("plateau-factor-one", "train:\n  plateau_factor: 1.0\n", ["train.plateau_factor", "(0, 1)"]),
+    ("plateau-factor-zero", "train:\n  plateau_factor: 0\n", ["train.plateau_factor", "(0, 1)"]),
+    ("plateau-patience-zero", "train:\n  plateau_patience: 0\n", ["train.plateau_patience", "at least 1"]),
+    ("min-delta-negative", "train:\n  min_delta: -0.1\n", ["train.min_delta", ">= 0"]),
     # every number has an upper bound too, checked before any work
     ("huge-epochs", f"train:\n  epochs: {10**30}\n", ["train.epochs", "at most 100,000"]),
     ("huge-batch-size", "train:\n  batch_size: 1000000000000\n", ["train.batch_size", "at most 16,777,216"]),
     ("huge-lr", "train:\n  lr: 1.0e+300\n", ["train.lr", "at most 1,000,000"]),
     ("huge-weight-decay", "train:\n  weight_decay: 1.0e+9\n", ["train.weight_decay", "at most 10"]),
     ("huge-patience", "train:\n  patience: 1000000000\n", ["train.patience", "at most 100,000"]),
+    ("huge-plateau-patience", "train:\n  plateau_patience: 1000000000\n", ["train.plateau_patience", "100,000"]),
+    ("huge-min-delta", "train:\n  min_delta: 1.0e+9\n", ["train.min_delta", "at most 100"]),
     ("long-name", f"name: {'a' * 300}\n", ["name", "at most 200 characters"]),
     ("huge-translate", "data:\n  augment: {translate: 1.0e+9}\n", ["data.augment.translate", "at most 28"]),
     ("huge-elastic-sigma", "data:\n  augment: {elastic_sigma: 1.0e+9}\n", ["data.augment.elastic_sigma", "at most 28"]),

@@ -17,6 +17,7 @@ from mlptrain.base.metrics import (
     EpochStats,
     History,
     best_index,
+    improves,
     is_better,
     ranked,
     read_metrics,
@@ -75,6 +76,37 @@ def test_the_best_epoch_is_the_first_of_equals_and_never_a_diverged_one():
     assert History("val_acc", []).best_epoch == 0 and History("val_acc", []).best is None
     only_diverged = [stats(1, 0.9, val_loss=NAN)]
     assert History("val_acc", only_diverged).best_epoch == 0
+
+
+@pytest.mark.parametrize(
+    ("monitor", "value", "reference", "min_delta", "expected"),
+    [
+        ("val_acc", 0.86, 0.8, 0.05, True),
+        ("val_acc", 0.85, 0.8, 0.25, False),  # better, but not by more than min_delta
+        ("val_acc", 0.8, 0.8, 0.0, False),
+        ("val_loss", 0.1, 0.2, 0.05, True),
+        ("val_loss", 0.17, 0.2, 0.05, False),
+        ("val_loss", 0.9, None, 0.5, True),  # the first epoch always improves on nothing
+        ("val_acc", NAN, None, 0.0, False),
+    ],
+)
+def test_improves_by_more_than_min_delta(monitor, value, reference, min_delta, expected):
+    assert improves(monitor, value, reference, min_delta) is expected
+    if min_delta == 0:
+        assert improves(monitor, value, reference) is is_better(monitor, value, reference)
+
+
+def test_patience_counts_from_the_last_improvement_by_min_delta_while_best_pt_follows_any():
+    creeping = [stats(1, 0.5), stats(2, 0.52), stats(3, 0.58), stats(4, 0.6), stats(5, 0.61)]
+    history = History("val_acc", creeping)
+    assert history.best_epoch == 5
+    assert history.last_improvement() == 5  # min_delta 0: the best epoch
+    # 0.52 is not 0.05 past 0.5, 0.58 is; 0.6 and 0.61 are not past 0.58 by 0.05 (the reference is 0.58, not 0.6)
+    assert history.last_improvement(0.05) == 3
+    assert history.last_improvement(0.5) == 1
+    assert History("val_acc", TRICKY).last_improvement() == History("val_acc", TRICKY).best_epoch == 2
+    assert History("val_loss", TRICKY).last_improvement(0.1) == 2
+    assert History("val_acc", []).last_improvement(0.1) == 0
 
 
 def test_best_index_and_ranking_agree():

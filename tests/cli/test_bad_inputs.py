@@ -356,6 +356,9 @@ CASES = [
      ["optimizer.state", "momentum_buffer", "one per parameter"]),
     ("ckpt-bad-optimizer-lr", lambda t, c, m: ["eval", edited_checkpoint(
         t, c, set_entry("optimizer", "param_groups", 0, "lr", "fast"))], ["optimizer.param_groups.lr", "'fast'"]),
+    ("ckpt-bad-weight-decay", lambda t, c, m: ["eval", edited_checkpoint(
+        t, c, set_entry("optimizer", "param_groups", 0, "weight_decay", -1e154))],
+     ["optimizer.param_groups.weight_decay", "train.weight_decay (0.0)"]),
     ("ckpt-bad-rng", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("rng", "torch", torch.zeros(3)))],
      ["rng.torch", "not a generator state"]),
     ("ckpt-bad-scheduler", lambda t, c, m: ["eval", edited_checkpoint(t, c, set_entry("scheduler", "last_epoch", "x"))],
@@ -398,6 +401,11 @@ CASES = [
     ("sweep-workers-zero", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--workers", "0"], ["--workers 0"]),
     ("sweep-workers-huge", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--workers", "10000"],
      ["--workers 10000", "[1, 64]"]),
+    ("sweep-timeout-zero", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--timeout", "0"],
+     ["--timeout 0", "above 0"]),
+    ("sweep-timeout-huge", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--timeout", "1e12"],
+     ["--timeout 1e+12", "at most 2,592,000 seconds"]),
+    ("sweep-timeout-nan", lambda t, c, m: ["sweep", sweep_file(t, SWEEP), "--timeout", "nan"], ["--timeout nan"]),
     ("sweep-join-dir", lambda t, c, m: ["sweep", "--join", str(t), "--dir", str(t / "x")],
      ["--join SWEEP_DIR", "--dir does not apply"]),
     ("sweep-join-url-password", lambda t, c, m: ["sweep", "--join", f"sqlite:///{t}/no.db?password=SECRETPW"],

@@ -17,7 +17,6 @@ from mlptrain.core.engine import (
     TrainState,
     autocast,
     build_optimizer,
-    build_scheduler,
     confusion_matrix,
     evaluate,
     fit,
@@ -26,6 +25,7 @@ from mlptrain.core.engine import (
     train_epoch,
 )
 from mlptrain.core.nn import MLP
+from mlptrain.core.schedule import build_scheduler
 
 
 def blobs(n: int, seed: int) -> Split:

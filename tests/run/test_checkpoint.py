@@ -16,9 +16,10 @@ from mlptrain.base.errors import CheckpointError
 from mlptrain.base.files import atomic_write
 from mlptrain.base.metrics import EpochStats, History
 from mlptrain.core.data import Split, TrainingData
-from mlptrain.core.engine import FlatParameters, TrainState, build_optimizer, build_scheduler, train_step
+from mlptrain.core.engine import FlatParameters, TrainState, build_optimizer, train_step
 from mlptrain.core.nn import build_model
 from mlptrain.core.rng import rng_state
+from mlptrain.core.schedule import build_scheduler
 from mlptrain.run.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
