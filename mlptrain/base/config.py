@@ -251,7 +251,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         config.validate()
     except _Invalid as e:
         origin = next((item for key, item in set_keys.items() if e.key == key or e.key.startswith(key + "[")), None)
-        prefix = f"--set {scrub(origin, origin.partition('=')[2])}" if origin else str(path)  # a URL's password
+        prefix = f"--set {_masked(origin)}" if origin else str(path)
         raise ConfigError(f"{prefix}: {_where(e.key)}{e}") from None
     return config
 
@@ -308,6 +308,12 @@ def config_keys(cls: Any = Config, section: str = "") -> list[str]:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise _Invalid(key, message)
+
+
+def _masked(item: str) -> str:
+    """A --set KEY=VALUE as a message shows it: a URL's password masked (output.mlflow's)."""
+    value = item.partition("=")[2]
+    return scrub(item, value) if "://" in value else item
 
 
 def _where(key: str) -> str:

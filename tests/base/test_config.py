@@ -97,7 +97,7 @@ model: {hidden: [7], activation: gelu, dropout: 0.25, bias: false, fused: false}
 train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, weight_decay: 0.01,
         scheduler: cosine, monitor: val_loss, patience: 2, precision: bf16, compile: true,
         label_smoothing: 0.1, grad_clip_norm: 2, ema: 0.99}
-output: {dir: out, tensorboard: true}
+output: {dir: out, tensorboard: true, mlflow: 'sqlite:///m.db'}
 """
     config = load_config(make_config_file(tmp_path, text))
     assert config.to_dict() == {
@@ -138,7 +138,7 @@ output: {dir: out, tensorboard: true}
             "grad_clip_norm": 2.0,
             "ema": 0.99,
         },
-        "output": {"dir": "out", "tensorboard": True},
+        "output": {"dir": "out", "tensorboard": True, "mlflow": "sqlite:///m.db"},
     }
 
 
