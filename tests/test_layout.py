@@ -27,6 +27,7 @@ OWNERS = {
     "onnxruntime": {"inference/export.py"},
     "safetensors": {"inference/export.py"},
     "tensorboard": {"run/tblog.py"},
+    "mlflow": {"run/mlflowlog.py"},
     "optuna": {"sweep/study.py", "sweep/worker.py", "sweep/internals.py"},  # the sweep engine: study, worker, internals
     "sqlalchemy": {"sweep/study.py"},  # Optuna's storage
 }

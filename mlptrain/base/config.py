@@ -21,9 +21,13 @@ import yaml
 
 from mlptrain.base.errors import ConfigError
 from mlptrain.base.recipes import resolve
+from mlptrain.base.urls import scrub, shown_url
 from mlptrain.base.yamlfile import kind_of, parse_yaml, quote, read_yaml
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what `device` may say (core/device.py resolves it)
+# The tracking URIs output.mlflow takes (MLflow's stores that are tried here): a file store, a SQLAlchemy database
+# (postgresql+DRIVER too), a tracking server.
+MLFLOW_URI_RE = re.compile(r"(file|sqlite|postgresql(\+\w+)?|https?):.")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_LAYERS = 1000  # hidden layers
 MAX_NAME = 200  # characters: a run folder's name adds a timestamp, and a file system takes 255 bytes
@@ -32,6 +36,7 @@ MAX_MIN_DELTA = 100.0  # train.min_delta: losses start near ln 10 ≈ 2.3 and ac
 MAX_BATCH = 2**24  # train.batch_size: beyond any split's size, and within torch's 32-bit index arithmetic
 MAX_LR = 1e6  # train.lr: far past divergence (lr-find stops at 10), where tests still make a run diverge on purpose
 MAX_WEIGHT_DECAY = 10.0  # train.weight_decay
+MLFLOW_STORE = "mlflow.db"  # output.mlflow: true's SQLite store, in output.dir
 IMAGE_SIDE = 28  # pixels: every dataset here has 28×28 images (a folder's are made so, as predict makes them)
 MAX_ELASTIC_ALPHA = 1000.0  # pixels: far past the image's side, for the smoothest fields
 
@@ -176,9 +181,19 @@ class TrainConfig:
 class OutputConfig:
     dir: str = "runs"
     tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard/ (the tensorboard extra)
+    # MLflow tracking (the mlflow extra): false; true, a SQLite store <output.dir>/mlflow.db (resolved() records it
+    # as that URI); or a tracking URI, used as given.
+    mlflow: bool | str = False
 
     def validate(self) -> None:
         _check(self.dir != "", "output.dir", "must not be empty")
+        if isinstance(self.mlflow, str) and MLFLOW_URI_RE.match(self.mlflow) is None:
+            shown = shown_url(self.mlflow, unknown="" if "@" in self.mlflow else self.mlflow)  # never a password
+            raise _Invalid(
+                "output.mlflow",
+                f"{quote(shown) + ' is not' if shown else 'not'} a tracking URI this takes; give true (a SQLite "
+                "store beside the runs), or a file:, sqlite:, postgresql:, http: or https: URI",
+            )
 
 
 @dataclass
@@ -222,6 +237,8 @@ class Config:
 
         data = dataclasses.replace(self.data, root=absolute(self.data.root))
         output = dataclasses.replace(self.output, dir=absolute(self.output.dir))
+        if output.mlflow is True:  # the run's config.yaml names the store, so a resume from anywhere finds it
+            output = dataclasses.replace(output, mlflow=f"sqlite:///{Path(output.dir) / MLFLOW_STORE}")
         return dataclasses.replace(self, data=data, output=output)
 
     @classmethod
@@ -252,7 +269,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         config.validate()
     except _Invalid as e:
         origin = next((item for key, item in set_keys.items() if e.key == key or e.key.startswith(key + "[")), None)
-        prefix = f"--set {origin}" if origin else str(path)
+        prefix = f"--set {_masked(origin)}" if origin else str(path)
         raise ConfigError(f"{prefix}: {_where(e.key)}{e}") from None
     return config
 
@@ -309,6 +326,12 @@ def config_keys(cls: Any = Config, section: str = "") -> list[str]:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise _Invalid(key, message)
+
+
+def _masked(item: str) -> str:
+    """A --set KEY=VALUE as a message shows it: a URL's password masked (output.mlflow's)."""
+    value = item.partition("=")[2]
+    return scrub(item, value) if "://" in value else item
 
 
 def _where(key: str) -> str:

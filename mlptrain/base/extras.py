@@ -18,6 +18,9 @@ EXTRAS = {
     "onnxruntime": "export",
     "safetensors": "export",
     "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "sqlalchemy": "mlflow",  # MLflow's database stores (sqlite:, postgresql:), which mlflow-skinny leaves out
+    "alembic": "mlflow",
 }
 
 
@@ -44,3 +47,7 @@ def check_config(config: Config) -> None:
     """Refuse, in one line and before anything starts, a run whose config asks for what is not installed here."""
     if config.output.tensorboard:
         require(("tensorboard",), "output.tensorboard: true")
+    if config.output.mlflow:
+        uri = config.output.mlflow
+        database = uri is True or uri.startswith(("sqlite:", "postgresql"))
+        require(("mlflow", "sqlalchemy", "alembic") if database else ("mlflow",), "output.mlflow")

@@ -54,6 +54,7 @@ MEANINGS = {
     "train.ema": "decay of the weights' moving average (e.g. 0.999) that validation, best.pt use; 0 = off",
     "output.dir": "where run folders go; relative to where the run starts",
     "output.tensorboard": "also log to <run>/tensorboard/ for TensorBoard; needs pip install 'mlptrain[tensorboard]'",
+    "output.mlflow": "also log to MLflow: true (<output.dir>/mlflow.db) or a tracking URI; needs 'mlptrain[mlflow]'",
 }
 
 
@@ -97,7 +98,7 @@ def annotated_yaml() -> str:
         lines += [f"{'  ' * depth}{name}:" for depth, name in enumerate(head) if depth >= shared]
         section = head
         text = f"{'  ' * len(head)}{leaf}: {yaml_value(doc.default)}"
-        choices = f"{doc.type}: " if " | " in doc.type and doc.key != "threads" else ""
+        choices = f"{doc.type}: " if " | " in doc.type and doc.key not in ("threads", "output.mlflow") else ""
         lines.append(f"{text:<27}# {choices}{doc.meaning}")
     return "\n".join(lines) + "\n"
 

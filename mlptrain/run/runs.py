@@ -32,7 +32,9 @@ LAST_FILE = "last.pt"  # the latest checkpoint: what --resume continues
 BEST_FILE = "best.pt"  # the checkpoint of the best epoch on train.monitor
 CURVES_FILE = "curves.png"  # the training curves, drawn when the run ends and by `mlptrain plot`
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with output.tensorboard: true (tblog.py)
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE, CURVES_FILE, TENSORBOARD_DIR)  # what a run writes
+MLFLOW_FILE = "mlflow.json"  # its MLflow run's id, with output.mlflow (mlflowlog.py); a sweep folder's: the parent's
+# What a run writes.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE, CURVES_FILE, TENSORBOARD_DIR, MLFLOW_FILE)
 # `mlptrain train` names folders <name>-<YYYYmmdd-HHMMSS>, with -2, -3... for runs started in the same second.
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
 # Keys that say where a run lives rather than how it trained; they differ without making runs different.
@@ -170,7 +172,7 @@ def _remove_run(folder: Path, created: bool, found: list[str]) -> None:
 
 def clear_run(run_dir: Path) -> None:
     """Remove what an earlier run left in `run_dir` (--force): none of it belongs to the new one."""
-    for stale in (METRICS_FILE, BEST_FILE, LAST_FILE):
+    for stale in (METRICS_FILE, BEST_FILE, LAST_FILE, MLFLOW_FILE):  # (a new MLflow run's id is written after)
         (run_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)  # else its steps would stand for the new run's
 

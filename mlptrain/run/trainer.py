@@ -41,6 +41,7 @@ from mlptrain.run.callbacks import Callbacks, RunInfo
 from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
 from mlptrain.run.checkpoint_entries import check_same_classes
 from mlptrain.run.interrupt import AgreedStop, StopRequest, stop_on_signals
+from mlptrain.run.mlflowlog import MLflowLog, Tracking, tracked
 from mlptrain.run.plot import plot_run
 from mlptrain.run.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
 
@@ -101,6 +102,7 @@ class _Session:
     state: TrainState
     history: History
     notes: list[str] = field(default_factory=list)
+    tracking: Tracking | None = None  # rank 0's MLflow run, with output.mlflow
 
     @property
     def steps(self) -> int:
@@ -115,12 +117,14 @@ def train(
     callbacks: Callbacks | None = None,
     stop: StopRequest | None = None,
     curves: bool = True,
+    mlflow_parent: str | None = None,
 ) -> TrainResult:
     """Train `config` from scratch into a run folder; checkpoints and metrics are written after every epoch.
 
     Under torchrun, every process calls this: they train together and rank 0 alone writes the run folder.
     `curves`: draw curves.png when the run ends (a sweep's trials leave it to `mlptrain plot`: it costs more
-    than a short trial's training).
+    than a short trial's training), as output.mlflow does for its artifacts. `mlflow_parent`: with output.mlflow,
+    the MLflow run (a sweep's) whose child this run is.
     """
     config = config.resolved()  # relative folders mean where the run starts; config.yaml records them absolute
     check_config(config)
@@ -129,12 +133,16 @@ def train(
         run_dir = distributed.run_on_main(
             world, lambda: claim.enter_context(claimed_run_dir(run_dir, output, config.name, force))
         )
+        tracking = tracked(config, run_dir, world, claim, mlflow_parent, fresh=True)  # before the data: fails fast
         data = distributed.main_first(world, lambda: load_training_data(config.data, config.seed, processes.device))
         if world.is_main:
             clear_run(run_dir)  # --force over an old run: none of it stays
+            if tracking is not None:
+                tracking.record()
             atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
             write_metrics(run_dir / METRICS_FILE, [])  # the header; resume rewrites it from last.pt (_repair)
         session = _new_session(config, run_dir, processes, data)
+        session.tracking = tracking
         return _run(session, callbacks or Callbacks(), stop or StopRequest(), curves)
 
 
@@ -144,6 +152,7 @@ def resume(
     callbacks: Callbacks | None = None,
     stop: StopRequest | None = None,
     curves: bool = True,
+    mlflow_parent: str | None = None,
 ) -> TrainResult:
     """Continue the run in folder `path` (or of checkpoint `path`) from its last.pt, exactly where it stopped.
 
@@ -156,9 +165,18 @@ def resume(
     with _resume_lock(path):
         ckpt, config, run_dir = load_for_resume(path, overrides)
         if ckpt is None:  # stopped before its first epoch was saved: start it again, in its own folder
-            return train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop, curves=curves)
+            return train(
+                config,
+                run_dir=run_dir,
+                force=True,
+                callbacks=callbacks,
+                stop=stop,
+                curves=curves,
+                mlflow_parent=mlflow_parent,
+            )
         check_config(config)
-        with _processes(config) as processes:
+        with _processes(config) as processes, contextlib.ExitStack() as stack:
+            tracking = tracked(config, run_dir, processes.world, stack, mlflow_parent, fresh=False)
             device = processes.device
             stats = ckpt["data"]["mean"], ckpt["data"]["std"]  # as the run began, not summed again
             data = distributed.main_first(
@@ -166,9 +184,13 @@ def resume(
             )
             check_same_classes(ckpt, data.classes, config.data.root)
             session = _new_session(config, run_dir, processes, data, ckpt)
+            session.tracking = tracking
             if processes.world.is_main:
                 session.notes += _repair(session, ckpt)
             if session.state.progress is None and _finished(session):
+                if tracking is not None:  # stopped after its last epoch, before MLflow had all of it
+                    tracking.catch_up(config, session.history)
+                    tracking.finish(session.history)
                 return TrainResult(run_dir, session.history, already_finished=True)
             if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
                 atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
@@ -320,6 +342,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest, curves: bool = Tru
         cb = Callbacks()
     log = _tensorboard(session, cb)
     cb = log or cb
+    cb = MLflowLog(cb, session.tracking, session.history) if session.tracking else cb
     cb.run_started(_info(session))
     should_stop = AgreedStop(stop, world)
     epochs = config.train.epochs
@@ -338,8 +361,10 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest, curves: bool = Tru
         except TrainingStopped as e:
             _save_stop(session, e.progress)
             raise _stopped(session, stop) from None
-    if world.is_main and curves:
+    if world.is_main and (curves or session.tracking):
         plot_run(read_run(session.run_dir))  # curves.png, drawn from the metrics.csv just written
+    if session.tracking:
+        session.tracking.finish(session.history)
     return result
 
 

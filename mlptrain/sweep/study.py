@@ -10,9 +10,7 @@ import contextlib
 import json
 import os
 import random
-import re
 import socket
-import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from optuna.trial import TrialState
 from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError, WriteFailed
 from mlptrain.base.metrics import direction
+from mlptrain.base.urls import scrub, shown_url
 from mlptrain.run.runs import is_run, read_run
 from mlptrain.sweep import internals
 from mlptrain.sweep.folder import WORKER_ENV, Sweep, Trial
@@ -52,57 +51,6 @@ _STUDY_NAMES = 100  # a study named after its sweep folder, or the name with -2,
 def storage_url(sweep: Sweep) -> str:
     """Where the study lives: --storage's URL, or SWEEP_DIR/study.db."""
     return sweep.storage or f"sqlite:///{(sweep.folder / STUDY_FILE).resolve()}"
-
-
-def shown_url(url: str) -> str:
-    """The URL as every message shows it: each password masked as ***, wherever it sits, in the user-info
-    (user:pass@host) or in the query string (?password=..., sslpassword=..., any key that names a secret)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is None or "://" not in url:  # not a URL whose password could be found: none of it is shown
-        return "the storage URL"
-    shown = url  # edited in place: urlunsplit would drop the empty host of sqlite:////path
-    user_info, at, host = parts.netloc.rpartition("@")
-    if at and ":" in user_info:
-        shown = shown.replace(parts.netloc, f"{user_info.split(':', 1)[0]}:***@{host}", 1)
-    if parts.query:
-        query = "&".join(_masked(pair) for pair in parts.query.split("&"))
-        shown = shown.replace(f"?{parts.query}", f"?{query}", 1)
-    return shown
-
-
-_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)  # query keys whose values are masked
-
-
-def _masked(pair: str) -> str:
-    key, sep, value = pair.partition("=")
-    return f"{key}=***" if sep and value and _SECRET_KEY.search(urllib.parse.unquote(key)) else pair
-
-
-def _secrets(url: str) -> list[str]:
-    """Every password in `url`, as written and unquoted: what shown_url masks."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return []
-    found = []
-    if "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0]:
-        found.append(parts.netloc.rsplit("@", 1)[0].split(":", 1)[1])
-    for pair in parts.query.split("&") if parts.query else []:
-        key, sep, value = pair.partition("=")
-        if sep and value and _SECRET_KEY.search(urllib.parse.unquote(key)):
-            found.append(value)
-    return [text for secret in found for text in {secret, urllib.parse.unquote(secret)} if text]
-
-
-def _scrub(text: str, url: str) -> str:
-    """`text` (a driver's message) with the URL shown as shown_url shows it, and any password left masked."""
-    text = text.replace(url, shown_url(url))
-    for secret in sorted(_secrets(url), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
@@ -142,7 +90,7 @@ def opening(url: str):
             raise full from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
-            f"cannot open the study at {shown_url(url)}: {type(e).__name__}: {_scrub(first, url)}"
+            f"cannot open the study at {shown_url(url)}: {type(e).__name__}: {scrub(first, url)}"
         ) from None
 
 

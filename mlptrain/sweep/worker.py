@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError, Interrupted, MlptrainError, RunFailed, WriteFailed
 from mlptrain.base.files import folder_lock, make_dirs
 from mlptrain.run.callbacks import Callbacks, Relay
@@ -69,16 +70,36 @@ def work(
             sweep.refresh()
             study_.sync(sweep, study)
             _settle(sweep, study)
+            parent = _mlflow_run(sweep)
         cb.sweep_started(sweep, _todo(sweep, study))
         while True:
             with contextlib.ExitStack() as stack:
                 claim = _claim(sweep, study, stack, stop, deadline)
                 if claim is None:
                     break
-                _run_trial(sweep, study, claim, cb, stop)
+                _run_trial(sweep, study, claim, cb, stop, parent)
     with sweep.lock():
         sweep.refresh()
+        if parent is not None and all(t.state in FINISHED for t in sweep.trials):
+            from mlptrain.run.mlflowlog import end_sweep_run
+
+            end_sweep_run(_tracked_config(sweep), sweep.folder, parent)
     return sweep.trials
+
+
+def _tracked_config(sweep: Sweep) -> Config:
+    return Config.from_dict(sweep.base).resolved()  # output.mlflow: true names the store as a trial's run does
+
+
+def _mlflow_run(sweep: Sweep) -> str | None:
+    """With output.mlflow, the id of the sweep's MLflow run, its trials' parent: made by the first worker, kept in
+    the sweep folder for the others and for --resume (under the sweep's lock); None with the key off."""
+    config = _tracked_config(sweep)
+    if not config.output.mlflow:
+        return None
+    from mlptrain.run.mlflowlog import sweep_run
+
+    return sweep_run(config, sweep.folder)
 
 
 def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -291,7 +312,9 @@ def _started(sweep: Sweep, study: optuna.Study, claim: Claim) -> tuple[optuna.Tr
     return handle, resuming
 
 
-def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbacks, stop: StopRequest) -> None:
+def _run_trial(
+    sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbacks, stop: StopRequest, parent: str | None
+) -> None:
     from mlptrain.run import trainer  # torch: imported by the first trial, after the other workers started
 
     trial, total = claim.trial, sweep.total
@@ -305,9 +328,17 @@ def _run_trial(sweep: Sweep, study: optuna.Study, claim: Claim, cb: SweepCallbac
     try:
         with beating(study, internals.id_of(handle)):
             if resuming:
-                trainer.resume(run_dir, callbacks=callbacks, stop=stop, curves=False)
+                trainer.resume(run_dir, callbacks=callbacks, stop=stop, curves=False, mlflow_parent=parent)
             else:  # curves.png on demand (`mlptrain plot`): drawing it cost a 1-epoch smoke trial 0.3 s
-                trainer.train(config, run_dir=run_dir, force=True, callbacks=callbacks, stop=stop, curves=False)
+                trainer.train(
+                    config,
+                    run_dir=run_dir,
+                    force=True,
+                    callbacks=callbacks,
+                    stop=stop,
+                    curves=False,
+                    mlflow_parent=parent,
+                )
         value = read_run(run_dir).best_value
         trial.state = "done"
         if value is not None:

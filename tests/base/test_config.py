@@ -98,7 +98,7 @@ train: {epochs: 3, batch_size: 16, lr: 2.5e-3, optimizer: adamw, momentum: 0.0, 
         scheduler: cosine, warmup_epochs: 0.5, plateau_factor: 0.5, plateau_patience: 3, monitor: val_loss,
         patience: 2, min_delta: 0.01, precision: bf16, compile: true,
         label_smoothing: 0.1, grad_clip_norm: 2, ema: 0.99}
-output: {dir: out, tensorboard: true}
+output: {dir: out, tensorboard: true, mlflow: 'sqlite:///m.db'}
 """
     config = load_config(make_config_file(tmp_path, text))
     assert config.to_dict() == {
@@ -143,7 +143,7 @@ output: {dir: out, tensorboard: true}
             "grad_clip_norm": 2.0,
             "ema": 0.99,
         },
-        "output": {"dir": "out", "tensorboard": True},
+        "output": {"dir": "out", "tensorboard": True, "mlflow": "sqlite:///m.db"},
     }
 
 
@@ -545,3 +545,15 @@ def test_errors_quote_values_in_part(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "name" in str(caught.value) and len(str(caught.value)) < 300 + len(str(path))
+
+
+def test_output_mlflow_is_off_true_or_a_tracking_uri_and_true_names_a_store_beside_the_runs(tmp_path):
+    assert load_config(None).output.mlflow is False
+    for uri in ("sqlite:///m.db", "postgresql://u@db/x", "postgresql+psycopg2://u@db/x", "http://h:5000", "file:/m"):
+        assert load_config(None, [f"output.mlflow={uri}"]).output.mlflow == uri
+    on = load_config(None, ["output.mlflow=true", "output.dir=out"]).resolved(tmp_path)
+    assert on.output.mlflow == f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    for bad in ("mysql://u:SECRETPW@db/x", "runs/mlflow.db", "", "3"):
+        with pytest.raises(ConfigError, match=r"output\.mlflow") as refused:
+            load_config(None, [f"output.mlflow={bad}"])
+        assert "SECRETPW" not in str(refused.value) and "\n" not in str(refused.value)

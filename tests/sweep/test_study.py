@@ -253,12 +253,12 @@ def test_a_hyperband_sweep_runs_with_its_settings(tmp_path):
     ],
 )  # fmt: skip
 def test_a_url_is_shown_with_every_password_masked(url, shown):
-    from mlptrain.sweep.study import _scrub, shown_url
+    from mlptrain.base.urls import scrub, shown_url
 
     assert shown_url(url) == shown
-    assert _scrub(f"could not connect to {url}", url) == f"could not connect to {shown}"
+    assert scrub(f"could not connect to {url}", url) == f"could not connect to {shown}"
     if shown != url:  # a driver that quotes the password alone, as written or unquoted
-        assert _scrub("password 'SECRETPW' or 'p@ss' refused", url) in (
+        assert scrub("password 'SECRETPW' or 'p@ss' refused", url) in (
             "password '***' or 'p@ss' refused",
             "password '***' or '***' refused",
         )
