@@ -16,7 +16,7 @@ from mlptrain.base.config import Config, dump_yaml, load_config, parse_override,
 from mlptrain.base.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
 from mlptrain.base.extras import check_config
 from mlptrain.base.files import atomic_write_text, folder_lock, held_signals
-from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
+from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, metrics_text, write_metrics
 from mlptrain.core import distributed
 from mlptrain.core.data import NUM_CLASSES, TrainingData, load_training_data, steps_per_epoch
 from mlptrain.core.device import resolve_device
@@ -38,10 +38,18 @@ from mlptrain.core.recipe import WeightAverage
 from mlptrain.core.rng import seed_everything
 from mlptrain.core.threads import ThreadChoice, adapts, configure_threads, recheck
 from mlptrain.run.callbacks import Callbacks, RunInfo
-from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
+from mlptrain.run.checkpoint import (
+    checkpoint_epoch,
+    checkpoint_fields,
+    copy_checkpoint,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from mlptrain.run.interrupt import AgreedStop, StopRequest, stop_on_signals
 from mlptrain.run.plot import plot_run
 from mlptrain.run.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
+from mlptrain.run.saving import EpochWriter
 
 
 @dataclass
@@ -318,19 +326,22 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest, curves: bool = Tru
     cb.run_started(_info(session))
     should_stop = AgreedStop(stop, world)
     epochs = config.train.epochs
-    hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), cb.batch_done, should_stop)
+    writer = EpochWriter(cb) if world.is_main else None  # the epoch's files, written while the next one trains
+    on_batch = cb.batch_done if writer is None else lambda step: (cb.batch_done(step), writer.poll())
+    hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), on_batch, should_stop)
     result = TrainResult(session.run_dir, session.history)
     with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop), log or contextlib.nullcontext():
         try:
-            for stats in fit(session.state, session.data, config, hooks, world):
-                _record(session, stats, cb)
-                _recheck_threads(session, stats.epoch + 1, cb)
-                if should_stop.now() and stats.epoch < epochs:
-                    raise _stopped(session, stop)
-                if _finished(session) and stats.epoch < epochs:
-                    result.stopped_early = True
-                    break
-        except TrainingStopped as e:
+            with _written(session, writer):
+                for stats in fit(session.state, session.data, config, hooks, world):
+                    _record(session, stats, cb, writer)
+                    _recheck_threads(session, stats.epoch + 1, cb)
+                    if should_stop.now() and stats.epoch < epochs:
+                        raise _stopped(session, stop)
+                    if _finished(session) and stats.epoch < epochs:
+                        result.stopped_early = True
+                        break
+        except TrainingStopped as e:  # (_written has waited for the epoch in flight: the place is saved after it)
             _save_stop(session, e.progress)
             raise _stopped(session, stop) from None
     if world.is_main and curves:
@@ -373,39 +384,55 @@ def _peer_gone_is_a_stop(session: _Session, stop: StopRequest) -> Iterator[None]
         raise _stopped(session, stop) from None
 
 
-def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
+@contextlib.contextmanager
+def _written(session: _Session, writer: EpochWriter | None) -> Iterator[None]:
+    """However the block ends (the run's end, a stop, an error), the epoch in flight is written first."""
+    try:
+        yield
+    finally:
+        if writer is not None:
+            with _resumable(session, writer.epoch):
+                writer.close()
+
+
+def _record(session: _Session, stats: EpochStats, cb: Callbacks, writer: EpochWriter | None) -> None:
     """A finished epoch into the run folder: last.pt, best.pt if it is the best, then its metrics.csv row.
 
     In that order, a crash between two writes leaves metrics.csv and best.pt agreeing on the best epoch, and a
-    last.pt from which resume repairs the rest (_repair). Signals wait until all three are written.
+    last.pt from which resume repairs the rest (_repair). The state is copied out and the files' space reserved
+    here; they are written while the next epoch trains (saving.py), and epoch_saved tells when they are on disk.
     """
-    history, run_dir, main = session.history, session.run_dir, session.processes.world.is_main
+    history, run_dir = session.history, session.run_dir
     history.epochs.append(stats)
+    if writer is not None:  # rank 0: the epoch before is on disk first (long since, as a rule)
+        with _resumable(session, writer.epoch):
+            writer.wait()
     if stats.diverged:
-        if main:  # the row says why the run ended; a diverged epoch is never the best, and has no checkpoint
+        if writer is not None:  # the row says why the run ended; a diverged epoch is never the best, has no checkpoint
             write_metrics(run_dir / METRICS_FILE, history.epochs)
         cb.epoch_done(stats, False)
+        cb.epoch_saved(stats, False)
         raise RunFailed(
             f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower train.lr "
             f"(now {session.config.train.lr}). {BEST_FILE} and {LAST_FILE} keep the last finite epoch"
         )
     improved = history.best_epoch == stats.epoch
-    if main:
-        paths = [run_dir / LAST_FILE] + ([run_dir / BEST_FILE] if improved else [])
-        with held_signals(), _resumable(session, stats.epoch):
-            save_checkpoint(paths, session.config, session.data, session.state, history)
-            write_metrics(run_dir / METRICS_FILE, history.epochs)
+    if writer is not None:
+        fields = checkpoint_fields(session.config, session.data, session.state, history)
+        files = run_dir / LAST_FILE, run_dir / BEST_FILE, run_dir / METRICS_FILE
+        with held_signals(), _resumable(session, stats.epoch, reserving=True):
+            writer.submit(stats, improved, fields, files, metrics_text(history.epochs))
     cb.epoch_done(stats, improved)
 
 
 @contextlib.contextmanager
-def _resumable(session: _Session, epoch: int) -> Iterator[None]:
+def _resumable(session: _Session, epoch: int, reserving: bool = False) -> Iterator[None]:
     """A write that fails (a full disk) while saving `epoch` ends the run with a line that says which file, and
-    where a --resume would carry on from."""
+    where a --resume would carry on from (`reserving`: none of the epoch's files was written yet)."""
     try:
         yield
     except WriteFailed as e:
-        saved = epoch if e.path != session.run_dir / LAST_FILE else epoch - 1
+        saved = epoch - 1 if reserving or e.path == session.run_dir / LAST_FILE else epoch
         if saved or (session.run_dir / LAST_FILE).exists():
             where = f"the end of epoch {saved}" if saved else "the place it was stopped"
             tail = f"; `mlptrain train --resume {session.run_dir}` carries on from {where} once it can write"
