@@ -10,6 +10,7 @@ The bench never imports the sweep feature: the sweep runs as a command.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import tempfile
 from dataclasses import asdict, dataclass
@@ -53,7 +54,7 @@ class Pair:
 @dataclass
 class OverheadResult:
     epochs: Pair  # train of mnist-best on synthetic digits
-    trials: Pair  # sweeps of 1-epoch smoke trials, one worker
+    trials: Pair | None  # sweeps of 1-epoch smoke trials, one worker; None without optuna (mlptrain[sweep])
     quick: bool = False
 
     @property
@@ -62,16 +63,19 @@ class OverheadResult:
 
     def to_json(self) -> dict:
         """The measurements (an overhead derived from them may come out below 0 by noise, so it stays out)."""
-        return {"epochs": asdict(self.epochs), "trials": asdict(self.trials)}
+        return {"epochs": asdict(self.epochs), "trials": asdict(self.trials) if self.trials else None}
 
 
 def bench_overhead(quick: bool) -> OverheadResult:
-    """Run the four commands, short before long, in a temporary folder that goes after."""
+    """Run the four commands, short before long, in a temporary folder that goes after; the sweeps only where
+    optuna is installed."""
+    sweeping = importlib.util.find_spec("optuna") is not None
     with tempfile.TemporaryDirectory(prefix="mlptrain-overhead-") as tmp:
         folder = Path(tmp)
         runs = [_train(folder, n, quick) for n in EPOCHS[quick]]
-        sweeps = [_sweep(folder, n) for n in TRIALS[quick]]
-    return OverheadResult(epochs=_pair(EPOCHS[quick], runs), trials=_pair(TRIALS[quick], sweeps), quick=quick)
+        sweeps = [_sweep(folder, n) for n in TRIALS[quick]] if sweeping else None
+    trials = _pair(TRIALS[quick], sweeps) if sweeps else None
+    return OverheadResult(epochs=_pair(EPOCHS[quick], runs), trials=trials, quick=quick)
 
 
 def _pair(units: tuple[int, int], costs: list[CommandCost]) -> Pair:

@@ -35,3 +35,9 @@ def test_the_table_judges_each_figure_against_its_goal():
     rows = overhead_table(fine).rows
     assert rows[0][6][1] is True and rows[1][5][1] is True
     assert "overhead" in SECTIONS
+
+
+def test_without_optuna_the_sweep_row_says_why_it_is_empty():
+    rows = overhead_table(OverheadResult(ISSUE_27, None)).rows
+    assert "mlptrain[sweep]" in rows[1][1] and len(rows[1]) == len(rows[0])
+    assert OverheadResult(ISSUE_27, None).to_json()["trials"] is None
