@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import signal
 import stat
 import tempfile
@@ -56,6 +57,81 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+
+
+class Reserved:
+    """atomic_write in two halves, for a file written on another thread: now, its temp file made and `size` bytes
+    reserved for it (where the file system can: a disk that fills up meanwhile cannot cut the file short, and one
+    already full is a WriteFailed now); later, from any thread, commit fills it, fsyncs it and renames it into place.
+    discard (or a commit that fails) removes the temp file; `path` keeps what it held. Signals are the caller's to
+    hold: handlers run on the main thread only."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = writable_target(path)
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.{os.getpid()}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as e:
+            raise _write_failed(self.path, e) from None
+        self.tmp = Path(name)
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            _reserve(fd, size)
+            self.file = os.fdopen(fd, "wb")
+        except BaseException as e:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise (_write_failed(self.path, e) if isinstance(e, OSError) else e) from None
+
+    def commit(self, write: Callable[[BinaryIO], None]) -> None:
+        try:
+            write(self.file)
+            self.file.truncate()  # what the reservation held beyond the end of what was written
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.discard()
+            raise _write_failed(self.path, e) from None
+        except BaseException:
+            self.discard()
+            raise
+        _fsync_dir(self.path.parent)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate `size` bytes to the file now; where the file system cannot (or the platform has no
+    posix_fallocate), the space is left to the write."""
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+
+
+def copy_into(source: Path, f: BinaryIO) -> None:
+    """Copy the file at `source` into `f`, open and at its start: in the kernel where it can (os.copy_file_range:
+    no copy through this process's memory, and on a file system with reflinks, such as XFS or btrfs, no bytes
+    written twice), else through a buffer."""
+    f.flush()
+    with open(source, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        copied = 0
+        if hasattr(os, "copy_file_range"):
+            with contextlib.suppress(OSError):  # another file system, or a kernel without it: the buffer below
+                while copied < size and (n := os.copy_file_range(src.fileno(), f.fileno(), size - copied)):
+                    copied += n
+        if copied < size:
+            src.seek(copied)
+            f.seek(copied)
+            shutil.copyfileobj(src, f, 1 << 22)
 
 
 def output_problem(path: Path) -> str | None:

@@ -166,12 +166,17 @@ class History:
 
 def write_metrics(path: Path, epochs: Sequence[EpochStats]) -> None:
     """metrics.csv, rewritten whole and atomically; floats at full precision so they can be compared exactly."""
+    atomic_write_text(path, metrics_text(epochs))
+
+
+def metrics_text(epochs: Sequence[EpochStats]) -> str:
+    """What metrics.csv holds for `epochs`: its header, then a row per epoch."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for stats in epochs:
         writer.writerow([repr(v) if isinstance(v, float) else v for v in stats.as_dict().values()])
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_metrics(path: Path) -> tuple[list[EpochStats], list[str]]:

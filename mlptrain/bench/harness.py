@@ -21,7 +21,7 @@ SETTLE_SECONDS = 0.1  # of work at a new thread count before timing resumes
 
 
 # The bench's sections, in the order they run (`mlptrain bench --only` takes these names; threads is CPU-only).
-SECTIONS = ("layer", "epoch", "roofline", "growth", "threads", "startup")
+SECTIONS = ("layer", "epoch", "roofline", "growth", "threads", "startup", "overhead")
 
 
 @dataclass(frozen=True)

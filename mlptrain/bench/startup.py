@@ -108,21 +108,21 @@ def bench_startup(rounds: int) -> StartupResult:
         places["run"] = places["runs"] / "smoke"
         commands = {name: CommandCost(name) for name in ("import torch", "train", "eval", *LIGHT)}
         for r in range(rounds):
-            _measure(commands["import torch"], ["-c", "import torch"], folder)
+            measure(commands["import torch"], ["-c", "import torch"], folder)
             train = ["-m", "mlptrain", "train", str(config), "--run-dir", str(places["run"]), "--json"]
             if r:
                 train.append("--force")
-            result = _measure(commands["train"], train, folder)
+            result = measure(commands["train"], train, folder)
             commands["train"].work_seconds.append(_work_seconds(result))
-            _measure(commands["eval"], ["-m", "mlptrain", "eval", str(places["run"] / "best.pt"), "--json"], folder)
+            measure(commands["eval"], ["-m", "mlptrain", "eval", str(places["run"] / "best.pt"), "--json"], folder)
             for name, argv in LIGHT.items():
-                _measure(commands[name], ["-m", "mlptrain", *[a.format(**places) for a in argv]], folder)
+                measure(commands[name], ["-m", "mlptrain", *[a.format(**places) for a in argv]], folder)
         for name, argv in LIGHT.items():
             commands[name].loads_torch = _loads_torch([a.format(**places) for a in argv], folder)
     return StartupResult(rounds=rounds, commands=commands)
 
 
-def _measure(cost: CommandCost, argv: list[str], cwd: Path) -> str:
+def measure(cost: CommandCost, argv: list[str], cwd: Path) -> str:
     """Run `python ARGV` once, adding its wall seconds and peak memory to `cost`; returns its standard output."""
     env = {**os.environ, "CI": "true"}  # plain output, as when piped
     with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:

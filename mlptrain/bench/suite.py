@@ -21,6 +21,7 @@ from mlptrain.bench.cases import (
     mlp_sizes,
 )
 from mlptrain.bench.harness import SECTIONS, Plan, busy_cpu_seconds, device_name, plan
+from mlptrain.bench.overhead import OverheadResult, bench_overhead
 from mlptrain.bench.startup import StartupResult, bench_startup
 from mlptrain.bench.threads import ThreadsResult, bench_threads
 
@@ -42,6 +43,7 @@ class BenchResult:
     sections: tuple[str, ...] = SECTIONS  # those run, in SECTIONS' order
     startup: StartupResult | None = None  # whole commands as processes, against import torch
     auto_threads: ThreadsResult | None = None  # CPU only
+    overhead: OverheadResult | None = None  # a run's per-epoch and a sweep's per-trial overhead, as commands
     seconds: float = 0.0  # the whole bench, wall clock
     # How many cores' worth of CPU other processes used, on average, while the bench ran (the machine's busy time
     # from /proc/stat, steal included, minus this process's); None off Linux. On a shared machine this is what
@@ -66,6 +68,7 @@ class BenchResult:
             "growth": self.growth.to_json() if self.growth else None,
             "startup": self.startup.to_json() if self.startup else None,
             "auto_threads": self.auto_threads.to_json() if self.auto_threads else None,
+            "overhead": self.overhead.to_json() if self.overhead else None,
         }
 
 
@@ -121,6 +124,10 @@ def run(
     if "startup" in sections:  # last, and outside the other-cores count: its commands are other processes, by design
         stage("start-up: whole commands against import torch")
         result.startup = bench_startup(STARTUP_ROUNDS[quick])
+        result.seconds = time.perf_counter() - t0
+    if "overhead" in sections:  # commands too, like start-up
+        stage("overhead: a run's per epoch and a sweep's per trial, beyond their training and validation")
+        result.overhead = bench_overhead(quick)
         result.seconds = time.perf_counter() - t0
     return result
 

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 
 from mlptrain.bench.cases import EPOCH_GOALS, LAYER_GOAL, ROOFLINE_GOAL, ROOFLINE_GOAL_BATCH
 from mlptrain.bench.harness import SECTIONS
+from mlptrain.bench.overhead import EPOCH_GOAL, EPOCHS, RUN_SETTINGS, TRIAL_GOAL_SECONDS, TRIALS
 from mlptrain.bench.startup import EVAL_GOAL_SECONDS, LIGHT, MEMORY_GOAL_MB, TRAIN_GOAL_SECONDS
 from mlptrain.bench.threads import THREADS_GOAL
 
 if TYPE_CHECKING:
     from mlptrain.bench.cases import EpochResult, GrowthResult, GrowthRow, LayerResult, RooflineResult
+    from mlptrain.bench.overhead import OverheadResult, Pair
     from mlptrain.bench.startup import StartupResult
     from mlptrain.bench.suite import BenchResult
     from mlptrain.bench.threads import ThreadsResult
@@ -90,6 +92,8 @@ def bench_tables(result: BenchResult) -> list[Table]:
         tables.append(threads_table(result.auto_threads))
     if result.startup is not None:
         tables.append(startup_table(result.startup))
+    if result.overhead is not None:
+        tables.append(overhead_table(result.overhead))
     return tables
 
 
@@ -280,6 +284,40 @@ def startup_table(startup: StartupResult) -> Table:
         ],
         left=frozenset({"command", "loads torch"}),
     )
+
+
+def overhead_table(result: OverheadResult) -> Table:
+    """A run's per-epoch overhead over its mean epoch, and a sweep's per-trial overhead, against their goals."""
+    runs, sweeps, quick = result.epochs, result.trials, result.quick
+    epoch: list[Cell] = ["epochs of mnist-best", *_pairs(runs), f"{runs.overhead:.3f}"]
+    epoch += [(f"{result.epoch_ratio:.3f}", result.epoch_ratio <= EPOCH_GOAL), f"≤ {EPOCH_GOAL} of an epoch"]
+    trial: list[Cell] = ["1-epoch smoke trials"]
+    if sweeps is None:
+        trial += ["skipped: needs optuna (pip install 'mlptrain[sweep]')", "", "", "", "", ""]
+    else:
+        trial += [*_pairs(sweeps), (f"{sweeps.overhead:.3f}", sweeps.overhead <= TRIAL_GOAL_SECONDS)]
+        trial.append(f"{sweeps.overhead / sweeps.mean_work:.2f}")
+    trial.append(f"≤ {TRIAL_GOAL_SECONDS} s a trial")
+    settings = " ".join(f"--set {s}" for s in RUN_SETTINGS[quick])
+    return Table(
+        title="Overhead: beyond training and validation, per epoch of a run and per trial of a sweep",
+        columns=["what", "units", "wall s", "train+val s", "peak MB", "overhead s per unit", "÷ mean unit", "goal"],
+        rows=[epoch, trial],
+        notes=[
+            "Each from a short and a long command in one bench run: (Δ wall − Δ training and validation) ÷ Δ units, "
+            f"so each command's start-up cancels. epochs: mlptrain train mnist-best {settings} --set "
+            f"train.epochs=N, N = {' and '.join(map(str, EPOCHS[quick]))}; trials: mlptrain sweep of N random "
+            f"1-epoch configs/smoke.yaml trials, one worker, N = {' and '.join(map(str, TRIALS[quick]))}."
+            + (" --quick: too few units and digits to judge the goals by." if quick else ""),
+        ],
+        left=frozenset({"what", "goal"}),
+    )
+
+
+def _pairs(pair: Pair) -> list[str]:
+    """The short and the long command's units, wall and work seconds and peak memory, each as 'short / long'."""
+    cells = [f"{pair.units[0]} / {pair.units[1]}"] + [f"{a:.2f} / {b:.2f}" for a, b in (pair.wall, pair.work)]
+    return [*cells, f"{pair.peak_mb[0]:,.0f} / {pair.peak_mb[1]:,.0f}"]
 
 
 def _times(value: float, goal: float | None) -> Cell:

@@ -30,12 +30,12 @@ def bench(
         typer.Option(
             "--only",
             metavar="SECTION",
-            help="Run only this section (again for more): layer, epoch, roofline, growth, threads, startup.",
+            help="Run only this section (again for more): layer, epoch, roofline, growth, threads, startup, overhead.",
         ),
     ] = None,
 ) -> None:
     """Measure training speed here: our layer against torch.nn.Linear, whole epochs, roofline, cost growth, threads
-    under load, whole-command start-up."""
+    under load, whole-command start-up, a run's and a sweep's overhead."""
     with exits.errors():
         from mlptrain.base.errors import ConfigError
         from mlptrain.base.files import atomic_write_text, check_output, make_dirs

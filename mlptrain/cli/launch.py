@@ -59,11 +59,11 @@ def launch_train(
     make (so bad input is refused here, before any worker starts); returns the exit code to leave with."""
     from mlptrain.core.device import resolve_device
     from mlptrain.core.distributed import World, check_world
-    from mlptrain.run import trainer
+    from mlptrain.run import resuming
 
     if World.from_env().distributed:
         raise ConfigError("--nproc: this process is already one of torchrun's; give torchrun the count")
-    checked = cfg if cfg is not None else trainer.load_for_resume(resume, overrides)[1]
+    checked = cfg if cfg is not None else resuming.load_for_resume(resume, overrides)[1]
     check_world(checked, resolve_device(checked.device), nproc, nproc)
     argv = [str(config)] if config is not None else ["--resume", str(resume)]
     argv += [f"--set={item}" for item in overrides]

@@ -37,6 +37,8 @@ class TrainReporter:
         self.task = None
         self.epochs = 0
         self._last_refresh = 0.0
+        self._unsaved = False  # an epoch done whose files are still being written
+        self._held: list[str] = []  # lines that come after that epoch's
 
     # --- trainer.Callbacks -------------------------------------------------------------------------------------
 
@@ -95,8 +97,17 @@ class TrainReporter:
             self.progress.update(self.task, completed=step)
 
     def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
+        self._unsaved = True  # its line waits for epoch_saved: once shown, the epoch is on disk
+
+    def epoch_saved(self, stats: EpochStats, is_best: bool) -> None:
+        self._unsaved, held, self._held = False, self._held, []
         if self.quiet:
             return
+        self._epoch_line(stats, is_best)
+        for line in held:
+            self.console.print(line)
+
+    def _epoch_line(self, stats: EpochStats, is_best: bool) -> None:
         width = len(str(self.epochs))
         if self.live:
             mark = " [bold green]★ best[/]" if is_best else ""
@@ -117,7 +128,11 @@ class TrainReporter:
     def threads_changed(self, epoch: int, threads: int, why: str) -> None:
         if not self.quiet:
             line = f"threads {threads} ({why}) from epoch {epoch}"
-            self.console.print(f"[dim]{line}[/]" if self.live else line)
+            line = f"[dim]{line}[/]" if self.live else line
+            if self._unsaved:
+                self._held.append(line)
+            else:
+                self.console.print(line)
 
     # --- the end ----------------------------------------------------------------------------------------
 

@@ -88,10 +88,10 @@ def _check_start(config: Path | None, resume: Path | None, run_dir: Path | None,
 def _dry_run(cfg: Config | None, resume: Path | None, overrides: list[str]) -> None:
     """`train --dry-run`: what the run would use (device, data files, model), checked; nothing trained or written."""
     from mlptrain.cli import report
-    from mlptrain.run import trainer
+    from mlptrain.run import resuming
     from mlptrain.run.plan import plan_run
 
-    cfg = cfg if cfg is not None else trainer.load_for_resume(resume, overrides)[1]
+    cfg = cfg if cfg is not None else resuming.load_for_resume(resume, overrides)[1]
     with exits.hint(exits.TRAIN_DATA_HINT):
         report.show_plan(report.make_console(), plan_run(cfg.resolved()))
 

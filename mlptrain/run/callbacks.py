@@ -46,7 +46,12 @@ class Callbacks:
         pass
 
     def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
-        pass
+        """The epoch is trained and validated, at its boundary (a stop asked for here stops there); its files are
+        being written."""
+
+    def epoch_saved(self, stats: EpochStats, is_best: bool) -> None:
+        """The epoch's files (last.pt, best.pt if `is_best`, its metrics.csv row) are on disk: a kill from here on
+        resumes after it. After epoch_done, from the next epoch's batches, the next boundary or the run's end."""
 
     def threads_changed(self, epoch: int, threads: int, why: str) -> None:
         """`threads: auto` measured the load again after epoch - 1 and trains epoch `epoch` at `threads`."""
@@ -70,6 +75,9 @@ class Relay(Callbacks):
 
     def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
         self.inner.epoch_done(stats, is_best)
+
+    def epoch_saved(self, stats: EpochStats, is_best: bool) -> None:
+        self.inner.epoch_saved(stats, is_best)
 
     def threads_changed(self, epoch: int, threads: int, why: str) -> None:
         self.inner.threads_changed(epoch, threads, why)

@@ -9,21 +9,20 @@ where a run was stopped, and the versions that wrote it.
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from mlptrain import __version__
 from mlptrain.base.config import Config, quote
 from mlptrain.base.errors import CheckpointError, ConfigError
-from mlptrain.base.files import atomic_write, file_problem, held_signals
+from mlptrain.base.files import atomic_write, copy_into, file_problem, held_signals
 from mlptrain.base.metrics import EpochStats, History, stats_from_row
 from mlptrain.core.data import TrainingData
 from mlptrain.core.engine import EpochProgress, TrainState
@@ -65,22 +64,112 @@ def save_checkpoint(
 
 def write_checkpoint(path: Path, fields: dict[str, Any]) -> None:
     """Atomically write a checkpoint holding `fields` (see _REQUIRED) plus the format and versions."""
+    with held_signals():  # a second Ctrl-C waits until the file is whole
+        atomic_write(path, lambda f: save_into(f, fields))
+
+
+def save_into(f: BinaryIO, fields: dict[str, Any]) -> None:
+    """Serialise a checkpoint holding `fields` straight into the open file `f` (no copy of it in memory); a failed
+    write (a full disk) is the OSError it was, not the RuntimeError torch makes of it."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "versions": {"mlptrain": __version__, "torch": str(torch.__version__)},  # TorchVersion is not plain data
         **fields,
     }
-    with held_signals():  # a second Ctrl-C waits until the file is whole
-        buffer = io.BytesIO()  # whole before it reaches the disk: a full disk is then an OSError (WriteFailed)
-        torch.save(payload, buffer)
-        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    out = _Writes(f)
+    try:
+        torch.save(payload, out)
+    except Exception:
+        if out.error is not None:
+            raise out.error from None
+        raise
+
+
+class _Writes:
+    """A file as torch.save writes into it, keeping the OSError that a write raised."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
-    """Atomically make `target` a copy of checkpoint `source` (resume rebuilding a best.pt from last.pt)."""
-    data = Path(source).read_bytes()
-    atomic_write(target, lambda f: f.write(data))
+    """Atomically make `target` a copy of checkpoint `source` (best.pt of the last.pt just written, or rebuilt by
+    resume): the file copied, not serialised again."""
+    atomic_write(target, lambda f: copy_into(source, f))
+
+
+class Snapshot:
+    """The checkpoint's tensors copied out of the training state, into buffers kept from one epoch to the next, so
+    that another thread can write them while training goes on: one checkpoint's size in memory, allocated once.
+
+    A storage that several tensors share (FlatParameters' views) is copied once and shared alike, so the file
+    written from a snapshot is byte for byte the one written from the state itself. A snapshot's tensors are
+    overwritten by the next take: the write of one must end before the next is taken.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.UntypedStorage] = {}
+
+    def take(self, fields: Any) -> Any:
+        """`fields` with every tensor copied and every container (dict, list, tuple) made anew."""
+        used: dict[tuple, torch.UntypedStorage] = {}
+        taken = self._copy(fields, used)
+        self._buffers = used  # kept for the next take; a storage no longer in the state is let go
+        return taken
+
+    def _copy(self, value: Any, used: dict[tuple, torch.UntypedStorage]) -> Any:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            key = (storage.device, storage.data_ptr(), storage.nbytes())
+            if key not in used:
+                buffer = self._buffers.get(key)
+                if buffer is None:
+                    buffer = torch.UntypedStorage(storage.nbytes(), device=storage.device)
+                used[key] = buffer.copy_(storage)
+            copy = torch.empty(0, dtype=value.dtype, device=value.device)
+            return copy.set_(used[key], value.storage_offset(), value.size(), value.stride())
+        if isinstance(value, dict):
+            copied = type(value)((key, self._copy(v, used)) for key, v in value.items())
+            if hasattr(value, "_metadata"):  # a state_dict's versions, which torch.save keeps
+                copied._metadata = value._metadata
+            return copied
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._copy(v, used) for v in value)
+        return value
+
+
+def size_bound(fields: dict[str, Any]) -> int:
+    """An upper bound on the bytes of the checkpoint save_into writes of `fields`: each storage's bytes once, the
+    zip archive's headers and padding for each record, and the pickled rest, twice over."""
+    storages: dict[tuple, int] = {}
+    tensors = 0
+
+    def skeleton(value: Any) -> Any:
+        nonlocal tensors
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[(storage.device, storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+            tensors += 1
+            return None
+        if isinstance(value, dict):
+            return {key: skeleton(v) for key, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [skeleton(v) for v in value]
+        return value
+
+    rest = len(pickle.dumps(skeleton(fields), protocol=2))
+    return sum(storages.values()) + 512 * (len(storages) + tensors) + 2 * rest + 65536
 
 
 def checkpoint_epoch(path: Path) -> int | None:

@@ -133,8 +133,8 @@ class MLflowLog(Relay):
         super().run_started(info)
         self.tracking.catch_up(info.config, self.history)
 
-    def epoch_done(self, stats: EpochStats, is_best: bool) -> None:
-        super().epoch_done(stats, is_best)
+    def epoch_saved(self, stats: EpochStats, is_best: bool) -> None:
+        super().epoch_saved(stats, is_best)
         self.tracking.log_epoch(stats)
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from mlptrain.base.config import Config, dump_yaml, load_config, parse_override, with_values
-from mlptrain.base.errors import CheckpointError, ConfigError, Interrupted, RunFailed, WriteFailed
+from mlptrain.base.config import Config, dump_yaml
+from mlptrain.base.errors import Interrupted, RunFailed, WriteFailed
 from mlptrain.base.extras import check_config
-from mlptrain.base.files import atomic_write_text, folder_lock, held_signals
-from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, write_metrics
+from mlptrain.base.files import atomic_write_text, held_signals
+from mlptrain.base.metrics import LABELS, UNITS, EpochStats, History, metric_text, metrics_text, write_metrics
 from mlptrain.core import distributed
 from mlptrain.core.data import TrainingData, load_training_data, steps_per_epoch
 from mlptrain.core.device import resolve_device
@@ -38,12 +38,18 @@ from mlptrain.core.rng import seed_everything
 from mlptrain.core.schedule import build_plateau, build_scheduler
 from mlptrain.core.threads import ThreadChoice, adapts, configure_threads, recheck
 from mlptrain.run.callbacks import Callbacks, RunInfo
-from mlptrain.run.checkpoint import checkpoint_epoch, copy_checkpoint, load_checkpoint, restore, save_checkpoint
+from mlptrain.run.checkpoint import (
+    checkpoint_fields,
+    restore,
+    save_checkpoint,
+)
 from mlptrain.run.checkpoint_entries import check_same_classes
 from mlptrain.run.interrupt import AgreedStop, StopRequest, stop_on_signals
 from mlptrain.run.mlflowlog import MLflowLog, Tracking, tracked
 from mlptrain.run.plot import plot_run
+from mlptrain.run.resuming import load_for_resume, repair, resume_lock
 from mlptrain.run.runs import BEST_FILE, CONFIG_FILE, LAST_FILE, METRICS_FILE, claimed_run_dir, clear_run, read_run
+from mlptrain.run.saving import EpochWriter
 
 
 @dataclass
@@ -140,7 +146,7 @@ def train(
             if tracking is not None:
                 tracking.record()
             atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
-            write_metrics(run_dir / METRICS_FILE, [])  # the header; resume rewrites it from last.pt (_repair)
+            write_metrics(run_dir / METRICS_FILE, [])  # the header; resume rewrites it from last.pt (resuming.repair)
         session = _new_session(config, run_dir, processes, data)
         session.tracking = tracking
         return _run(session, callbacks or Callbacks(), stop or StopRequest(), curves)
@@ -162,7 +168,7 @@ def resume(
     path on each) and they continue together.
     """
     path = Path(path)
-    with _resume_lock(path):
+    with resume_lock(path):
         ckpt, config, run_dir = load_for_resume(path, overrides)
         if ckpt is None:  # stopped before its first epoch was saved: start it again, in its own folder
             return train(
@@ -186,7 +192,7 @@ def resume(
             session = _new_session(config, run_dir, processes, data, ckpt)
             session.tracking = tracking
             if processes.world.is_main:
-                session.notes += _repair(session, ckpt)
+                session.notes += repair(run_dir, session.history, ckpt)
             if session.state.progress is None and _finished(session):
                 if tracking is not None:  # stopped after its last epoch, before MLflow had all of it
                     tracking.catch_up(config, session.history)
@@ -195,76 +201,6 @@ def resume(
             if config.train.epochs != ckpt["config"].train.epochs and processes.world.is_main:
                 atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
             return _run(session, callbacks or Callbacks(), stop or StopRequest(), curves)
-
-
-def _resume_lock(path: Path) -> contextlib.AbstractContextManager:
-    """The run folder's lock, held by rank 0 from before its last.pt is read until the run ends."""
-    if not World.from_env().is_main or not path.exists():
-        return contextlib.nullcontext()  # a path that is not there: load_for_resume says so
-    return folder_lock(path if path.is_dir() else path.parent)
-
-
-def _repair(session: _Session, ckpt: dict) -> list[str]:
-    """Bring the run folder back in line with its last.pt after a crash between two of an epoch's writes
-    (_record writes last.pt, then best.pt, then metrics.csv): metrics.csv holds exactly the checkpoint's epochs,
-    and best.pt the best of them. Returns notes on what could not be repaired."""
-    run_dir, history = session.run_dir, session.history
-    write_metrics(run_dir / METRICS_FILE, history.epochs)
-    best = history.best_epoch
-    if not best or checkpoint_epoch(run_dir / BEST_FILE) == best:
-        return []
-    if best == ckpt["epoch"] and ckpt["progress"] is None:  # last.pt is that epoch's checkpoint
-        copy_checkpoint(run_dir / LAST_FILE, run_dir / BEST_FILE)
-        return []
-    return [f"{BEST_FILE} does not hold the best epoch ({best}) and cannot be rebuilt; a better epoch will rewrite it"]
-
-
-def load_for_resume(path: Path, overrides: list[str] = ()) -> tuple[dict | None, Config, Path]:
-    """(checkpoint, config with overrides, run folder) of the run to resume at `path`, every problem refused.
-
-    A run folder with a config.yaml but no last.pt (a run killed before its first epoch was saved) has nothing to
-    continue: its checkpoint is None, and resuming starts it again from its config.yaml.
-    """
-    path = Path(path)
-    ckpt_path = path / LAST_FILE if path.is_dir() else path
-    if path.is_file() and path.name != LAST_FILE:
-        raise CheckpointError(_not_a_run_checkpoint(path))
-    if path.is_dir() and not ckpt_path.exists():
-        if not (path / CONFIG_FILE).is_file():
-            raise CheckpointError(
-                f"{path} holds no {LAST_FILE} to resume from, nor a {CONFIG_FILE} to start again from; "
-                f"start a run there with mlptrain train CONFIG --run-dir {path}"
-            )
-        ckpt, config = None, load_config(path / CONFIG_FILE)
-    else:
-        ckpt = load_checkpoint(ckpt_path)
-        config = ckpt["config"]
-    for item in overrides:
-        key, value = parse_override(item)
-        if key != "train.epochs":
-            raise ConfigError(f"--set {item}: only train.epochs can change when resuming; {key} is fixed by the run")
-        config = with_values(config, {key: value}, source=f"--set {item}")
-    if ckpt is not None and config.train.epochs < ckpt["epoch"]:
-        raise ConfigError(
-            f"--set train.epochs={config.train.epochs}: the run has already finished {ckpt['epoch']} epochs"
-        )
-    return ckpt, config, ckpt_path.parent
-
-
-def _not_a_run_checkpoint(path: Path) -> str:
-    """Why --resume refuses a checkpoint that is not its run's last.pt (a best.pt, a copy): the run continues from
-    its last.pt, and one from an earlier epoch would write over the epochs after it."""
-    last, config = path.parent / LAST_FILE, path.parent / CONFIG_FILE
-    if last.is_file():
-        return (
-            f"--resume {path}: its run continues from {last}, not from {path.name} (that would write over the "
-            f"epochs after it); continue it with mlptrain train --resume {path.parent}"
-        )
-    start = f"mlptrain train {config} --run-dir NEW" if config.is_file() else "mlptrain train CONFIG"
-    return (
-        f"--resume {path}: no {LAST_FILE} beside it, so no run to continue (--resume takes a run folder or its "
-        f"{LAST_FILE}); to train that config again, start a new run: {start}"
-    )
 
 
 @contextlib.contextmanager
@@ -346,19 +282,22 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest, curves: bool = Tru
     cb.run_started(_info(session))
     should_stop = AgreedStop(stop, world)
     epochs = config.train.epochs
-    hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), cb.batch_done, should_stop)
+    writer = EpochWriter(cb) if world.is_main else None  # the epoch's files, written while the next one trains
+    on_batch = cb.batch_done if writer is None else lambda step: (cb.batch_done(step), writer.poll())
+    hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), on_batch, should_stop)
     result = TrainResult(session.run_dir, session.history)
     with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop), log or contextlib.nullcontext():
         try:
-            for stats in fit(session.state, session.data, config, hooks, world):
-                _record(session, stats, cb)
-                _recheck_threads(session, stats.epoch + 1, cb)
-                if should_stop.now() and stats.epoch < epochs:
-                    raise _stopped(session, stop)
-                if _finished(session) and stats.epoch < epochs:
-                    result.stopped_early = True
-                    break
-        except TrainingStopped as e:
+            with _written(session, writer):
+                for stats in fit(session.state, session.data, config, hooks, world):
+                    _record(session, stats, cb, writer)
+                    _recheck_threads(session, stats.epoch + 1, cb)
+                    if should_stop.now() and stats.epoch < epochs:
+                        raise _stopped(session, stop)
+                    if _finished(session) and stats.epoch < epochs:
+                        result.stopped_early = True
+                        break
+        except TrainingStopped as e:  # (_written has waited for the epoch in flight: the place is saved after it)
             _save_stop(session, e.progress)
             raise _stopped(session, stop) from None
     if world.is_main and (curves or session.tracking):
@@ -403,39 +342,55 @@ def _peer_gone_is_a_stop(session: _Session, stop: StopRequest) -> Iterator[None]
         raise _stopped(session, stop) from None
 
 
-def _record(session: _Session, stats: EpochStats, cb: Callbacks) -> None:
+@contextlib.contextmanager
+def _written(session: _Session, writer: EpochWriter | None) -> Iterator[None]:
+    """However the block ends (the run's end, a stop, an error), the epoch in flight is written first."""
+    try:
+        yield
+    finally:
+        if writer is not None:
+            with _resumable(session, writer.epoch):
+                writer.close()
+
+
+def _record(session: _Session, stats: EpochStats, cb: Callbacks, writer: EpochWriter | None) -> None:
     """A finished epoch into the run folder: last.pt, best.pt if it is the best, then its metrics.csv row.
 
     In that order, a crash between two writes leaves metrics.csv and best.pt agreeing on the best epoch, and a
-    last.pt from which resume repairs the rest (_repair). Signals wait until all three are written.
+    last.pt from which resume repairs the rest (resuming.repair). The state is copied out and the files' space reserved
+    here; they are written while the next epoch trains (saving.py), and epoch_saved tells when they are on disk.
     """
-    history, run_dir, main = session.history, session.run_dir, session.processes.world.is_main
+    history, run_dir = session.history, session.run_dir
     history.epochs.append(stats)
+    if writer is not None:  # rank 0: the epoch before is on disk first (long since, as a rule)
+        with _resumable(session, writer.epoch):
+            writer.wait()
     if stats.diverged:
-        if main:  # the row says why the run ended; a diverged epoch is never the best, and has no checkpoint
+        if writer is not None:  # the row says why the run ended; a diverged epoch is never the best, has no checkpoint
             write_metrics(run_dir / METRICS_FILE, history.epochs)
         cb.epoch_done(stats, False)
+        cb.epoch_saved(stats, False)
         raise RunFailed(
             f"the loss diverged in epoch {stats.epoch} (train_loss={stats.train_loss}); try a lower train.lr "
             f"(now {session.config.train.lr}). {BEST_FILE} and {LAST_FILE} keep the last finite epoch"
         )
     improved = history.best_epoch == stats.epoch
-    if main:
-        paths = [run_dir / LAST_FILE] + ([run_dir / BEST_FILE] if improved else [])
-        with held_signals(), _resumable(session, stats.epoch):
-            save_checkpoint(paths, session.config, session.data, session.state, history)
-            write_metrics(run_dir / METRICS_FILE, history.epochs)
+    if writer is not None:
+        fields = checkpoint_fields(session.config, session.data, session.state, history)
+        files = run_dir / LAST_FILE, run_dir / BEST_FILE, run_dir / METRICS_FILE
+        with held_signals(), _resumable(session, stats.epoch, reserving=True):
+            writer.submit(stats, improved, fields, files, metrics_text(history.epochs))
     cb.epoch_done(stats, improved)
 
 
 @contextlib.contextmanager
-def _resumable(session: _Session, epoch: int) -> Iterator[None]:
+def _resumable(session: _Session, epoch: int, reserving: bool = False) -> Iterator[None]:
     """A write that fails (a full disk) while saving `epoch` ends the run with a line that says which file, and
-    where a --resume would carry on from."""
+    where a --resume would carry on from (`reserving`: none of the epoch's files was written yet)."""
     try:
         yield
     except WriteFailed as e:
-        saved = epoch if e.path != session.run_dir / LAST_FILE else epoch - 1
+        saved = epoch - 1 if reserving or e.path == session.run_dir / LAST_FILE else epoch
         if saved or (session.run_dir / LAST_FILE).exists():
             where = f"the end of epoch {saved}" if saved else "the place it was stopped"
             tail = f"; `mlptrain train --resume {session.run_dir}` carries on from {where} once it can write"

@@ -275,7 +275,8 @@ class _Pruned(Exception):
 
 class _Reporting(Relay):
     """The trial's run callbacks, plus each epoch's monitored metric reported to the study; raises _Pruned at an
-    epoch boundary (after the epoch's checkpoints are written) when the pruner says the trial is hopeless."""
+    epoch boundary (the run waits for the epoch's checkpoints to be written before it ends) when the pruner says the
+    trial is hopeless."""
 
     def __init__(self, inner: Callbacks, handle: optuna.Trial, monitor: str, epochs: int):
         super().__init__(inner)

@@ -169,6 +169,16 @@ def test_out_writes_markdown_and_plot(quick_run):
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_the_overhead_section_runs_a_short_and_a_long_train_and_sweep(quick_run):
+    from mlptrain.bench.overhead import EPOCHS, TRIALS
+
+    out = json.loads(quick_run[0].stdout)["overhead"]
+    assert out["epochs"]["units"] == list(EPOCHS[True]) and out["trials"]["units"] == list(TRIALS[True])
+    for pair in (out["epochs"], out["trials"]):
+        assert pair["wall"][1] > pair["work"][1] > 0 and min(pair["peak_mb"]) > 0
+    assert "## Overhead" in quick_run[2].read_text()
+
+
 def test_tables_plain_and_rich(quick_run):
     _, result, _ = quick_run
     plain = io.StringIO()
