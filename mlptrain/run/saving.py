@@ -10,18 +10,27 @@ other), the row, each fsynced and renamed into place. A write that fails there a
 thread by the next wait. Python runs signal handlers on the main thread only, so a Ctrl-C never cuts the writer's
 thread: it reaches the training loop as ever, and the loop waits for the write in flight, signals held, before it
 saves its place or leaves.
+
+The files an epoch's write replaces stay open (pinned) until the next epoch's space is reserved, so the space they
+held comes back on the training thread's time, not whenever the writer renames over them: whether a disk that
+another process fills up stops the run, and at which epoch, does not hang on how far the writer had got. It costs
+one more epoch's files on disk for a moment (three sets at most, against two when the files were written on the
+training thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mlptrain.base.files import Reserved, copy_into, held_signals
 from mlptrain.base.metrics import EpochStats
 from mlptrain.run.callbacks import Callbacks
 from mlptrain.run.checkpoint import Snapshot, save_into, size_bound
+
+_GROWTH = 8192  # bytes: a checkpoint's growth from one epoch to the next (a history row: a few hundred bytes)
 
 
 class EpochWriter:
@@ -35,6 +44,7 @@ class EpochWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future | None = None
         self._saved: tuple[EpochStats, bool] | None = None  # epoch_saved's arguments, once the write ends
+        self._pinned: list[BinaryIO] = []  # the files the write in flight replaces, held open (see above)
 
     def submit(self, stats: EpochStats, improved: bool, fields: dict[str, Any], files: tuple[Path, Path, Path],
                rows: str) -> None:  # fmt: skip
@@ -45,7 +55,7 @@ class EpochWriter:
         last, best, metrics = files
         self.epoch = stats.epoch
         fields = self._snapshot.take(fields)
-        size, text = size_bound(fields), rows.encode("utf-8")
+        size, text = _reservation(fields, last), rows.encode("utf-8")
         reserved: list[Reserved] = []
         try:
             for path, space in ((last, size), (best if improved else None, size), (metrics, len(text))):
@@ -54,6 +64,8 @@ class EpochWriter:
         except BaseException:
             _discard(reserved)
             raise
+        self._unpin()
+        self._pinned = _pin(files)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlptrain-checkpoint")
         self._saved = (stats, improved)
@@ -80,9 +92,36 @@ class EpochWriter:
         try:
             self.wait()
         finally:
+            self._unpin()
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
+
+    def _unpin(self) -> None:
+        for file in self._pinned:
+            file.close()
+        self._pinned = []
+
+
+def _reservation(fields: dict[str, Any], last: Path) -> int:
+    """The bytes to reserve for an epoch's checkpoint: the last one's size and a little more (an epoch adds a row
+    to the history) where there is one, else the bound. Tight, so that what the file hands back when it is cut to
+    its length is little: a disk filled meanwhile stays full for the next epoch, as when the files were written on
+    the training thread. A checkpoint that outgrows its reservation still writes; only the guarantee is gone."""
+    bound = size_bound(fields)
+    try:
+        return min(bound, last.stat().st_size + _GROWTH)
+    except OSError:
+        return bound
+
+
+def _pin(paths: tuple[Path, ...]) -> list[BinaryIO]:
+    """The files at `paths` that are there, opened: their space stays taken after a rename over them until closed."""
+    pinned = []
+    for path in paths:
+        with contextlib.suppress(OSError):  # not there yet (the first epoch, a first best.pt)
+            pinned.append(open(path, "rb"))  # noqa: SIM115 (closed by EpochWriter._unpin)
+    return pinned
 
 
 def _write(reserved: list[Reserved], fields: dict[str, Any], text: bytes) -> None:

@@ -163,7 +163,7 @@ def test_an_epoch_mlflow_already_holds_is_not_logged_again(tmp_path, store):
     saved = tmp_path / "epoch2"
 
     class Keep(Callbacks):
-        def epoch_done(self, stats, is_best):
+        def epoch_saved(self, stats, is_best):  # epoch 2's files are on disk (epoch_done comes before them)
             if stats.epoch == 2:
                 saved.mkdir()
                 for name in ("last.pt", "best.pt", "metrics.csv"):
