@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import test_trainer
 import torch
 from conftest import StopAt
 
@@ -16,14 +17,7 @@ from mlptrain.run import trainer
 from mlptrain.run.checkpoint import load_checkpoint
 from mlptrain.run.interrupt import StopRequest
 
-TINY = {
-    "name": "tiny",
-    "device": "cpu",
-    "seed": 3,
-    "data": {"dataset": "synthetic", "synthetic_size": 1200, "val_size": 200},
-    "model": {"hidden": [32], "dropout": 0.2},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.1, "scheduler": "cosine"},
-}
+TINY = {**test_trainer.TINY, "train": {**test_trainer.TINY["train"], "scheduler": "cosine"}}
 # Each stops somewhere its schedule has state to lose: inside the warm-up, after plateau has counted bad epochs.
 WARMUP = {"epochs": 4, "scheduler": "cosine", "warmup_epochs": 1.5}
 PLATEAU = {"epochs": 6, "scheduler": "plateau", "warmup_epochs": 0.5, "plateau_patience": 1, "plateau_factor": 0.5}

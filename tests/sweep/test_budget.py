@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_sweep import BASE, REPO
 from typer.testing import CliRunner
 
 from mlptrain.base.errors import ConfigError
@@ -18,15 +19,6 @@ from mlptrain.sweep import start as sweep_start
 from mlptrain.sweep import workers as sweep_workers
 from mlptrain.sweep.start import Budget, budget_end
 
-REPO = Path(__file__).resolve().parents[2]
-BASE = {
-    "name": "tiny",
-    "device": "cpu",
-    "seed": 3,
-    "data": {"dataset": "synthetic", "synthetic_size": 600, "val_size": 100},
-    "model": {"hidden": [16]},
-    "train": {"epochs": 2, "batch_size": 50, "lr": 0.1},
-}
 TPE = {"method": "tpe", "trials": 1000, "seed": 0, "params": {"train.lr": {"low": 0.01, "high": 0.5, "log": True}}}
 GRID = {"params": {"train.lr": [0.1, 0.05]}}
 
