@@ -150,8 +150,9 @@ class TrainReporter:
             )
             return
         if result.stopped_early:
-            stalled = result.history.epochs[-1].epoch - result.best_epoch
-            self.console.print(f"stopped early: no {result.monitor} improvement for {stalled} epochs (train.patience)")
+            by = f" by more than {result.min_delta:g} (train.min_delta)" if result.min_delta else ""
+            epochs = f"{result.stalled} epoch{'s' if result.stalled != 1 else ''}"
+            self.console.print(f"stopped early: no {result.monitor} improvement{by} for {epochs} (train.patience)")
         best = result.best
         if self.console.is_terminal:
             if not self.quiet:

@@ -60,6 +60,13 @@ class TrainResult:
     history: History
     stopped_early: bool = False  # train.patience epochs without improvement
     already_finished: bool = False  # --resume of a run with nothing left to do
+    min_delta: float = 0.0  # train.min_delta: what an improvement had to beat the last one by, for patience
+
+    @property
+    def stalled(self) -> int:
+        """Epochs since the last improvement (by more than min_delta) that train.patience counts."""
+        last = self.history.epochs[-1].epoch if self.history.epochs else 0
+        return last - self.history.last_improvement(self.min_delta)
 
     @property
     def monitor(self) -> str:
@@ -285,7 +292,7 @@ def _run(session: _Session, cb: Callbacks, stop: StopRequest, curves: bool = Tru
     writer = EpochWriter(cb) if world.is_main else None  # the epoch's files, written while the next one trains
     on_batch = cb.batch_done if writer is None else lambda step: (cb.batch_done(step), writer.poll())
     hooks = Hooks(lambda epoch, steps, done: cb.epoch_started(epoch, epochs, steps, done), on_batch, should_stop)
-    result = TrainResult(session.run_dir, session.history)
+    result = TrainResult(session.run_dir, session.history, min_delta=config.train.min_delta)
     with stop_on_signals(stop), _peer_gone_is_a_stop(session, stop), log or contextlib.nullcontext():
         try:
             with _written(session, writer):

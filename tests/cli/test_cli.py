@@ -250,3 +250,15 @@ def test_usage_errors_are_one_line_through_the_entry_point(argv, needle):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mlptrain: error: ") and needle in lines[0], out.stderr
+
+
+def test_an_early_stop_says_how_long_the_run_went_without_improving_by_min_delta(tmp_path):
+    """min_delta 0.5 with patience 1: epoch 2 cannot beat epoch 1 by half of the accuracy, so the run stops there,
+    and says one epoch went by without such an improvement (it said 0 epochs, counted from best.pt's epoch)."""
+    run_dir = tmp_path / "run"
+    result = invoke("train", SMOKE, "--run-dir", run_dir, "--set", "train.min_delta=0.5", "--set", "train.patience=1")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert len(read_rows(run_dir)) == 2
+    assert "stopped early: no val_acc improvement by more than 0.5 (train.min_delta) for 1 epoch (train.patience)" in (
+        result.stdout
+    )
