@@ -10,6 +10,7 @@ and a resumed run first logs the rows MLflow lacks and skips those it has: no ep
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 from mlptrain.base.config import Config
 from mlptrain.base.errors import ConfigError, Interrupted, RunFailed
-from mlptrain.base.files import atomic_write_text
+from mlptrain.base.files import atomic_write_text, held_signals
 from mlptrain.base.metrics import COLUMNS, EpochStats, History
 from mlptrain.base.urls import scrub, shown_url
 from mlptrain.core import distributed
@@ -179,7 +180,27 @@ def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     _hush()  # after the import, which sets MLflow's loggers up at INFO
-    return MlflowClient(tracking_uri=uri)
+    with _one_at_a_time(uri):  # the client opens its store as it is made (a new database: its tables)
+        return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(uri: str) -> Iterator[None]:
+    """A SQLite store is opened by one process at a time, Ctrl-C held meanwhile: opening a new one makes its tables
+    in some forty migration steps, and a Ctrl-C among them, or a second process making them too, leaves a store
+    that no MLflow opens again ("table ... already exists"). The lock is flock on the database file itself, which
+    SQLite's own locks (fcntl) do not see."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :].split("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f, held_signals():  # an empty file is a new, empty SQLite database
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _recorded(folder: Path) -> str | None:

@@ -332,3 +332,40 @@ def test_a_tracking_server_shows_the_run_through_its_rest_api(tmp_path, server):
     assert sorted((m["step"], m["value"]) for m in metric) == csv_column(run_dir)
     listed = rest(server, f"artifacts/list?run_id={run['info']['run_id']}")["files"]
     assert {"config.yaml", "metrics.csv", "curves.png", "best.pt"} <= {f["path"] for f in listed}
+
+
+def test_a_ctrl_c_while_a_new_store_is_made_waits_for_it(tmp_path, monkeypatch):
+    """MLflow makes a new SQLite store's tables in some forty steps; a Ctrl-C among them left a store that no MLflow
+    opened again ("table budget_policies already exists"). The Ctrl-C now arrives once the store is made."""
+    import mlflow.tracking
+
+    from mlptrain.run import mlflowlog
+
+    steps = []
+
+    class Making:
+        def __init__(self, tracking_uri):
+            signal.raise_signal(signal.SIGINT)  # pressed in the middle of making the tables
+            steps.append("made")
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Making)
+    with pytest.raises(KeyboardInterrupt):
+        mlflowlog._client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert steps == ["made"]
+
+
+def test_two_runs_into_one_new_store_at_once_both_log(tmp_path):
+    """Two processes making the same new SQLite store at once: one of them failed in MLflow's migrations (alembic:
+    "expected to match one row ... 0 found", or "table ... already exists"). They now take turns."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    small = ["--set", "train.epochs=1", "--set", "data.synthetic_size=600", "--set", "data.val_size=100"]
+    train = [sys.executable, "-m", "mlptrain", "train", str(REPO / "configs/smoke.yaml"), *small]
+    runs = []
+    for name in ("a", "b"):
+        argv = [*train, "--run-dir", str(tmp_path / name), "--set", f"output.mlflow={store}"]
+        runs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    assert len(runs_in(store, "smoke")) == 2
