@@ -228,7 +228,10 @@ def _ask(sweep: Sweep, study: optuna.Study, stack: contextlib.ExitStack) -> Clai
             asked = study.ask()
         internals.beat(study, internals.id_of(asked))  # killed before it is in the manifest: stale, re-run
         values = suggest(asked, dists)
-        if sum(t.number < asked.number for t in counted) >= total:  # another worker was quicker
+        # Another worker was quicker: the trials before this one, read again now (Optuna numbers a trial under a lock
+        # on the study, so all of them are there), already make the sweep's count. `counted`, read before the ask,
+        # can miss one another worker asked for meanwhile: two workers asking for the last trial would both run it.
+        if sum(t.number < asked.number for t in _counted(study)) >= total:
             _surplus(study, internals.id_of(asked))
             return None
         trial = Trial(asked.number + 1, trial_name(asked.number + 1, values), values, number=asked.number)

@@ -80,19 +80,49 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def still_running(workers: list[subprocess.Popen], deadline: float) -> None:
+    """Fail, never hang, where a worker has exited or `deadline` (time.monotonic()) has passed; else wait a moment."""
+    for worker in workers:
+        if worker.poll() is not None:
+            pytest.fail(f"a worker exited ({worker.returncode}): {worker.stderr.read()}")
+    if time.monotonic() > deadline:
+        for worker in workers:
+            worker.kill()
+        pytest.fail("the workers took too long (a failure guard, not a timing the test relies on)")
+    time.sleep(0.05)
+
+
 def test_two_workers_share_a_study_in_postgresql_one_joined_by_url(tmp_path, postgres):
+    # Both workers must get trials, though the first could run all six while the joined one (a fresh Python) starts.
+    # So the test holds a gate: a SHARE lock on Optuna's trial_heartbeats table, taken before either worker starts.
+    # A worker records its new trial's heartbeat right after it creates the trial (worker._ask), so each one waits
+    # there, having made one trial and holding no lock the other needs (Optuna's study-row lock is held only while a
+    # trial is created, and that transaction has committed). Two trials in the study are then one of each: the gate
+    # opens and both run on together. (Stopping a worker with SIGSTOP instead could catch it inside that study-row
+    # lock, and the other worker would wait on it for ever.)
+    import sqlalchemy
+
+    optuna.storages.RDBStorage(postgres).engine.dispose()  # the schema, so that the gate can be taken first
+    engine = sqlalchemy.create_engine(postgres)
     path = write_sweep(tmp_path, SHARED["spec"], SHARED["base"])
-    proc = start_sweep([path, "--dir", tmp_path / "sw", "--storage", postgres, "-q"])
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "sw" / "sweep.json").exists():  # the study is made before the manifest is written
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
-    (tmp_path / "b").mkdir()  # another machine: the URL alone, none of the first one's files
-    joined = subprocess.Popen(
-        [sys.executable, "-m", "mlptrain", "sweep", "--join", postgres, "--dir", "here", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path / "b",
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    with engine.connect() as gate:
+        gate.execute(sqlalchemy.text("LOCK TABLE trial_heartbeats IN SHARE MODE"))  # no heartbeat is written
+        proc = start_sweep([path, "--dir", tmp_path / "sw", "--storage", postgres, "-q"])
+        deadline = time.monotonic() + 120  # a failure guard only
+        while not (tmp_path / "sw" / "sweep.json").exists():  # the study is made before the manifest is written
+            still_running([proc], deadline)
+        (tmp_path / "b").mkdir()  # another machine: the URL alone, none of the first one's files
+        joined = subprocess.Popen(
+            [sys.executable, "-m", "mlptrain", "sweep", "--join", postgres, "--dir", "here", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path / "b",
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        count = sqlalchemy.text("SELECT count(*) FROM trials JOIN studies USING (study_id) WHERE study_name = 'sw'")
+        deadline = time.monotonic() + 120
+        while gate.execute(count).scalar_one() < 2:  # each worker waits at the gate once it has made one trial
+            still_running([proc, joined], deadline)
+        gate.commit()  # the gate opens
+    engine.dispose()
     for worker in (proc, joined):
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err
@@ -103,8 +133,13 @@ def test_two_workers_share_a_study_in_postgresql_one_joined_by_url(tmp_path, pos
     assert sorted(t["number"] for t in trials) == list(range(6))  # each trial in one folder, six in all
     assert all(t["state"] == "done" for t in trials)
     study = optuna.load_study(study_name="sw", storage=postgres)
-    ran_by = [t.user_attrs["mlptrain_workers"] for t in study.trials]
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    # Two workers asking for the last trial at once make one too many: marked surplus and failed, never run.
+    counted = [t for t in study.trials if not t.user_attrs.get("mlptrain_surplus")]
+    surplus = [t for t in study.trials if t.user_attrs.get("mlptrain_surplus")]
+    assert all(t.state.name == "FAIL" and "mlptrain_workers" not in t.user_attrs for t in surplus)
+    assert [t.number for t in counted] == list(range(6))
+    ran_by = [t.user_attrs["mlptrain_workers"] for t in counted]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * 6
     assert all(len(workers) == 1 for workers in ran_by), ran_by  # no trial run twice
     assert len({workers[0] for workers in ran_by}) == 2
     assert all(manifest(folder)["trials"] for folder in folders)  # both workers ran trials
