@@ -369,3 +369,17 @@ def test_two_runs_into_one_new_store_at_once_both_log(tmp_path):
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
     assert len(runs_in(store, "smoke")) == 2
+
+
+def test_two_processes_log_one_run_from_rank_0(tmp_path):
+    """--nproc 2 (torchrun, gloo on CPU): only rank 0 opens the store and logs, so one MLflow run, each epoch once."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [sys.executable, "-m", "mlptrain", "train", str(REPO / "configs/smoke.yaml"), "--nproc", "2"]
+    argv += ["--run-dir", str(tmp_path / "run"), "--set", "train.epochs=2", "--set", f"output.mlflow={store}"]
+    argv += ["--set", "data.synthetic_size=600", "--set", "data.val_size=100"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = runs_in(store, "smoke")
+    assert history(store, run.info.run_id) == csv_column(tmp_path / "run") and len(csv_column(tmp_path / "run")) == 2
