@@ -41,3 +41,11 @@ def test_without_optuna_the_sweep_row_says_why_it_is_empty():
     rows = overhead_table(OverheadResult(ISSUE_27, None)).rows
     assert "mlptrain[sweep]" in rows[1][1] and len(rows[1]) == len(rows[0])
     assert OverheadResult(ISSUE_27, None).to_json()["trials"] is None
+
+
+def test_quick_figures_get_no_verdict():
+    """--quick runs 1 against 2 units on few digits: too little to judge a goal by, so no ✓ or ✗ (it showed ✓ on
+    a negative overhead)."""
+    quick = OverheadResult(ISSUE_27, Pair((1, 2), (2.46, 2.51), (0.11, 0.22), (690.0, 690.0)), quick=True)
+    rows = overhead_table(quick).rows
+    assert isinstance(rows[0][6], str) and isinstance(rows[1][5], str)
