@@ -166,11 +166,14 @@ def sweep_run(config: Config, folder: Path) -> str:
     return tracking.run_id
 
 
-def end_sweep_run(config: Config, folder: Path, run_id: str) -> None:
-    """The sweep has run every trial: its MLflow run is finished (a --resume with more trials opens it again)."""
+def end_sweep_run(config: Config, folder: Path, run_id: str, tags: dict[str, str] | None = None) -> None:
+    """The sweep has run every trial: its MLflow run gets `tags` (its best trial) and is finished (a --resume with
+    more trials opens it again)."""
     tracking = Tracking(None, str(config.output.mlflow), folder, run_id, created=False)
     with tracking._logging("the sweep's end"):
         tracking.client = _client(tracking.uri)
+        for key, value in (tags or {}).items():
+            tracking.client.set_tag(run_id, key, value)
         tracking.client.set_terminated(run_id, "FINISHED")
 
 

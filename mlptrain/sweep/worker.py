@@ -21,8 +21,9 @@ import optuna
 from optuna.trial import TrialState
 
 from mlptrain.base.config import Config
-from mlptrain.base.errors import ConfigError, Interrupted, MlptrainError, RunFailed, WriteFailed
+from mlptrain.base.errors import ConfigError, DataError, Interrupted, MlptrainError, RunFailed, WriteFailed
 from mlptrain.base.files import folder_lock, make_dirs
+from mlptrain.base.metrics import best_index
 from mlptrain.run.callbacks import Callbacks, Relay
 from mlptrain.run.runs import LAST_FILE, read_run
 from mlptrain.sweep import internals
@@ -83,8 +84,27 @@ def work(
         if parent is not None and all(t.state in FINISHED for t in sweep.trials):
             from mlptrain.run.mlflowlog import end_sweep_run
 
-            end_sweep_run(_tracked_config(sweep), sweep.folder, parent)
+            end_sweep_run(_tracked_config(sweep), sweep.folder, parent, _best_tags(sweep))
     return sweep.trials
+
+
+def _best_tags(sweep: Sweep) -> dict[str, str]:
+    """The sweep's MLflow run's summary: its best finished trial on the base config's monitor, by the rule the
+    table ranks them with (as a run's own tags name its best epoch)."""
+    done = [t for t in sweep.trials if t.state == "done"]
+    values = [_best_value(sweep, t) for t in done]
+    best = best_index(values, sweep.monitor)
+    if best is None:
+        return {}
+    trial = done[best]
+    return {"best_trial": str(trial.index), "best_run": trial.dir, f"best_{sweep.monitor}": repr(values[best])}
+
+
+def _best_value(sweep: Sweep, trial: Trial) -> float | None:
+    try:
+        return read_run(sweep.folder / trial.dir).best_value
+    except DataError:  # a trial folder damaged since: left out of the summary (the table says why)
+        return None
 
 
 def _tracked_config(sweep: Sweep) -> Config:

@@ -208,6 +208,12 @@ def test_a_sweep_is_one_parent_run_with_a_child_per_trial(tmp_path, store):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert sorted(r.info.run_name for r in children) == sorted(p.name for p in folder.iterdir() if p.is_dir())
     assert all([s for s, _ in history(store, r.info.run_id)] == [1, 2] for r in children)
+    best = max(children, key=lambda r: float(r.data.tags["best_val_acc"]))  # the table's rule: ties to the first
+    best = min((r for r in children if r.data.tags["best_val_acc"] == best.data.tags["best_val_acc"]),
+               key=lambda r: r.info.run_name)  # fmt: skip
+    assert parent.data.tags["best_run"] == best.info.run_name  # the sweep's summary: its best trial
+    assert parent.data.tags["best_val_acc"] == best.data.tags["best_val_acc"]
+    assert parent.data.tags["best_trial"] == str(int(best.info.run_name.split("-")[0]))
 
 
 def free_port() -> int:
