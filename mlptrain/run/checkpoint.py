@@ -192,8 +192,8 @@ def checkpoint_fields(config: Config, data: TrainingData, state: TrainState, his
             "mean": data.mean,
             "std": data.std,
             "train_images": len(data.train),
-            "val_images": len(data.val),
-        },  # data.val_size resolved; fmt: skip
+            "val_images": len(data.val),  # data.val_size resolved to a count
+        },
         "model": state.eval_model.state_dict(),  # under train.ema the averaged weights, which eval uses
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
